@@ -1,0 +1,182 @@
+// 2-D convolution as an implicit GEMM, NCHW, f32.
+//
+//   out[n, m, oy, ox] = scale * ( sum_k W[m, k] * X[k, p] + bias[m] + temb[n, m] + res[n, m, oy, ox] )
+//
+// with p = (n, oy, ox) the output pixel and k = (ci, ky, kx) the input tap. X is never
+// materialised: the B tile gathers it on the fly, which is where the fusions live:
+//   * two inputs: channels [0, cin1) come from x1 and [cin1, cin1 + cin2) from x2, so the
+//     U-Net's skip concatenation costs no copy;
+//   * nearest 2x upsampling of the input (Upsample2D) by halving the input coordinates;
+//   * the epilogue adds the per-(image, channel) time embedding and a residual tensor.
+//
+// Tiling: a 16x16 workgroup computes a 64 (out channels) x 64 (pixels) tile, 4x4 outputs per
+// invocation, stepping through K in slices of 16 held in workgroup memory (8.3 KB, inside
+// WebGPU's 16 KB default).
+
+struct Params {
+    batch: u32,
+    cin1: u32,
+    cin2: u32,
+    cout: u32,
+    // Logical input size, i.e. after the optional upsampling.
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    ksize: u32,
+    stride: u32,
+    pad: u32,
+    // 1: the stored input is (in_h / 2, in_w / 2) and is upsampled by nearest neighbour.
+    upsample: u32,
+    // bit 0: add temb, bit 1: add residual, bit 2: SiLU on the output.
+    flags: u32,
+    temb_stride: u32,
+    temb_offset: u32,
+    out_scale: f32,
+}
+
+@group(0) @binding(0) var<storage, read> x1: array<f32>;
+@group(0) @binding(1) var<storage, read> x2: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> temb: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<uniform> params: Params;
+
+const TILE_M: u32 = 64u;
+const TILE_P: u32 = 64u;
+const TILE_K: u32 = 16u;
+// +1 column so that the transposed store of the weight tile does not hit one bank 16 times.
+const A_STRIDE: u32 = 65u;
+
+var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][A_STRIDE]: weights, k-major
+var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_P]: gathered inputs
+
+fn load_input(n: u32, ci: u32, iy: i32, ix: i32) -> f32 {
+    let p = params;
+    if (iy < 0 || ix < 0 || u32(iy) >= p.in_h || u32(ix) >= p.in_w) {
+        return 0.0;
+    }
+    var y = u32(iy);
+    var x = u32(ix);
+    var h = p.in_h;
+    var w = p.in_w;
+    if (p.upsample == 1u) {
+        y = y >> 1u;
+        x = x >> 1u;
+        h = h >> 1u;
+        w = w >> 1u;
+    }
+    if (ci < p.cin1) {
+        return x1[((n * p.cin1 + ci) * h + y) * w + x];
+    }
+    return x2[((n * p.cin2 + (ci - p.cin1)) * h + y) * w + x];
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let p = params;
+    let cin = p.cin1 + p.cin2;
+    let taps = p.ksize * p.ksize;
+    let k_total = cin * taps;
+    let out_hw = p.out_h * p.out_w;
+    let pixels = p.batch * out_hw;
+    let m0 = wid.y * TILE_M;
+    let p0 = wid.x * TILE_P;
+
+    // The pixel this invocation gathers for the B tile is fixed for the whole K loop.
+    let b_col = tid % TILE_P;
+    let b_row = tid / TILE_P;
+    let gp = p0 + b_col;
+    let gp_valid = gp < pixels;
+    let gn = gp / out_hw;
+    let grem = gp - gn * out_hw;
+    let goy = grem / p.out_w;
+    let gox = grem - goy * p.out_w;
+    let iy0 = i32(goy * p.stride) - i32(p.pad);
+    let ix0 = i32(gox * p.stride) - i32(p.pad);
+
+    let a_col = tid % TILE_K;
+    let a_row = tid / TILE_K;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+
+    for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
+        // Weight tile: consecutive invocations read consecutive k (contiguous in memory).
+        let ak = k0 + a_col;
+        for (var i = 0u; i < 4u; i++) {
+            let m = m0 + a_row + 16u * i;
+            var v = 0.0;
+            if (m < p.cout && ak < k_total) {
+                v = weight[m * k_total + ak];
+            }
+            a_tile[a_col * A_STRIDE + a_row + 16u * i] = v;
+        }
+        // Input tile: consecutive invocations read consecutive pixels.
+        for (var i = 0u; i < 4u; i++) {
+            let kr = b_row + 4u * i;
+            let k = k0 + kr;
+            var v = 0.0;
+            if (gp_valid && k < k_total) {
+                let ci = k / taps;
+                let r = k - ci * taps;
+                let ky = r / p.ksize;
+                let kx = r - ky * p.ksize;
+                v = load_input(gn, ci, iy0 + i32(ky), ix0 + i32(kx));
+            }
+            b_tile[kr * TILE_P + b_col] = v;
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = a_tile[kk * A_STRIDE + lid.y + 16u * i];
+                b[i] = b_tile[kk * TILE_P + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var j = 0u; j < 4u; j++) {
+        let op = p0 + lid.x + 16u * j;
+        if (op >= pixels) {
+            continue;
+        }
+        let n = op / out_hw;
+        let pix = op - n * out_hw;
+        for (var i = 0u; i < 4u; i++) {
+            let m = m0 + lid.y + 16u * i;
+            if (m >= p.cout) {
+                continue;
+            }
+            let idx = (n * p.cout + m) * out_hw + pix;
+            var v = acc[i * 4u + j] + bias[m];
+            if ((p.flags & 1u) != 0u) {
+                v += temb[n * p.temb_stride + p.temb_offset + m];
+            }
+            if ((p.flags & 2u) != 0u) {
+                v += residual[idx];
+            }
+            v *= p.out_scale;
+            if ((p.flags & 4u) != 0u) {
+                v = v / (1.0 + exp(-v));
+            }
+            out[idx] = v;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Launcher for `shaders/attention.wgsl` (the softmax core) and the spatial self-attention
+//! block of diffusers' `Attention` (`_from_deprecated_attn_block`) around it:
+//! GroupNorm -> fused q/k/v 1x1 projection -> attention -> output 1x1 projection with the
+//! residual and `rescale_output_factor` in its epilogue.
+
+use std::borrow::Cow;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::conv2d::{conv2d, Conv2dArgs};
+use super::group_norm::group_norm;
+use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
+use crate::error::{EngineError, Result};
+use crate::gpu::pipeline::Access;
+
+const KERNEL: KernelDef = KernelDef {
+    name: "attention",
+    source: include_str!("../../shaders/attention.wgsl"),
+    entry: "main",
+    bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
+};
+const OP: &str = "attention";
+/// Must equal KV_CAPACITY in the shader: vec4 slots of workgroup memory for K (and for V).
+const KV_CAPACITY: usize = 480;
+const QUERIES_PER_WORKGROUP: usize = 64;
+/// Largest head size the register arrays are built for.
+pub const MAX_HEAD_DIM: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    heads: u32,
+    head_dim: u32,
+    tokens: u32,
+    channels: u32,
+    kv_tile: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// - `qkv`: [n, 3c, h, w] (q, k, v stacked along channels); `out`: [n, c, h, w]
+pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<Dispatch> {
+    let [n, c3, h, w] = dims4(OP, "qkv", qkv)?;
+    let c = c3 / 3;
+    if c3 % 3 != 0 || heads == 0 || c % heads != 0 {
+        return Err(EngineError::shape(
+            OP,
+            format!("qkv has {c3} channels: need 3 * channels with channels divisible by {heads} heads"),
+        ));
+    }
+    expect_shape(OP, "out", out, &[n, c, h, w])?;
+    let head_dim = c / heads;
+    if head_dim > MAX_HEAD_DIM {
+        return Err(EngineError::Unsupported {
+            op: OP,
+            message: format!("head dimension {head_dim} (most is {MAX_HEAD_DIM})"),
+        });
+    }
+    let d4 = head_dim.div_ceil(4);
+    // Register capacity in power-of-two buckets: a handful of pipelines, never one per shape.
+    let capacity = d4.next_power_of_two().max(2);
+    let source = KERNEL
+        .source
+        .replace("const D4: u32 = 4u;", &format!("const D4: u32 = {capacity}u;"));
+    let kernel = gpu.kernel_variant(&KERNEL, &format!("d4={capacity}"), Cow::Owned(source), &[])?;
+    let tokens = h * w;
+    let params = Params {
+        batch: u32_of(OP, "batch", n)?,
+        heads: heads as u32,
+        head_dim: head_dim as u32,
+        tokens: u32_of(OP, "tokens", tokens)?,
+        channels: u32_of(OP, "channels", c)?,
+        kv_tile: (KV_CAPACITY / d4) as u32,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        _pad: 0,
+    };
+    gpu.dispatch(
+        &kernel,
+        &[qkv.buffer(), out.buffer()],
+        &params,
+        [
+            groups(tokens, QUERIES_PER_WORKGROUP),
+            heads as u32,
+            u32_of(OP, "batch", n)?,
+        ],
+    )
+}
+
+/// Weights of one spatial attention block, with to_q/to_k/to_v stacked into one
+/// [3c, c, 1, 1] projection (and [3c] bias) at load time.
+pub struct AttentionWeights<'a> {
+    pub norm_gamma: &'a Tensor,
+    pub norm_beta: &'a Tensor,
+    pub groups: usize,
+    pub eps: f32,
+    pub qkv_weight: &'a Tensor,
+    pub qkv_bias: &'a Tensor,
+    pub out_weight: &'a Tensor,
+    pub out_bias: &'a Tensor,
+    pub heads: usize,
+    pub rescale_output_factor: f32,
+}
+
+/// A planned self-attention block with its scratch tensors:
+/// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`.
+pub struct SelfAttention {
+    _normed: Tensor,
+    _qkv: Tensor,
+    _attn: Tensor,
+    dispatches: Vec<Dispatch>,
+}
+
+impl SelfAttention {
+    pub fn new(gpu: &Gpu, x: &Tensor, p: &AttentionWeights, out: &Tensor) -> Result<Self> {
+        let [n, c, h, w] = dims4(OP, "x", x)?;
+        expect_shape(OP, "out", out, &[n, c, h, w])?;
+        if p.rescale_output_factor == 0.0 {
+            return Err(EngineError::shape(OP, "rescale_output_factor is 0"));
+        }
+        let normed = Tensor::zeros(gpu, "attention.normed", &[n, c, h, w])?;
+        let qkv = Tensor::zeros(gpu, "attention.qkv", &[n, 3 * c, h, w])?;
+        let attn = Tensor::zeros(gpu, "attention.heads", &[n, c, h, w])?;
+        let norm = group_norm(gpu, x, p.norm_gamma, p.norm_beta, &normed, p.groups, p.eps, false)?;
+        let project_in = conv2d(gpu, &Conv2dArgs::new(&normed, p.qkv_weight, p.qkv_bias, &qkv))?;
+        let core = attention(gpu, &qkv, &attn, p.heads)?;
+        let project_out = conv2d(
+            gpu,
+            &Conv2dArgs {
+                residual: Some(x),
+                out_scale: 1.0 / p.rescale_output_factor,
+                ..Conv2dArgs::new(&attn, p.out_weight, p.out_bias, out)
+            },
+        )?;
+        Ok(SelfAttention {
+            _normed: normed,
+            _qkv: qkv,
+            _attn: attn,
+            dispatches: vec![norm, project_in, core, project_out],
+        })
+    }
+
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.dispatches.iter()
+    }
+}

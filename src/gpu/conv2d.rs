@@ -1,0 +1,206 @@
+//! Launcher for `shaders/conv2d.wgsl`: 3x3 or 1x1 (any square kernel) convolution, stride
+//! 1 or 2, zero padding, bias, with the U-Net's fusions (two-input skip concat, nearest 2x
+//! upsample of the input, time-embedding and residual epilogue, SiLU, output scale).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
+use crate::error::{EngineError, Result};
+use crate::gpu::pipeline::Access;
+
+const KERNEL: KernelDef = KernelDef {
+    name: "conv2d",
+    source: include_str!("../../shaders/conv2d.wgsl"),
+    entry: "main",
+    bindings: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::Uniform,
+    ],
+};
+const OP: &str = "conv2d";
+const TILE: usize = 64;
+
+/// The projected time embedding added per (image, channel) in the epilogue: channels
+/// `[offset, offset + cout)` of each row of `tensor` [batch, width]. One linear can project
+/// the embedding for every ResNet at once; each conv then reads its own slice.
+pub struct TembSlice<'a> {
+    pub tensor: &'a Tensor,
+    pub offset: usize,
+}
+
+/// - `x`: [n, cin1, h, w] (or [n, cin1, h/2, w/2] with `upsample`)
+/// - `x2`: [n, cin2, ..] read as channels after `x`'s, or `None`
+/// - `weight`: [cout, cin1 + cin2, k, k]; `bias`: [cout]
+/// - `residual`: same shape as `out`; `out`: [n, cout, oh, ow]
+pub struct Conv2dArgs<'a> {
+    pub x: &'a Tensor,
+    pub x2: Option<&'a Tensor>,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub temb: Option<TembSlice<'a>>,
+    pub residual: Option<&'a Tensor>,
+    pub out: &'a Tensor,
+    pub stride: usize,
+    pub pad: usize,
+    pub upsample: bool,
+    pub silu: bool,
+    pub out_scale: f32,
+}
+
+impl<'a> Conv2dArgs<'a> {
+    /// A plain convolution; set the other fields to fuse more.
+    pub fn new(x: &'a Tensor, weight: &'a Tensor, bias: &'a Tensor, out: &'a Tensor) -> Self {
+        let k = weight.shape().get(2).copied().unwrap_or(1);
+        Conv2dArgs {
+            x,
+            x2: None,
+            weight,
+            bias,
+            temb: None,
+            residual: None,
+            out,
+            stride: 1,
+            pad: k / 2,
+            upsample: false,
+            silu: false,
+            out_scale: 1.0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    cin1: u32,
+    cin2: u32,
+    cout: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    ksize: u32,
+    stride: u32,
+    pad: u32,
+    upsample: u32,
+    flags: u32,
+    temb_stride: u32,
+    temb_offset: u32,
+    out_scale: f32,
+}
+
+/// Output spatial size of a convolution, or `None` if the kernel does not fit.
+pub fn out_size(h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Option<(usize, usize)> {
+    let oh = (h + 2 * pad).checked_sub(k)? / stride + 1;
+    let ow = (w + 2 * pad).checked_sub(k)? / stride + 1;
+    Some((oh, ow))
+}
+
+pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
+    let [n, cin1, sh, sw] = dims4(OP, "x", a.x)?;
+    let (h, w) = if a.upsample { (2 * sh, 2 * sw) } else { (sh, sw) };
+    let cin2 = match a.x2 {
+        Some(x2) => {
+            let [n2, c2, h2, w2] = dims4(OP, "x2", x2)?;
+            if (n2, h2, w2) != (n, sh, sw) {
+                return Err(EngineError::shape(
+                    OP,
+                    format!("x2 {:?} does not match x {:?} in N, H, W", x2.shape(), a.x.shape()),
+                ));
+            }
+            c2
+        }
+        None => 0,
+    };
+    let [cout, wcin, k, kw] = dims4(OP, "weight", a.weight)?;
+    if wcin != cin1 + cin2 || k != kw {
+        return Err(EngineError::shape(
+            OP,
+            format!(
+                "weight {:?} expects {wcin} square-kernel input channels, inputs have {}",
+                a.weight.shape(),
+                cin1 + cin2
+            ),
+        ));
+    }
+    if a.stride == 0 {
+        return Err(EngineError::shape(OP, "stride must be at least 1"));
+    }
+    expect_shape(OP, "bias", a.bias, &[cout])?;
+    let (oh, ow) = out_size(h, w, k, a.stride, a.pad).ok_or_else(|| {
+        EngineError::shape(OP, format!("kernel {k} larger than padded input {h}x{w}"))
+    })?;
+    expect_shape(OP, "out", a.out, &[n, cout, oh, ow])?;
+    if let Some(r) = a.residual {
+        expect_shape(OP, "residual", r, &[n, cout, oh, ow])?;
+    }
+    let (temb_stride, temb_offset) = match &a.temb {
+        Some(t) => {
+            let ok = t.tensor.shape().len() == 2
+                && t.tensor.shape()[0] == n
+                && t.offset + cout <= t.tensor.shape()[1];
+            if !ok {
+                return Err(EngineError::shape(
+                    OP,
+                    format!(
+                        "temb {:?} has no channels [{}, {}) for batch {n}",
+                        t.tensor.shape(),
+                        t.offset,
+                        t.offset + cout
+                    ),
+                ));
+            }
+            (t.tensor.shape()[1], t.offset)
+        }
+        None => (0, 0),
+    };
+
+    let pixels = n * oh * ow;
+    let flags = a.temb.is_some() as u32 | (a.residual.is_some() as u32) << 1 | (a.silu as u32) << 2;
+    let params = Params {
+        batch: u32_of(OP, "batch", n)?,
+        cin1: u32_of(OP, "cin1", cin1)?,
+        cin2: u32_of(OP, "cin2", cin2)?,
+        cout: u32_of(OP, "cout", cout)?,
+        in_h: u32_of(OP, "height", h)?,
+        in_w: u32_of(OP, "width", w)?,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        ksize: k as u32,
+        stride: u32_of(OP, "stride", a.stride)?,
+        pad: u32_of(OP, "pad", a.pad)?,
+        upsample: a.upsample as u32,
+        flags,
+        temb_stride: u32_of(OP, "temb width", temb_stride)?,
+        temb_offset: u32_of(OP, "temb offset", temb_offset)?,
+        out_scale: a.out_scale,
+    };
+    u32_of(OP, "pixels", pixels)?;
+    let ph = &gpu.placeholder;
+    let kernel = gpu.kernel(&KERNEL, &[])?;
+    gpu.dispatch(
+        &kernel,
+        &[
+            a.x.buffer(),
+            a.x2.map_or(ph, |t| t.buffer()),
+            a.weight.buffer(),
+            a.bias.buffer(),
+            a.temb.as_ref().map_or(ph, |t| t.tensor.buffer()),
+            a.residual.map_or(ph, |t| t.buffer()),
+            a.out.buffer(),
+        ],
+        &params,
+        [groups(pixels, TILE), groups(cout, TILE), 1],
+    )
+}
+
+/// Multiply-adds of one call, for GFLOP/s reports (2 FLOPs each).
+pub fn flops(n: usize, cin: usize, cout: usize, k: usize, oh: usize, ow: usize) -> f64 {
+    2.0 * (n * cout * oh * ow * cin * k * k) as f64
+}

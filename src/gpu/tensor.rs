@@ -1,0 +1,116 @@
+//! A dense f32 tensor in one GPU storage buffer, NCHW (or [rows, cols]) row-major.
+
+use crate::error::{EngineError, Result};
+use crate::gpu::Gpu;
+
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+}
+
+impl Tensor {
+    /// A zero-filled tensor. Fails if it would not fit one storage binding.
+    pub fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<Self> {
+        let numel = checked_numel(label, shape)?;
+        let bytes = (numel * 4) as u64;
+        if bytes > gpu.max_binding_bytes() {
+            return Err(EngineError::BufferTooLarge {
+                what: format!("{label} {shape:?}"),
+                bytes,
+                limit: gpu.max_binding_bytes(),
+            });
+        }
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Tensor {
+            buffer,
+            shape: shape.to_vec(),
+        })
+    }
+
+    pub fn from_slice(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
+        let t = Self::zeros(gpu, label, shape)?;
+        t.write(gpu, data)?;
+        Ok(t)
+    }
+
+    pub fn write(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        if data.len() != self.numel() {
+            return Err(EngineError::shape(
+                "tensor write",
+                format!("{} values for shape {:?}", data.len(), self.shape),
+            ));
+        }
+        gpu.queue
+            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Copies the tensor back to the CPU (`map_async`, so it never blocks a browser).
+    pub async fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        gpu.check()?;
+        let size = self.buffer.size();
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read-back"),
+            });
+        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+        gpu.queue.submit([encoder.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.poll_wait()?;
+        rx.await
+            .map_err(|_| EngineError::ReadBack("the map callback was dropped".into()))?
+            .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+        gpu.check()?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+fn checked_numel(label: &str, shape: &[usize]) -> Result<usize> {
+    if shape.is_empty() || shape.contains(&0) {
+        return Err(EngineError::shape(
+            "tensor",
+            format!("{label}: empty shape {shape:?}"),
+        ));
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|n| n.checked_mul(4).map(|_| n))
+        .ok_or_else(|| EngineError::shape("tensor", format!("{label}: shape {shape:?} overflows")))
+}

@@ -1,0 +1,10 @@
+//! A class-conditional diffusion U-Net sampler on WebGPU: hand-written WGSL kernels driven
+//! from Rust, natively (Vulkan/Metal/DX12) and in the browser (wasm32 + WebGPU).
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{EngineError, Result};
