@@ -29,6 +29,16 @@ impl Gpu {
     /// Picks the best adapter of the platform (Vulkan/Metal/DX12 natively, WebGPU in the
     /// browser; `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` narrow the choice natively).
     pub async fn new() -> Result<Self> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok();
+        #[cfg(target_arch = "wasm32")]
+        let wanted = None;
+        Self::with_adapter_name(wanted.as_deref()).await
+    }
+
+    /// Like [`Gpu::new`], restricted natively to the adapter whose name contains `wanted`
+    /// (case-insensitive).
+    pub async fn with_adapter_name(wanted: Option<&str>) -> Result<Self> {
         #[cfg(target_arch = "wasm32")]
         let backends = wgpu::Backends::BROWSER_WEBGPU;
         #[cfg(not(target_arch = "wasm32"))]
@@ -37,7 +47,7 @@ impl Gpu {
             backends,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let adapter = pick_adapter(&instance).await?;
+        let adapter = pick_adapter(&instance, wanted).await?;
         Self::from_adapter(adapter).await
     }
 
@@ -156,9 +166,9 @@ impl Gpu {
     }
 }
 
-async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+async fn pick_adapter(instance: &wgpu::Instance, wanted: Option<&str>) -> Result<wgpu::Adapter> {
     #[cfg(not(target_arch = "wasm32"))]
-    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+    if let Some(wanted) = wanted {
         let wanted = wanted.to_lowercase();
         let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
         let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
@@ -190,7 +200,7 @@ fn no_adapter_hint() -> &'static str {
 
 /// WebGPU's defaults, checked against the adapter so a weak one is refused up front with
 /// the name of the limit, plus as much storage-buffer room as the adapter offers.
-fn required_limits(adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
+pub(crate) fn required_limits(adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
     let base = wgpu::Limits::defaults();
     let mut failed = None;
     base.check_limits_with_fail_fn(adapter, false, |name, required, available| {
@@ -221,4 +231,41 @@ pub(crate) fn park(slot: &Mutex<Option<EngineError>>, e: EngineError) {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves plain data behind; keep using it.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_adapter_is_refused_with_the_limit_named() {
+        let weak = wgpu::Limits {
+            max_compute_workgroup_storage_size: 8192,
+            ..wgpu::Limits::defaults()
+        };
+        let err = required_limits(&weak).unwrap_err();
+        assert_eq!(
+            err,
+            EngineError::LimitTooLow {
+                name: "max_compute_workgroup_storage_size",
+                required: 16384,
+                available: 8192
+            }
+        );
+        assert!(err.to_string().contains("max_compute_workgroup_storage_size is 8192"));
+    }
+
+    #[test]
+    fn storage_room_is_raised_to_the_adapters() {
+        let big = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 31,
+            max_buffer_size: 1 << 32,
+            ..wgpu::Limits::defaults()
+        };
+        let got = required_limits(&big).unwrap();
+        assert_eq!(got.max_storage_buffer_binding_size, 1 << 31);
+        assert_eq!(got.max_compute_workgroup_storage_size, WORKGROUP_STORAGE_BYTES);
+        assert_eq!(got.max_compute_invocations_per_workgroup, INVOCATIONS_PER_WORKGROUP);
+        assert_eq!(got.max_storage_buffers_per_shader_stage, STORAGE_BUFFERS_PER_STAGE);
+    }
 }

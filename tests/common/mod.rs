@@ -1,0 +1,87 @@
+//! Shared test harness: one GPU per test binary, seeded data, and comparisons that name the
+//! index and both values when they fail.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use diffusion_playground::gpu::{Dispatch, Gpu, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The adapter every kernel test runs on. A machine without one fails the tests loudly
+/// rather than skipping them.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = pollster::block_on(Gpu::new()).unwrap_or_else(|e| {
+            panic!("kernel tests need a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers): {e}")
+        });
+        eprintln!("testing on {}", gpu.adapter_name());
+        gpu
+    })
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+pub fn uniform(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+pub fn upload(label: &str, shape: &[usize], data: &[f32]) -> Tensor {
+    Tensor::from_slice(gpu(), label, shape, data).expect("upload")
+}
+
+pub fn zeros(label: &str, shape: &[usize]) -> Tensor {
+    Tensor::zeros(gpu(), label, shape).expect("allocate")
+}
+
+/// Runs the dispatches in one pass and reads `out` back.
+pub fn run(dispatches: &[&Dispatch], out: &Tensor) -> Vec<f32> {
+    let gpu = gpu();
+    gpu.run(dispatches).expect("submit");
+    pollster::block_on(out.read(gpu)).expect("read back")
+}
+
+/// |gpu - cpu| <= atol + rtol * |cpu| everywhere, else a message naming the first bad
+/// index (unravelled over `shape`), both values and how many elements failed.
+pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], shape: &[usize], atol: f32, rtol: f32) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths differ");
+    let mut bad = 0usize;
+    let mut first = None;
+    let mut worst = 0.0f32;
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        let err = (g - c).abs();
+        worst = worst.max(err);
+        if !(err <= atol + rtol * c.abs()) {
+            bad += 1;
+            first.get_or_insert((i, g, c));
+        }
+    }
+    eprintln!("{what}: worst abs err {worst:e} (atol {atol:e})");
+    if let Some((i, g, c)) = first {
+        panic!(
+            "{what}: {bad} of {} values off; at {:?}: gpu {g} vs cpu {c} (atol {atol:e}, rtol {rtol:e}, worst abs err {worst:e})",
+            gpu.len(),
+            unravel(i, shape),
+        );
+    }
+}
+
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (d, &s) in shape.iter().enumerate().rev() {
+        idx[d] = i % s;
+        i /= s;
+    }
+    idx
+}
+
+/// Error bound for a K-term f32 dot product of O(1)-sized results: rounding errors of the
+/// partial sums add up like a random walk, ~sqrt(K) * eps relative to the magnitude of
+/// the sum; the factor 8 absorbs summation-order differences between GPU tiles and the CPU.
+pub fn dot_tolerance(k: usize) -> f32 {
+    8.0 * (k as f32).sqrt() * f32::EPSILON
+}

@@ -1,0 +1,192 @@
+//! conv2d.wgsl against cpu::conv2d, plain and with every fusion.
+
+mod common;
+
+use common::*;
+use diffusion_playground::cpu::{self, Conv2dSpec};
+use diffusion_playground::gpu::conv2d::{conv2d, out_size, Conv2dArgs, TembSlice};
+
+struct Case {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+fn check_plain(seed: u64, c: Case) {
+    let mut r = rng(seed);
+    let fan_in = c.cin * c.k * c.k;
+    let x = uniform(&mut r, c.n * c.cin * c.h * c.w, 1.0);
+    // Weights scaled like a trained layer's, so outputs stay O(1) whatever K is.
+    let wt = uniform(&mut r, c.cout * fan_in, 1.0 / (fan_in as f32).sqrt());
+    let b = uniform(&mut r, c.cout, 0.5);
+    let spec = Conv2dSpec { ksize: c.k, stride: c.stride, pad: c.pad };
+    let (oh, ow) = out_size(c.h, c.w, c.k, c.stride, c.pad).unwrap();
+    let expect = cpu::conv2d(&x, [c.n, c.cin, c.h, c.w], &wt, &b, c.cout, spec);
+
+    let gx = upload("x", &[c.n, c.cin, c.h, c.w], &x);
+    let gw = upload("w", &[c.cout, c.cin, c.k, c.k], &wt);
+    let gb = upload("b", &[c.cout], &b);
+    let out = zeros("out", &[c.n, c.cout, oh, ow]);
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs { stride: c.stride, pad: c.pad, ..Conv2dArgs::new(&gx, &gw, &gb, &out) },
+    )
+    .expect("conv2d launch");
+    let got = run(&[&d], &out);
+    let tol = dot_tolerance(fan_in);
+    assert_close(
+        &format!("conv2d n{} cin{} cout{} {}x{} k{} s{} p{}", c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad),
+        &got,
+        &expect,
+        &[c.n, c.cout, oh, ow],
+        tol,
+        tol,
+    );
+}
+
+#[test]
+fn conv3x3_single_channel_7x7() {
+    check_plain(1, Case { n: 1, cin: 1, cout: 1, h: 7, w: 7, k: 3, stride: 1, pad: 1 });
+}
+
+#[test]
+fn conv3x3_odd_channels_13x13() {
+    check_plain(2, Case { n: 2, cin: 3, cout: 33, h: 13, w: 13, k: 3, stride: 1, pad: 1 });
+}
+
+#[test]
+fn conv3x3_u_net_level0_28x28() {
+    check_plain(3, Case { n: 3, cin: 32, cout: 64, h: 28, w: 28, k: 3, stride: 1, pad: 1 });
+}
+
+#[test]
+fn conv3x3_wide_7x7() {
+    check_plain(4, Case { n: 1, cin: 128, cout: 128, h: 7, w: 7, k: 3, stride: 1, pad: 1 });
+}
+
+#[test]
+fn conv3x3_stride2_odd_size_batch17() {
+    check_plain(5, Case { n: 17, cin: 33, cout: 3, h: 7, w: 7, k: 3, stride: 2, pad: 1 });
+}
+
+#[test]
+fn conv3x3_stride2_13x13() {
+    check_plain(6, Case { n: 2, cin: 64, cout: 64, h: 13, w: 13, k: 3, stride: 2, pad: 1 });
+}
+
+#[test]
+fn conv3x3_stride2_28x28_downsample() {
+    check_plain(7, Case { n: 2, cin: 32, cout: 32, h: 28, w: 28, k: 3, stride: 2, pad: 1 });
+}
+
+#[test]
+fn conv3x3_no_padding() {
+    check_plain(8, Case { n: 2, cin: 3, cout: 5, h: 9, w: 9, k: 3, stride: 1, pad: 0 });
+}
+
+#[test]
+fn conv1x1_odd_channels_28x28() {
+    check_plain(9, Case { n: 2, cin: 33, cout: 65, h: 28, w: 28, k: 1, stride: 1, pad: 0 });
+}
+
+#[test]
+fn conv1x1_stride2_batch20() {
+    check_plain(10, Case { n: 20, cin: 4, cout: 8, h: 13, w: 13, k: 1, stride: 2, pad: 0 });
+}
+
+#[test]
+fn conv3x3_batch33_single_output_channel() {
+    check_plain(11, Case { n: 33, cin: 32, cout: 1, h: 28, w: 28, k: 3, stride: 1, pad: 1 });
+}
+
+/// Every fusion at once, as an up-block ResNet uses them: two inputs (skip concat),
+/// nearest-2x upsampling, the time embedding read from a slice of a wider tensor, a
+/// residual, an output scale and SiLU.
+fn check_fused(seed: u64, n: usize, c1: usize, c2: usize, cout: usize, sh: usize, sw: usize, upsample: bool, silu: bool) {
+    let mut r = rng(seed);
+    let k = 3;
+    let cin = c1 + c2;
+    let fan_in = cin * k * k;
+    let x1 = uniform(&mut r, n * c1 * sh * sw, 1.0);
+    let x2 = uniform(&mut r, n * c2 * sh * sw, 1.0);
+    let wt = uniform(&mut r, cout * fan_in, 1.0 / (fan_in as f32).sqrt());
+    let b = uniform(&mut r, cout, 0.5);
+    let temb_width = cout + 7;
+    let temb_offset = 5;
+    let temb = uniform(&mut r, n * temb_width, 1.0);
+    let (h, w) = if upsample { (2 * sh, 2 * sw) } else { (sh, sw) };
+    let res = uniform(&mut r, n * cout * h * w, 1.0);
+    let scale = 1.0 / 1.5;
+
+    let mut input = cpu::concat_channels(&x1, &x2, n, c1, c2, sh * sw);
+    if upsample {
+        input = cpu::upsample_nearest2x(&input, n * cin, sh, sw);
+    }
+    let spec = Conv2dSpec { ksize: k, stride: 1, pad: 1 };
+    let mut expect = cpu::conv2d(&input, [n, cin, h, w], &wt, &b, cout, spec);
+    for (i, v) in expect.iter_mut().enumerate() {
+        let img = i / (cout * h * w);
+        let ch = (i / (h * w)) % cout;
+        let y = (*v + temb[img * temb_width + temb_offset + ch] + res[i]) * scale;
+        *v = if silu { cpu::silu(y) } else { y };
+    }
+
+    let gx1 = upload("x1", &[n, c1, sh, sw], &x1);
+    let gx2 = upload("x2", &[n, c2, sh, sw], &x2);
+    let gw = upload("w", &[cout, cin, k, k], &wt);
+    let gb = upload("b", &[cout], &b);
+    let gt = upload("temb", &[n, temb_width], &temb);
+    let gr = upload("res", &[n, cout, h, w], &res);
+    let out = zeros("out", &[n, cout, h, w]);
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs {
+            x2: Some(&gx2),
+            temb: Some(TembSlice { tensor: &gt, offset: temb_offset }),
+            residual: Some(&gr),
+            upsample,
+            silu,
+            out_scale: scale,
+            ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
+        },
+    )
+    .expect("fused conv2d launch");
+    let got = run(&[&d], &out);
+    let tol = dot_tolerance(fan_in);
+    assert_close("fused conv2d", &got, &expect, &[n, cout, h, w], tol, tol);
+}
+
+#[test]
+fn conv_fused_concat_temb_residual() {
+    check_fused(20, 2, 64, 32, 64, 14, 14, false, false);
+}
+
+#[test]
+fn conv_fused_concat_upsample_odd() {
+    check_fused(21, 3, 33, 1, 3, 7, 7, true, true);
+}
+
+#[test]
+fn conv_fused_upsample_batch17() {
+    check_fused(22, 17, 16, 16, 32, 7, 7, true, false);
+}
+
+#[test]
+fn conv_rejects_mismatched_shapes() {
+    let x = zeros("x", &[1, 3, 8, 8]);
+    let w = zeros("w", &[4, 5, 3, 3]);
+    let b = zeros("b", &[4]);
+    let out = zeros("out", &[1, 4, 8, 8]);
+    let err = conv2d(gpu(), &Conv2dArgs::new(&x, &w, &b, &out)).err().expect("must fail");
+    assert!(err.to_string().contains("input channels"), "{err}");
+
+    let w = zeros("w", &[4, 3, 3, 3]);
+    let wrong_out = zeros("out", &[1, 4, 7, 8]);
+    let err = conv2d(gpu(), &Conv2dArgs::new(&x, &w, &b, &wrong_out)).err().expect("must fail");
+    assert!(err.to_string().contains("[1, 4, 8, 8]"), "{err}");
+}
