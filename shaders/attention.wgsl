@@ -99,7 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let w = exp(s - m);
                 l += w;
                 for (var c = 0u; c < d4; c++) {
-                    acc[c] = fma(vec4<f32>(w), v_tile[j * d4 + c], acc[c]);
+                    acc[c] += w * v_tile[j * d4 + c];
                 }
             }
         }

@@ -53,6 +53,13 @@ const A_STRIDE: u32 = 65u;
 var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][A_STRIDE]: weights, k-major
 var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_P]: gathered inputs
 
+// floor(a / b) given 1 / b, for a < 2^22 (the launcher checks K): (a + 0.5) / b is at least
+// 0.5 / b away from an integer, more than the two f32 roundings can move it. Integer
+// division is a long instruction sequence on GPUs and scalarised on CPU SIMD backends.
+fn div_small(a: u32, inv_b: f32) -> u32 {
+    return u32((f32(a) + 0.5) * inv_b);
+}
+
 fn load_input(n: u32, ci: u32, iy: i32, ix: i32) -> f32 {
     let p = params;
     if (iy < 0 || ix < 0 || u32(iy) >= p.in_h || u32(ix) >= p.in_w) {
@@ -101,13 +108,18 @@ fn main(
     let iy0 = i32(goy * p.stride) - i32(p.pad);
     let ix0 = i32(gox * p.stride) - i32(p.pad);
 
+    let inv_taps = 1.0 / f32(taps);
+    let inv_ksize = 1.0 / f32(p.ksize);
     let a_col = tid % TILE_K;
     let a_row = tid / TILE_K;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // acc_i holds out-channel m0 + lid.y + 16 i at pixels p0 + lid.x + 16 j, j = 0..3. Plain
+    // vec4 registers, never an indexed array: backends that cannot promote an indexed
+    // array to registers (lavapipe's LLVM among them) would spill it to memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
         // Weight tile: consecutive invocations read consecutive k (contiguous in memory).
@@ -126,9 +138,9 @@ fn main(
             let k = k0 + kr;
             var v = 0.0;
             if (gp_valid && k < k_total) {
-                let ci = k / taps;
+                let ci = div_small(k, inv_taps);
                 let r = k - ci * taps;
-                let ky = r / p.ksize;
+                let ky = div_small(r, inv_ksize);
                 let kx = r - ky * p.ksize;
                 v = load_input(gn, ci, iy0 + i32(ky), ix0 + i32(kx));
             }
@@ -137,46 +149,53 @@ fn main(
         workgroupBarrier();
 
         for (var kk = 0u; kk < TILE_K; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = a_tile[kk * A_STRIDE + lid.y + 16u * i];
-                b[i] = b_tile[kk * TILE_P + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let ar = kk * A_STRIDE + lid.y;
+            let br = kk * TILE_P + lid.x;
+            let a = vec4<f32>(a_tile[ar], a_tile[ar + 16u], a_tile[ar + 32u], a_tile[ar + 48u]);
+            let b = vec4<f32>(b_tile[br], b_tile[br + 16u], b_tile[br + 32u], b_tile[br + 48u]);
+            // Plain multiply-add rather than fma(): GPU compilers contract it anyway, while
+            // a backend without hardware FMA (lavapipe on some CPUs) would call a slow
+            // exact-fma routine; measured 1.5x slower on this machine's lavapipe.
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
 
+    store_row(m0 + lid.y, p0 + lid.x, acc0);
+    store_row(m0 + lid.y + 16u, p0 + lid.x, acc1);
+    store_row(m0 + lid.y + 32u, p0 + lid.x, acc2);
+    store_row(m0 + lid.y + 48u, p0 + lid.x, acc3);
+}
+
+// Epilogue for out-channel m at pixels p, p + 16, p + 32, p + 48.
+fn store_row(m: u32, p: u32, acc: vec4<f32>) {
+    let prm = params;
+    if (m >= prm.cout) {
+        return;
+    }
+    let out_hw = prm.out_h * prm.out_w;
+    let pixels = prm.batch * out_hw;
     for (var j = 0u; j < 4u; j++) {
-        let op = p0 + lid.x + 16u * j;
+        let op = p + 16u * j;
         if (op >= pixels) {
-            continue;
+            return;
         }
         let n = op / out_hw;
-        let pix = op - n * out_hw;
-        for (var i = 0u; i < 4u; i++) {
-            let m = m0 + lid.y + 16u * i;
-            if (m >= p.cout) {
-                continue;
-            }
-            let idx = (n * p.cout + m) * out_hw + pix;
-            var v = acc[i * 4u + j] + bias[m];
-            if ((p.flags & 1u) != 0u) {
-                v += temb[n * p.temb_stride + p.temb_offset + m];
-            }
-            if ((p.flags & 2u) != 0u) {
-                v += residual[idx];
-            }
-            v *= p.out_scale;
-            if ((p.flags & 4u) != 0u) {
-                v = v / (1.0 + exp(-v));
-            }
-            out[idx] = v;
+        let idx = (n * prm.cout + m) * out_hw + (op - n * out_hw);
+        var v = acc[j] + bias[m];
+        if ((prm.flags & 1u) != 0u) {
+            v += temb[n * prm.temb_stride + prm.temb_offset + m];
         }
+        if ((prm.flags & 2u) != 0u) {
+            v += residual[idx];
+        }
+        v *= prm.out_scale;
+        if ((prm.flags & 4u) != 0u) {
+            v = v / (1.0 + exp(-v));
+        }
+        out[idx] = v;
     }
 }

@@ -58,7 +58,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var sq = 0.0;
     for (var i = tid; i < count; i += WG) {
         let d = x[base + i] - mean;
-        sq = fma(d, d, sq);
+        sq += d * d;
     }
     let rstd = inverseSqrt(workgroup_sum(sq, tid) / f32(count) + p.eps);
 

@@ -82,7 +82,7 @@ fn main(
                 w_tile[kk * W_STRIDE + lid.x + 32u],
                 w_tile[kk * W_STRIDE + lid.x + 48u],
             );
-            acc = fma(vec4<f32>(xv), w, acc);
+            acc += xv * w;
         }
         workgroupBarrier();
     }

@@ -1,1 +1,150 @@
-fn main(){}
+//! Kernel benchmark: the conv and attention shapes of a 28x28 U-Net with channels
+//! (32, 64, 128), at batch 2 and 32, on the current adapter.
+//!
+//! `cargo run --release --bin bench [-- --quick]`
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    if let Err(e) = native::main() {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::time::{Duration, Instant};
+
+    use diffusion_playground::gpu::attention::attention;
+    use diffusion_playground::gpu::conv2d::{self, conv2d, Conv2dArgs};
+    use diffusion_playground::gpu::group_norm::group_norm;
+    use diffusion_playground::gpu::{Dispatch, Gpu, Tensor};
+    use diffusion_playground::Result;
+
+    struct Conv {
+        name: &'static str,
+        cin1: usize,
+        cin2: usize,
+        cout: usize,
+        size: usize,
+        k: usize,
+        stride: usize,
+        upsample: bool,
+    }
+
+    const fn conv(name: &'static str, cin1: usize, cin2: usize, cout: usize, size: usize, k: usize) -> Conv {
+        Conv { name, cin1, cin2, cout, size, k, stride: 1, upsample: false }
+    }
+
+    /// One of each distinct convolution of the U-Net (`size` is the stored input's side).
+    const CONVS: [Conv; 11] = [
+        conv("conv_in 1->32 @28", 1, 0, 32, 28, 3),
+        conv("resnet 32->32 @28", 32, 0, 32, 28, 3),
+        Conv { stride: 2, ..conv("downsample 32 @28->14", 32, 0, 32, 28, 3) },
+        conv("resnet 64->64 @14", 64, 0, 64, 14, 3),
+        conv("resnet 128->128 @7", 128, 0, 128, 7, 3),
+        conv("up resnet 128+128->128 @7", 128, 128, 128, 7, 3),
+        conv("shortcut 1x1 128+128->128 @7", 128, 128, 128, 7, 1),
+        Conv { upsample: true, ..conv("upsample conv 128 @7->14", 128, 0, 128, 7, 3) },
+        conv("up resnet 64+32->32 @28", 64, 32, 32, 28, 3),
+        conv("attn qkv 1x1 64->192 @14", 64, 0, 192, 14, 1),
+        conv("conv_out 32->1 @28", 32, 0, 1, 28, 3),
+    ];
+
+    pub fn main() -> Result<()> {
+        let quick = std::env::args().any(|a| a == "--quick");
+        // `--only SUBSTRING` restricts the run to matching kernels (for A/B comparisons).
+        let args: Vec<String> = std::env::args().collect();
+        let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+        let wanted = |name: &str| only.as_ref().is_none_or(|o| name.contains(o.as_str()));
+        let gpu = pollster::block_on(Gpu::new())?;
+        println!("adapter: {}", gpu.adapter_name());
+        println!("{:<34} {:>5} {:>11} {:>9}", "kernel", "batch", "ms/call", "GFLOP/s");
+        let budget = Duration::from_millis(if quick { 50 } else { 400 });
+        for batch in [2usize, 32] {
+            for c in CONVS.iter().filter(|c| wanted(c.name)) {
+                let (ms, flops) = bench_conv(&gpu, c, batch, budget)?;
+                report(c.name, batch, ms, flops);
+            }
+            for (name, c, side, heads) in [
+                ("attention core C64 h8 @14", 64usize, 14usize, 8usize),
+                ("attention core C128 h16 @7", 128, 7, 16),
+            ] {
+                if !wanted(name) {
+                    continue;
+                }
+                let qkv = filled(&gpu, &[batch, 3 * c, side, side])?;
+                let out = Tensor::zeros(&gpu, "out", &[batch, c, side, side])?;
+                let d = attention(&gpu, &qkv, &out, heads)?;
+                let tokens = (side * side) as f64;
+                let flops = 4.0 * batch as f64 * tokens * tokens * c as f64;
+                report(name, batch, time(&gpu, &d, budget)?, flops);
+            }
+            if !wanted("group_norm") {
+                continue;
+            }
+            let x = filled(&gpu, &[batch, 64, 14, 14])?;
+            let gamma = filled(&gpu, &[64])?;
+            let out = Tensor::zeros(&gpu, "out", &[batch, 64, 14, 14])?;
+            let d = group_norm(&gpu, &x, &gamma, &gamma, &out, 8, 1e-5, true)?;
+            // Not a FLOP-bound op: report the rate at ~8 FLOPs per element for scale.
+            report("group_norm+silu C64 g8 @14", batch, time(&gpu, &d, budget)?, 8.0 * x.numel() as f64);
+        }
+        Ok(())
+    }
+
+    fn bench_conv(gpu: &Gpu, c: &Conv, batch: usize, budget: Duration) -> Result<(f64, f64)> {
+        let x = filled(gpu, &[batch, c.cin1, c.size, c.size])?;
+        let x2 = if c.cin2 > 0 { Some(filled(gpu, &[batch, c.cin2, c.size, c.size])?) } else { None };
+        let cin = c.cin1 + c.cin2;
+        let w = filled(gpu, &[c.cout, cin, c.k, c.k])?;
+        let b = filled(gpu, &[c.cout])?;
+        let side = if c.upsample { 2 * c.size } else { c.size };
+        let pad = c.k / 2;
+        let (oh, ow) = conv2d::out_size(side, side, c.k, c.stride, pad).expect("valid bench shape");
+        let out = Tensor::zeros(gpu, "out", &[batch, c.cout, oh, ow])?;
+        let d = conv2d(
+            gpu,
+            &Conv2dArgs {
+                x2: x2.as_ref(),
+                stride: c.stride,
+                upsample: c.upsample,
+                ..Conv2dArgs::new(&x, &w, &b, &out)
+            },
+        )?;
+        let ms = time(gpu, &d, budget)?;
+        Ok((ms, conv2d::flops(batch, cin, c.cout, c.k, oh, ow)))
+    }
+
+    fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        Tensor::from_slice(gpu, "bench", shape, &data)
+    }
+
+    /// Milliseconds per call: after a warm-up, repeat the dispatch in batches of one
+    /// submission until `budget` has passed, and divide.
+    fn time(gpu: &Gpu, d: &Dispatch, budget: Duration) -> Result<f64> {
+        gpu.run(&[d])?;
+        pollster::block_on(gpu.sync())?;
+        let mut reps = 1usize;
+        loop {
+            let batch: Vec<&Dispatch> = vec![d; reps];
+            let start = Instant::now();
+            gpu.run(&batch)?;
+            pollster::block_on(gpu.sync())?;
+            let took = start.elapsed();
+            if took >= budget || reps >= 1 << 14 {
+                return Ok(took.as_secs_f64() * 1e3 / reps as f64);
+            }
+            reps *= 2;
+        }
+    }
+
+    fn report(name: &str, batch: usize, ms: f64, flops: f64) {
+        println!("{name:<34} {batch:>5} {ms:>11.3} {:>9.2}", flops / (ms * 1e-3) / 1e9);
+    }
+}

@@ -129,6 +129,13 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             ),
         ));
     }
+    // The shader divides tap indices by reciprocal multiplication, exact below 2^22.
+    if (cin1 + cin2) * k * k >= 1 << 22 {
+        return Err(EngineError::Unsupported {
+            op: OP,
+            message: format!("{} input taps per output (most is 2^22)", (cin1 + cin2) * k * k),
+        });
+    }
     if a.stride == 0 {
         return Err(EngineError::shape(OP, "stride must be at least 1"));
     }
