@@ -38,13 +38,20 @@ def parse():
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=0,
+                   help="stop (and checkpoint) after this much training time; 0 = no limit")
     return p.parse_args()
 
 
-def lr_at(step, a):
+def lr_at(step, a, train_seconds=0.0):
+    """Linear warm-up, then cosine decay. With --max-minutes the decay follows whichever
+    budget (steps or time) runs out first, so a run cut short by time still ends at the
+    low learning rate the EMA weights are meant to average."""
     if step < a.warmup:
         return a.lr * (step + 1) / a.warmup
     prog = (step - a.warmup) / max(1, a.steps - a.warmup)
+    if a.max_minutes > 0:
+        prog = max(prog, train_seconds / (60 * a.max_minutes))
     frac = a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
     return a.lr * frac
 
@@ -113,7 +120,7 @@ def main():
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, a)
+            pg["lr"] = lr_at(step, a, train_seconds)
         pred = model(xt, t, class_labels=y).sample
         loss = F.mse_loss(pred, eps)
         opt.zero_grad(set_to_none=True)
@@ -131,16 +138,20 @@ def main():
 
         if step % a.log_every == 0 or step == a.steps:
             now = time.time()
-            rec = dict(step=step, loss=run_loss / run_n, lr=lr_at(step - 1, a),
+            rec = dict(step=step, loss=run_loss / run_n, lr=lr_at(step - 1, a, train_seconds),
                        s_per_step=(now - t_log) / run_n, train_seconds=round(train_seconds, 1))
             print(json.dumps(rec), flush=True)
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             run_loss, run_n, t_log = 0.0, 0, now
-        if step % a.ckpt_every == 0 or step == a.steps:
+        out_of_time = a.max_minutes > 0 and train_seconds > 60 * a.max_minutes
+        if step % a.ckpt_every == 0 or step == a.steps or out_of_time:
             save_ckpt(ckpt_path, dict(model=model.state_dict(), ema=ema.state_dict(),
                                       opt=opt.state_dict(), step=step, gen=g.get_state(),
                                       train_seconds=train_seconds, args=vars(a)))
+        if out_of_time:
+            print(f"time budget reached at step {step}", flush=True)
+            break
     print("done", flush=True)
 
 

@@ -32,7 +32,7 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         let wanted = std::env::var("WGPU_ADAPTER_NAME").ok();
         #[cfg(target_arch = "wasm32")]
-        let wanted = None;
+        let wanted: Option<String> = None;
         Self::with_adapter_name(wanted.as_deref()).await
     }
 
@@ -100,6 +100,7 @@ impl Gpu {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn park_error(&self, e: EngineError) {
         park(&self.errors, e);
     }
@@ -187,7 +188,10 @@ async fn pick_adapter(instance: &wgpu::Instance, wanted: Option<&str>) -> Result
             ..Default::default()
         })
         .await
-        .map_err(|e| EngineError::NoAdapter(format!("{e} ({})", no_adapter_hint())))
+        .map_err(|e| {
+            let _ = wanted; // adapter choice by name is native-only
+            EngineError::NoAdapter(format!("{e} ({})", no_adapter_hint()))
+        })
 }
 
 fn no_adapter_hint() -> &'static str {

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The one entry point: ./build.sh build | serve [PORT] | test
+# Installs what it needs and is missing: the wasm32 target, wasm-bindgen-cli (pinned to the
+# wasm-bindgen crate's version), Mesa's lavapipe Vulkan driver, Chromium and the npm
+# packages of the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+WASM_BINDGEN_VERSION=0.2.130 # must equal the `wasm-bindgen = "=..."` pin in Cargo.toml
+CRATE=diffusion_playground
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    log "apt-get install ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_rust_parts() {
+    if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+        log "rustup target add wasm32-unknown-unknown"
+        rustup target add wasm32-unknown-unknown
+    fi
+    for c in rustfmt clippy; do
+        rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+    done
+}
+
+ensure_wasm_bindgen() {
+    if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $WASM_BINDGEN_VERSION"; then
+        log "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+        # Not --locked: its lockfile pins a dependency that no longer resolves.
+        cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+    fi
+}
+
+ensure_vulkan() {
+    apt_install mesa-vulkan-drivers
+    # The loader and lavapipe want a runtime dir; CI shells have none.
+    if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "$XDG_RUNTIME_DIR" ]; then
+        export XDG_RUNTIME_DIR
+        XDG_RUNTIME_DIR=$(mktemp -d)
+    fi
+}
+
+ensure_browser() {
+    apt_install chromium
+    if [ ! -d node_modules/playwright-core ]; then
+        log "npm ci"
+        npm ci --no-audit --no-fund
+    fi
+}
+
+build() {
+    ensure_rust_parts
+    ensure_wasm_bindgen
+    log "cargo build (wasm32, release)"
+    cargo build --lib --release --target wasm32-unknown-unknown
+    log "wasm-bindgen -> www/pkg/"
+    wasm-bindgen --target web --no-typescript --out-dir www/pkg \
+        "target/wasm32-unknown-unknown/release/$CRATE.wasm"
+}
+
+serve() {
+    build
+    cargo build --release --bin serve
+    exec target/release/serve www "${1:-8080}"
+}
+
+test_all() {
+    ensure_rust_parts
+    ensure_vulkan
+    log "cargo fmt --check"
+    cargo fmt --check
+    log "cargo clippy (native and wasm32)"
+    cargo clippy --all-targets -- -D warnings
+    cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+    log "cargo test (kernels on $(vulkaninfo --summary 2>/dev/null | grep -m1 deviceName | sed 's/.*= //' || echo 'the default Vulkan adapter'))"
+    cargo test --release
+    build
+    ensure_browser
+    cargo build --release --bin serve
+    log "browser tests (headless Chromium, WebGPU on SwiftShader)"
+    node --test tests/e2e/
+}
+
+case "${1:-}" in
+build) build ;;
+serve) shift; serve "$@" ;;
+test) test_all ;;
+*)
+    echo "usage: ./build.sh build | serve [PORT] | test" >&2
+    exit 2
+    ;;
+esac

