@@ -37,10 +37,7 @@ pub enum EngineError {
     },
 
     #[error("shader {kernel} failed to compile: {message}")]
-    ShaderCompile {
-        kernel: String,
-        message: String,
-    },
+    ShaderCompile { kernel: String, message: String },
 
     #[error("GPU validation error: {0}")]
     Validation(String),
@@ -56,9 +53,44 @@ pub enum EngineError {
 
     #[error("{op}: unsupported: {message}")]
     Unsupported { op: &'static str, message: String },
+
+    /// A model config field outside the supported subset, or inconsistent with another.
+    #[error("config.json: `{field}` = {value}: {message}")]
+    Config {
+        field: String,
+        value: String,
+        message: String,
+    },
+
+    /// The weights file is not a readable safetensors file (truncated, corrupt header...).
+    #[error("the weights file is unreadable: {0}")]
+    WeightsFile(String),
+
+    /// One tensor of the weights file does not match what the config implies.
+    #[error("weights: tensor `{tensor}`: {message}")]
+    Weights { tensor: String, message: String },
 }
 
 impl EngineError {
+    pub(crate) fn config(
+        field: &str,
+        value: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        EngineError::Config {
+            field: field.to_string(),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn weights(tensor: &str, message: impl Into<String>) -> Self {
+        EngineError::Weights {
+            tensor: tensor.to_string(),
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, message: impl Into<String>) -> Self {
         EngineError::Shape {
             op,

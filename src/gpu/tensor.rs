@@ -52,6 +52,20 @@ impl Tensor {
         Ok(())
     }
 
+    /// The same buffer seen with another shape of the same element count (no copy).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if checked_numel("reshape", shape)? != self.numel() {
+            return Err(EngineError::shape(
+                "tensor reshape",
+                format!("{:?} cannot be viewed as {shape:?}", self.shape),
+            ));
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+        })
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }

@@ -1,0 +1,351 @@
+//! The diffusers blocks a `UNet2DModel` is made of, each knowing its parameter names and
+//! shapes (as diffusers writes them) and how to plan itself as GPU dispatches.
+//! Read beside diffusers' `resnet.py`, `attention_processor.py` (`Attention` with
+//! `_from_deprecated_attn_block`), `downsampling.py` and `upsampling.py`.
+
+use std::collections::HashMap;
+
+use crate::error::{EngineError, Result};
+use crate::gpu::attention::{AttentionWeights, SelfAttention};
+use crate::gpu::concat::concat;
+use crate::gpu::conv2d::{conv2d, Conv2dArgs, TembSlice};
+use crate::gpu::group_norm::group_norm;
+use crate::gpu::{Dispatch, Gpu, Tensor};
+
+/// (name, shape) of every parameter, in diffusers' naming.
+pub type ParamList = Vec<(String, Vec<usize>)>;
+
+/// Collects the dispatches of one forward pass and the tensors they write.
+pub(crate) struct Planner<'a> {
+    pub gpu: &'a Gpu,
+    pub params: &'a HashMap<String, Tensor>,
+    /// Every ResNet's projected time embedding, side by side: [batch, sum of widths].
+    pub temb: &'a Tensor,
+    pub ops: Vec<Op>,
+    /// Tensors that outlive their block (block outputs, skips).
+    pub kept: Vec<Tensor>,
+    /// Temporaries inside a block, shared by every block with the same shape: dispatches
+    /// run in order, so a temporary is dead once its block's last dispatch is done.
+    scratch: HashMap<(&'static str, Vec<usize>), Tensor>,
+    /// Block outputs by module name (`conv_in`, `down_blocks.0`, ...) for tests and traces.
+    pub named: Vec<(String, usize)>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(gpu: &'a Gpu, params: &'a HashMap<String, Tensor>, temb: &'a Tensor) -> Self {
+        Planner {
+            gpu,
+            params,
+            temb,
+            ops: Vec::new(),
+            kept: Vec::new(),
+            scratch: HashMap::new(),
+            named: Vec::new(),
+        }
+    }
+
+    pub fn param(&self, name: &str) -> Result<&'a Tensor> {
+        self.params
+            .get(name)
+            .ok_or_else(|| EngineError::weights(name, "was not uploaded (an engine bug)"))
+    }
+
+    /// A new tensor that stays alive for the whole forward pass; returns its index.
+    pub fn keep(&mut self, label: &str, shape: &[usize]) -> Result<usize> {
+        self.kept.push(Tensor::zeros(self.gpu, label, shape)?);
+        Ok(self.kept.len() - 1)
+    }
+
+    pub fn scratch(&mut self, role: &'static str, shape: &[usize]) -> Result<Tensor> {
+        let key = (role, shape.to_vec());
+        if !self.scratch.contains_key(&key) {
+            let t = Tensor::zeros(self.gpu, role, shape)?;
+            self.scratch.insert(key.clone(), t);
+        }
+        self.scratch[&key].reshape(shape)
+    }
+
+    pub fn push(&mut self, d: Dispatch) {
+        self.ops.push(Op::Kernel(d));
+    }
+
+    pub fn name(&mut self, module: impl Into<String>, index: usize) {
+        self.named.push((module.into(), index));
+    }
+}
+
+/// One planned step of the forward pass, in execution order.
+pub(crate) enum Op {
+    Kernel(Dispatch),
+    /// A self-attention block owns its own scratch tensors and four dispatches.
+    Attention(SelfAttention),
+}
+
+impl Op {
+    pub fn dispatches(&self) -> Box<dyn Iterator<Item = &Dispatch> + '_> {
+        match self {
+            Op::Kernel(d) => Box::new(std::iter::once(d)),
+            Op::Attention(a) => Box::new(a.dispatches()),
+        }
+    }
+}
+
+/// Shape of tensor `i` of the kept list.
+fn shape_of(p: &Planner, i: usize) -> [usize; 4] {
+    let s = p.kept[i].shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// `ResnetBlock2D` with `time_embedding_norm="default"`, pre-norm, SiLU:
+/// `out = (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
+pub struct ResnetBlock2D {
+    pub prefix: String,
+    pub cin: usize,
+    pub cout: usize,
+    pub groups: usize,
+    pub eps: f32,
+    pub output_scale_factor: f32,
+    /// Where this block's `time_emb_proj` output sits in the stacked projection.
+    pub temb_offset: usize,
+}
+
+impl ResnetBlock2D {
+    pub fn parameters(&self, temb_dim: usize, out: &mut ParamList) {
+        let (p, i, o) = (&self.prefix, self.cin, self.cout);
+        out.push((format!("{p}.norm1.weight"), vec![i]));
+        out.push((format!("{p}.norm1.bias"), vec![i]));
+        out.push((format!("{p}.conv1.weight"), vec![o, i, 3, 3]));
+        out.push((format!("{p}.conv1.bias"), vec![o]));
+        out.push((format!("{p}.time_emb_proj.weight"), vec![o, temb_dim]));
+        out.push((format!("{p}.time_emb_proj.bias"), vec![o]));
+        out.push((format!("{p}.norm2.weight"), vec![o]));
+        out.push((format!("{p}.norm2.bias"), vec![o]));
+        out.push((format!("{p}.conv2.weight"), vec![o, o, 3, 3]));
+        out.push((format!("{p}.conv2.bias"), vec![o]));
+        if self.has_shortcut() {
+            out.push((format!("{p}.conv_shortcut.weight"), vec![o, i, 1, 1]));
+            out.push((format!("{p}.conv_shortcut.bias"), vec![o]));
+        }
+    }
+
+    fn has_shortcut(&self) -> bool {
+        self.cin != self.cout
+    }
+
+    /// Plans the block on kept tensor `x`; returns the kept index of its output.
+    pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
+        let [n, _, h, w] = shape_of(p, x);
+        let pre = &self.prefix;
+        let normed_in = p.scratch("resnet.norm1", &[n, self.cin, h, w])?;
+        let hidden = p.scratch("resnet.conv1", &[n, self.cout, h, w])?;
+        let normed_hidden = p.scratch("resnet.norm2", &[n, self.cout, h, w])?;
+        let out = p.keep(pre, &[n, self.cout, h, w])?;
+        let gpu = p.gpu;
+
+        let d = group_norm(
+            gpu,
+            &p.kept[x],
+            p.param(&format!("{pre}.norm1.weight"))?,
+            p.param(&format!("{pre}.norm1.bias"))?,
+            &normed_in,
+            self.groups,
+            self.eps,
+            true,
+        )?;
+        p.push(d);
+        let d = conv2d(
+            gpu,
+            &Conv2dArgs {
+                temb: Some(TembSlice {
+                    tensor: p.temb,
+                    offset: self.temb_offset,
+                }),
+                ..Conv2dArgs::new(
+                    &normed_in,
+                    p.param(&format!("{pre}.conv1.weight"))?,
+                    p.param(&format!("{pre}.conv1.bias"))?,
+                    &hidden,
+                )
+            },
+        )?;
+        p.push(d);
+        let d = group_norm(
+            gpu,
+            &hidden,
+            p.param(&format!("{pre}.norm2.weight"))?,
+            p.param(&format!("{pre}.norm2.bias"))?,
+            &normed_hidden,
+            self.groups,
+            self.eps,
+            true,
+        )?;
+        p.push(d);
+        let shortcut = if self.has_shortcut() {
+            let s = p.scratch("resnet.shortcut", &[n, self.cout, h, w])?;
+            let d = conv2d(
+                gpu,
+                &Conv2dArgs::new(
+                    &p.kept[x],
+                    p.param(&format!("{pre}.conv_shortcut.weight"))?,
+                    p.param(&format!("{pre}.conv_shortcut.bias"))?,
+                    &s,
+                ),
+            )?;
+            p.push(d);
+            Some(s)
+        } else {
+            None
+        };
+        let d = conv2d(
+            gpu,
+            &Conv2dArgs {
+                residual: Some(shortcut.as_ref().unwrap_or(&p.kept[x])),
+                out_scale: 1.0 / self.output_scale_factor,
+                ..Conv2dArgs::new(
+                    &normed_hidden,
+                    p.param(&format!("{pre}.conv2.weight"))?,
+                    p.param(&format!("{pre}.conv2.bias"))?,
+                    &p.kept[out],
+                )
+            },
+        )?;
+        p.push(d);
+        Ok(out)
+    }
+}
+
+/// diffusers' `Attention` over the h*w tokens of a feature map, as the U-Net blocks build
+/// it (`residual_connection=True`, `bias=True`, a GroupNorm in front).
+pub struct Attention {
+    pub prefix: String,
+    pub channels: usize,
+    pub heads: usize,
+    pub groups: usize,
+    pub eps: f32,
+    pub rescale_output_factor: f32,
+}
+
+impl Attention {
+    pub fn parameters(&self, out: &mut ParamList) {
+        let (p, c) = (&self.prefix, self.channels);
+        out.push((format!("{p}.group_norm.weight"), vec![c]));
+        out.push((format!("{p}.group_norm.bias"), vec![c]));
+        for proj in ["to_q", "to_k", "to_v", "to_out.0"] {
+            out.push((format!("{p}.{proj}.weight"), vec![c, c]));
+            out.push((format!("{p}.{proj}.bias"), vec![c]));
+        }
+    }
+
+    /// Names of the tensors the loader derives: q, k, v stacked into one 1x1 projection.
+    pub fn qkv_names(&self) -> (String, String) {
+        (
+            format!("{}.to_qkv.weight", self.prefix),
+            format!("{}.to_qkv.bias", self.prefix),
+        )
+    }
+
+    pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
+        let shape = shape_of(p, x);
+        let out = p.keep(&self.prefix, &shape)?;
+        let pre = &self.prefix;
+        let (qkv_w, qkv_b) = self.qkv_names();
+        let weights = AttentionWeights {
+            norm_gamma: p.param(&format!("{pre}.group_norm.weight"))?,
+            norm_beta: p.param(&format!("{pre}.group_norm.bias"))?,
+            groups: self.groups,
+            eps: self.eps,
+            qkv_weight: p.param(&qkv_w)?,
+            qkv_bias: p.param(&qkv_b)?,
+            out_weight: p.param(&format!("{pre}.to_out.0.weight"))?,
+            out_bias: p.param(&format!("{pre}.to_out.0.bias"))?,
+            heads: self.heads,
+            rescale_output_factor: self.rescale_output_factor,
+        };
+        let block = SelfAttention::new(p.gpu, &p.kept[x], &weights, &p.kept[out])?;
+        p.ops.push(Op::Attention(block));
+        Ok(out)
+    }
+}
+
+/// `Downsample2D(use_conv=True, padding=1)`: a 3x3 convolution with stride 2.
+pub struct Downsample2D {
+    pub prefix: String,
+    pub channels: usize,
+}
+
+/// `Upsample2D(use_conv=True)`: nearest 2x, then a 3x3 convolution (fused in one kernel).
+pub struct Upsample2D {
+    pub prefix: String,
+    pub channels: usize,
+}
+
+fn conv3x3_parameters(prefix: &str, c: usize, out: &mut ParamList) {
+    out.push((format!("{prefix}.conv.weight"), vec![c, c, 3, 3]));
+    out.push((format!("{prefix}.conv.bias"), vec![c]));
+}
+
+impl Downsample2D {
+    pub fn parameters(&self, out: &mut ParamList) {
+        conv3x3_parameters(&self.prefix, self.channels, out);
+    }
+
+    pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
+        let [n, c, h, w] = shape_of(p, x);
+        let (oh, ow) = crate::gpu::conv2d::out_size(h, w, 3, 2, 1)
+            .ok_or_else(|| EngineError::shape("Downsample2D", format!("{h}x{w} is too small")))?;
+        let out = p.keep(&self.prefix, &[n, c, oh, ow])?;
+        let d = conv2d(
+            p.gpu,
+            &Conv2dArgs {
+                stride: 2,
+                pad: 1,
+                ..Conv2dArgs::new(
+                    &p.kept[x],
+                    p.param(&format!("{}.conv.weight", self.prefix))?,
+                    p.param(&format!("{}.conv.bias", self.prefix))?,
+                    &p.kept[out],
+                )
+            },
+        )?;
+        p.push(d);
+        Ok(out)
+    }
+}
+
+impl Upsample2D {
+    pub fn parameters(&self, out: &mut ParamList) {
+        conv3x3_parameters(&self.prefix, self.channels, out);
+    }
+
+    pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
+        let [n, c, h, w] = shape_of(p, x);
+        let out = p.keep(&self.prefix, &[n, c, 2 * h, 2 * w])?;
+        let d = conv2d(
+            p.gpu,
+            &Conv2dArgs {
+                upsample: true,
+                ..Conv2dArgs::new(
+                    &p.kept[x],
+                    p.param(&format!("{}.conv.weight", self.prefix))?,
+                    p.param(&format!("{}.conv.bias", self.prefix))?,
+                    &p.kept[out],
+                )
+            },
+        )?;
+        p.push(d);
+        Ok(out)
+    }
+}
+
+/// The channel concat of an up block's input with its skip, `torch.cat([x, skip], dim=1)`.
+pub(crate) fn plan_concat(p: &mut Planner, x: usize, skip: usize) -> Result<usize> {
+    let [n, ca, h, w] = shape_of(p, x);
+    let [_, cb, _, _] = shape_of(p, skip);
+    let cat = p.scratch("up.concat", &[n, ca + cb, h, w])?;
+    // The concat is read by the next ResNet's norm1 and shortcut only, so it can live in
+    // scratch; it is moved into `kept` as a view so the ResNet can address it by index.
+    let d = concat(p.gpu, &p.kept[x], &p.kept[skip], &cat)?;
+    p.push(d);
+    p.kept.push(cat);
+    Ok(p.kept.len() - 1)
+}

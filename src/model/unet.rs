@@ -1,0 +1,603 @@
+//! diffusers' `UNet2DModel` (the subset in ARCHITECTURE.md): the block tree a config
+//! implies, its weights on the GPU, and a forward pass planned once per batch size.
+//! Read beside diffusers' `models/unets/unet_2d.py` and `unet_2d_blocks.py`.
+
+use std::collections::HashMap;
+
+use super::blocks::{
+    plan_concat, Attention, Downsample2D, Op, ParamList, Planner, ResnetBlock2D, Upsample2D,
+};
+use super::config::{DownBlockType, UNetConfig, UpBlockType};
+use super::weights::{HostTensor, Weights};
+use crate::error::{EngineError, Result};
+use crate::gpu::conv2d::{conv2d, Conv2dArgs};
+use crate::gpu::group_norm::group_norm;
+use crate::gpu::linear::linear;
+use crate::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+
+/// `DownBlock2D` / `AttnDownBlock2D`.
+pub struct DownBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Attention>,
+    pub downsampler: Option<Downsample2D>,
+}
+
+/// `UNetMidBlock2D`: resnet, (attention, resnet) once.
+pub struct MidBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Attention>,
+}
+
+/// `UpBlock2D` / `AttnUpBlock2D`: each resnet reads the concat of the running hidden
+/// state and one skip, popped from the end of the down path's outputs.
+pub struct UpBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Attention>,
+    pub upsampler: Option<Upsample2D>,
+}
+
+/// The block tree of a config, with every parameter's name and shape.
+pub struct UNetSpec {
+    pub config: UNetConfig,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: Option<MidBlock>,
+    pub up_blocks: Vec<UpBlock>,
+    /// Sum of every ResNet's output width: the stacked time-embedding projection.
+    pub temb_proj_width: usize,
+}
+
+impl UNetSpec {
+    pub fn new(config: &UNetConfig) -> Self {
+        let cfg = config;
+        let chans = &cfg.block_out_channels;
+        let levels = chans.len();
+        let mut temb_offset = 0;
+        let mut resnet = |prefix: String, cin: usize, cout: usize, scale: f32| {
+            let r = ResnetBlock2D {
+                prefix,
+                cin,
+                cout,
+                groups: cfg.norm_num_groups,
+                eps: cfg.norm_eps,
+                output_scale_factor: scale,
+                temb_offset,
+            };
+            temb_offset += cout;
+            r
+        };
+        let attention = |prefix: String, c: usize, groups: usize, rescale: f32| Attention {
+            prefix,
+            channels: c,
+            heads: cfg.heads(c),
+            groups,
+            eps: cfg.norm_eps,
+            rescale_output_factor: rescale,
+        };
+
+        let mut down_blocks = Vec::new();
+        let mut out_c = chans[0];
+        for (i, kind) in cfg.down_block_types.iter().enumerate() {
+            let in_c = out_c;
+            out_c = chans[i];
+            let resnets: Vec<_> = (0..cfg.layers_per_block)
+                .map(|j| {
+                    resnet(
+                        format!("down_blocks.{i}.resnets.{j}"),
+                        if j == 0 { in_c } else { out_c },
+                        out_c,
+                        1.0,
+                    )
+                })
+                .collect();
+            let attentions = match kind {
+                DownBlockType::AttnDownBlock2D => (0..cfg.layers_per_block)
+                    .map(|j| {
+                        attention(
+                            format!("down_blocks.{i}.attentions.{j}"),
+                            out_c,
+                            cfg.norm_num_groups,
+                            1.0,
+                        )
+                    })
+                    .collect(),
+                DownBlockType::DownBlock2D => Vec::new(),
+            };
+            let downsampler = (i + 1 < levels).then(|| Downsample2D {
+                prefix: format!("down_blocks.{i}.downsamplers.0"),
+                channels: out_c,
+            });
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
+        }
+
+        let mid_block = cfg.has_mid_block.then(|| {
+            let c = chans[levels - 1];
+            let s = cfg.mid_block_scale_factor;
+            let attn_groups = cfg.attn_norm_num_groups.unwrap_or(cfg.norm_num_groups);
+            MidBlock {
+                resnets: vec![
+                    resnet("mid_block.resnets.0".into(), c, c, s),
+                    resnet("mid_block.resnets.1".into(), c, c, s),
+                ],
+                attentions: if cfg.add_attention {
+                    vec![attention(
+                        "mid_block.attentions.0".into(),
+                        c,
+                        attn_groups,
+                        s,
+                    )]
+                } else {
+                    Vec::new()
+                },
+            }
+        });
+
+        let mut up_blocks = Vec::new();
+        let rev: Vec<usize> = chans.iter().rev().copied().collect();
+        let mut out_c = rev[0];
+        for (i, kind) in cfg.up_block_types.iter().enumerate() {
+            let prev_out = out_c;
+            out_c = rev[i];
+            let in_c = rev[(i + 1).min(levels - 1)];
+            let layers = cfg.layers_per_block + 1;
+            let resnets: Vec<_> = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { in_c } else { out_c };
+                    let hidden = if j == 0 { prev_out } else { out_c };
+                    resnet(
+                        format!("up_blocks.{i}.resnets.{j}"),
+                        hidden + skip,
+                        out_c,
+                        1.0,
+                    )
+                })
+                .collect();
+            let attentions = match kind {
+                UpBlockType::AttnUpBlock2D => (0..layers)
+                    .map(|j| {
+                        attention(
+                            format!("up_blocks.{i}.attentions.{j}"),
+                            out_c,
+                            cfg.norm_num_groups,
+                            1.0,
+                        )
+                    })
+                    .collect(),
+                UpBlockType::UpBlock2D => Vec::new(),
+            };
+            let upsampler = (i + 1 < levels).then(|| Upsample2D {
+                prefix: format!("up_blocks.{i}.upsamplers.0"),
+                channels: out_c,
+            });
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
+        }
+
+        UNetSpec {
+            config: cfg.clone(),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            temb_proj_width: temb_offset,
+        }
+    }
+
+    fn resnets(&self) -> impl Iterator<Item = &ResnetBlock2D> {
+        self.down_blocks
+            .iter()
+            .flat_map(|b| &b.resnets)
+            .chain(self.mid_block.iter().flat_map(|b| &b.resnets))
+            .chain(self.up_blocks.iter().flat_map(|b| &b.resnets))
+    }
+
+    fn attentions(&self) -> impl Iterator<Item = &Attention> {
+        self.down_blocks
+            .iter()
+            .flat_map(|b| &b.attentions)
+            .chain(self.mid_block.iter().flat_map(|b| &b.attentions))
+            .chain(self.up_blocks.iter().flat_map(|b| &b.attentions))
+    }
+
+    /// Every parameter the weights file must hold, named as diffusers names them.
+    pub fn parameters(&self) -> ParamList {
+        let cfg = &self.config;
+        let (c0, d) = (cfg.block_out_channels[0], cfg.time_embed_dim());
+        let mut out: ParamList = vec![
+            ("conv_in.weight".into(), vec![c0, cfg.in_channels, 3, 3]),
+            ("conv_in.bias".into(), vec![c0]),
+            ("time_embedding.linear_1.weight".into(), vec![d, c0]),
+            ("time_embedding.linear_1.bias".into(), vec![d]),
+            ("time_embedding.linear_2.weight".into(), vec![d, d]),
+            ("time_embedding.linear_2.bias".into(), vec![d]),
+        ];
+        if let Some(n) = cfg.num_class_embeds {
+            out.push(("class_embedding.weight".into(), vec![n, d]));
+        }
+        for r in self.resnets() {
+            r.parameters(d, &mut out);
+        }
+        for a in self.attentions() {
+            a.parameters(&mut out);
+        }
+        for b in &self.down_blocks {
+            if let Some(ds) = &b.downsampler {
+                ds.parameters(&mut out);
+            }
+        }
+        for b in &self.up_blocks {
+            if let Some(us) = &b.upsampler {
+                us.parameters(&mut out);
+            }
+        }
+        out.push(("conv_norm_out.weight".into(), vec![c0]));
+        out.push(("conv_norm_out.bias".into(), vec![c0]));
+        out.push(("conv_out.weight".into(), vec![cfg.out_channels, c0, 3, 3]));
+        out.push(("conv_out.bias".into(), vec![cfg.out_channels]));
+        out
+    }
+}
+
+/// A loaded model: its block tree and its weights on the GPU.
+pub struct UNet {
+    pub spec: UNetSpec,
+    params: HashMap<String, Tensor>,
+    /// Rows of the class-embedding table, kept on the host: labels are fixed for a whole
+    /// sampling run, so their rows are looked up once per run, not per step.
+    class_table: Option<HostTensor>,
+    freqs: TimestepFrequencies,
+}
+
+impl UNet {
+    /// Parses `config.json` and a safetensors file, checks every tensor against the config,
+    /// and uploads the weights.
+    pub fn load(gpu: &Gpu, config_json: &str, safetensors: &[u8]) -> Result<Self> {
+        let config = UNetConfig::from_json(config_json)?;
+        let weights = Weights::from_safetensors(safetensors)?;
+        Self::from_weights(gpu, &config, &weights)
+    }
+
+    pub fn from_weights(gpu: &Gpu, config: &UNetConfig, weights: &Weights) -> Result<Self> {
+        let spec = UNetSpec::new(config);
+        weights.check(&spec.parameters())?;
+        let get = |name: &str| {
+            weights
+                .get(name)
+                .ok_or_else(|| EngineError::weights(name, "missing (checked above)"))
+        };
+        let mut params = HashMap::new();
+        let mut upload = |name: String, t: &HostTensor, shape: &[usize]| -> Result<()> {
+            let tensor = Tensor::from_slice(gpu, &name, shape, &t.data)?;
+            params.insert(name, tensor);
+            Ok(())
+        };
+
+        // ResNets' time projections are stacked into one [sum of widths, D] linear, run
+        // once per step for all of them.
+        let d = config.time_embed_dim();
+        let mut proj_w = Vec::with_capacity(spec.temb_proj_width * d);
+        let mut proj_b = Vec::with_capacity(spec.temb_proj_width);
+        for r in spec.resnets() {
+            proj_w.extend_from_slice(&get(&format!("{}.time_emb_proj.weight", r.prefix))?.data);
+            proj_b.extend_from_slice(&get(&format!("{}.time_emb_proj.bias", r.prefix))?.data);
+        }
+        let stacked = |data: Vec<f32>, shape: Vec<usize>| HostTensor { shape, data };
+        upload(
+            "temb_proj.weight".into(),
+            &stacked(proj_w, vec![spec.temb_proj_width, d]),
+            &[spec.temb_proj_width, d],
+        )?;
+        upload(
+            "temb_proj.bias".into(),
+            &stacked(proj_b, vec![spec.temb_proj_width]),
+            &[spec.temb_proj_width],
+        )?;
+
+        // q, k and v become one [3c, c, 1, 1] convolution; to_out a [c, c, 1, 1] one.
+        for a in spec.attentions() {
+            let c = a.channels;
+            let mut w = Vec::with_capacity(3 * c * c);
+            let mut b = Vec::with_capacity(3 * c);
+            for proj in ["to_q", "to_k", "to_v"] {
+                w.extend_from_slice(&get(&format!("{}.{proj}.weight", a.prefix))?.data);
+                b.extend_from_slice(&get(&format!("{}.{proj}.bias", a.prefix))?.data);
+            }
+            let (wn, bn) = a.qkv_names();
+            upload(wn, &stacked(w, vec![3 * c, c, 1, 1]), &[3 * c, c, 1, 1])?;
+            upload(bn, &stacked(b, vec![3 * c]), &[3 * c])?;
+            let out_w = format!("{}.to_out.0.weight", a.prefix);
+            upload(out_w.clone(), get(&out_w)?, &[c, c, 1, 1])?;
+        }
+
+        for (name, shape) in spec.parameters() {
+            let derived = name.contains(".time_emb_proj.")
+                || name.contains(".to_q.")
+                || name.contains(".to_k.")
+                || name.contains(".to_v.")
+                || name.ends_with(".to_out.0.weight")
+                || name == "class_embedding.weight";
+            if !derived {
+                upload(name.clone(), get(&name)?, &shape)?;
+            }
+        }
+
+        let class_table = weights.get("class_embedding.weight").cloned();
+        let freqs = TimestepFrequencies::new(
+            gpu,
+            config.block_out_channels[0],
+            config.flip_sin_to_cos,
+            config.freq_shift,
+        )?;
+        Ok(UNet {
+            spec,
+            params,
+            class_table,
+            freqs,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.spec.config
+    }
+
+    /// Image shape [C, H, W] the model samples.
+    pub fn sample_shape(&self) -> [usize; 3] {
+        let c = self.config();
+        [c.in_channels, c.sample_size.0, c.sample_size.1]
+    }
+
+    /// Plans one forward pass over `batch` images: every activation buffer is allocated
+    /// here, once, and the returned [`Forward`] is replayed every sampling step.
+    pub fn plan(&self, gpu: &Gpu, batch: usize) -> Result<Forward> {
+        let cfg = self.config();
+        let [cin, h, w] = self.sample_shape();
+        let (c0, d) = (cfg.block_out_channels[0], cfg.time_embed_dim());
+        let input = Tensor::zeros(gpu, "unet.input", &[batch, cin, h, w])?;
+        let timesteps = Tensor::zeros(gpu, "unet.timesteps", &[batch])?;
+        let time_proj = Tensor::zeros(gpu, "time_proj", &[batch, c0])?;
+        let time_hidden = Tensor::zeros(gpu, "time_embedding.linear_1", &[batch, d])?;
+        let class_emb = Tensor::zeros(gpu, "class_embedding", &[batch, d, 1, 1])?;
+        let emb = Tensor::zeros(gpu, "emb", &[batch, d, 1, 1])?;
+        let temb = Tensor::zeros(gpu, "temb_proj", &[batch, self.spec.temb_proj_width])?;
+        let output = Tensor::zeros(gpu, "unet.output", &[batch, cfg.out_channels, h, w])?;
+        let p = |n: &str| {
+            self.params
+                .get(n)
+                .ok_or_else(|| EngineError::weights(n, "was not uploaded (an engine bug)"))
+        };
+
+        // emb = linear_2(silu(linear_1(time_proj(t)))) + class_embedding[label]; linear_2 runs
+        // as a 1x1 convolution so the class rows can ride in its residual epilogue.
+        let mut head: Vec<Dispatch> = vec![
+            timestep_embedding(gpu, &self.freqs, &timesteps, &time_proj)?,
+            linear(
+                gpu,
+                &time_proj,
+                p("time_embedding.linear_1.weight")?,
+                p("time_embedding.linear_1.bias")?,
+                &time_hidden,
+                false,
+                true,
+            )?,
+        ];
+        let hidden4 = time_hidden.reshape(&[batch, d, 1, 1])?;
+        let w2 = p("time_embedding.linear_2.weight")?.reshape(&[d, d, 1, 1])?;
+        head.push(conv2d(
+            gpu,
+            &Conv2dArgs {
+                residual: self.class_table.as_ref().map(|_| &class_emb),
+                ..Conv2dArgs::new(&hidden4, &w2, p("time_embedding.linear_2.bias")?, &emb)
+            },
+        )?);
+        let emb2 = emb.reshape(&[batch, d])?;
+        head.push(linear(
+            gpu,
+            &emb2,
+            p("temb_proj.weight")?,
+            p("temb_proj.bias")?,
+            &temb,
+            true,
+            false,
+        )?);
+
+        let mut planner = Planner::new(gpu, &self.params, &temb);
+        for dsp in head {
+            planner.push(dsp);
+        }
+        let x = planner.keep("conv_in", &[batch, c0, h, w])?;
+        let dsp = conv2d(
+            gpu,
+            &Conv2dArgs::new(
+                &input,
+                p("conv_in.weight")?,
+                p("conv_in.bias")?,
+                &planner.kept[x],
+            ),
+        )?;
+        planner.push(dsp);
+        planner.name("conv_in", x);
+
+        let mut skips = vec![x];
+        let mut x = x;
+        for (i, block) in self.spec.down_blocks.iter().enumerate() {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                x = resnet.plan(&mut planner, x)?;
+                if let Some(attn) = block.attentions.get(j) {
+                    x = attn.plan(&mut planner, x)?;
+                }
+                skips.push(x);
+            }
+            if let Some(ds) = &block.downsampler {
+                x = ds.plan(&mut planner, x)?;
+                skips.push(x);
+            }
+            planner.name(format!("down_blocks.{i}"), x);
+        }
+        if let Some(mid) = &self.spec.mid_block {
+            x = mid.resnets[0].plan(&mut planner, x)?;
+            if let Some(attn) = mid.attentions.first() {
+                x = attn.plan(&mut planner, x)?;
+            }
+            x = mid.resnets[1].plan(&mut planner, x)?;
+            planner.name("mid_block", x);
+        }
+        for (i, block) in self.spec.up_blocks.iter().enumerate() {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| {
+                    EngineError::shape("UNet2DModel", "ran out of skip connections")
+                })?;
+                let cat = plan_concat(&mut planner, x, skip)?;
+                x = resnet.plan(&mut planner, cat)?;
+                if let Some(attn) = block.attentions.get(j) {
+                    x = attn.plan(&mut planner, x)?;
+                }
+            }
+            if let Some(us) = &block.upsampler {
+                x = us.plan(&mut planner, x)?;
+            }
+            planner.name(format!("up_blocks.{i}"), x);
+        }
+
+        let act = planner.keep("conv_act", &[batch, c0, h, w])?;
+        let dsp = group_norm(
+            gpu,
+            &planner.kept[x],
+            p("conv_norm_out.weight")?,
+            p("conv_norm_out.bias")?,
+            &planner.kept[act],
+            cfg.norm_num_groups,
+            cfg.norm_eps,
+            true,
+        )?;
+        planner.push(dsp);
+        planner.name("conv_act", act);
+        let dsp = conv2d(
+            gpu,
+            &Conv2dArgs::new(
+                &planner.kept[act],
+                p("conv_out.weight")?,
+                p("conv_out.bias")?,
+                &output,
+            ),
+        )?;
+        planner.push(dsp);
+
+        let named = planner
+            .named
+            .iter()
+            .map(|(n, i)| {
+                planner.kept[*i]
+                    .reshape(planner.kept[*i].shape())
+                    .map(|t| (n.clone(), t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ops = std::mem::take(&mut planner.ops);
+        let kept = std::mem::take(&mut planner.kept);
+        Ok(Forward {
+            batch,
+            input,
+            timesteps,
+            class_emb,
+            time_proj,
+            emb,
+            output,
+            ops,
+            _kept: kept,
+            _time_hidden: time_hidden,
+            _temb: temb,
+            named,
+        })
+    }
+
+    /// The class-embedding rows of `labels`, [labels.len(), D].
+    fn class_rows(&self, labels: &[u32]) -> Result<Vec<f32>> {
+        let table = self.class_table.as_ref().ok_or_else(|| EngineError::Unsupported {
+            op: "UNet2DModel",
+            message: "this model has no class embedding (num_class_embeds is null), so it takes no class".into(),
+        })?;
+        let (rows, d) = (table.shape[0], table.shape[1]);
+        let mut out = Vec::with_capacity(labels.len() * d);
+        for &l in labels {
+            let l = l as usize;
+            if l >= rows {
+                return Err(EngineError::shape(
+                    "UNet2DModel",
+                    format!("class {l} is out of range: the model has classes 0..{} and the null class {}", rows - 1, rows - 1),
+                ));
+            }
+            out.extend_from_slice(&table.data[l * d..(l + 1) * d]);
+        }
+        Ok(out)
+    }
+}
+
+/// One planned forward pass: `output = UNet(input, timesteps, classes)` for a fixed batch.
+pub struct Forward {
+    pub batch: usize,
+    /// [batch, in_channels, H, W]
+    pub input: Tensor,
+    /// [batch] (f32; fractional timesteps allowed)
+    pub timesteps: Tensor,
+    class_emb: Tensor,
+    /// The sinusoidal embedding [batch, C0] and the full embedding (time MLP + class)
+    /// [batch, D, 1, 1], exposed for tests.
+    pub time_proj: Tensor,
+    pub emb: Tensor,
+    /// [batch, out_channels, H, W]
+    pub output: Tensor,
+    ops: Vec<Op>,
+    _kept: Vec<Tensor>,
+    _time_hidden: Tensor,
+    _temb: Tensor,
+    named: Vec<(String, Tensor)>,
+}
+
+impl Forward {
+    /// Sets the class of every batch item (uploads their embedding rows); call once per
+    /// sampling run. A model without classes accepts only an empty list.
+    pub fn set_classes(&self, gpu: &Gpu, unet: &UNet, labels: &[u32]) -> Result<()> {
+        if unet.class_table.is_none() && labels.is_empty() {
+            return Ok(());
+        }
+        if labels.len() != self.batch {
+            return Err(EngineError::shape(
+                "UNet2DModel",
+                format!(
+                    "{} class labels for a batch of {}",
+                    labels.len(),
+                    self.batch
+                ),
+            ));
+        }
+        self.class_emb.write(gpu, &unet.class_rows(labels)?)
+    }
+
+    /// Queues the timesteps of the next pass (ordered before the next submit).
+    pub fn set_timesteps(&self, gpu: &Gpu, t: &[f32]) -> Result<()> {
+        self.timesteps.write(gpu, t)
+    }
+
+    /// Every dispatch of the pass, in order.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.ops.iter().flat_map(|op| op.dispatches())
+    }
+
+    /// Encodes the whole pass into `pass`.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in self.dispatches() {
+            d.encode(pass);
+        }
+    }
+
+    /// The output of a top-level module (`conv_in`, `down_blocks.1`, `mid_block`,
+    /// `up_blocks.0`, `conv_act`), for tests and traces.
+    pub fn activation(&self, module: &str) -> Option<&Tensor> {
+        self.named.iter().find(|(n, _)| n == module).map(|(_, t)| t)
+    }
+}
