@@ -16,25 +16,13 @@ pub enum EngineError {
     RequestDevice(String),
 
     #[error("the GPU's {name} is {available}, but this engine needs at least {required}")]
-    LimitTooLow {
-        name: &'static str,
-        required: u64,
-        available: u64,
-    },
+    LimitTooLow { name: &'static str, required: u64, available: u64 },
 
     #[error("a buffer of {bytes} bytes for {what} exceeds this GPU's maxStorageBufferBindingSize of {limit} bytes")]
-    BufferTooLarge {
-        what: String,
-        bytes: u64,
-        limit: u64,
-    },
+    BufferTooLarge { what: String, bytes: u64, limit: u64 },
 
     #[error("dispatch of {groups} workgroups along one dimension for {kernel} exceeds this GPU's limit of {limit}")]
-    TooManyWorkgroups {
-        kernel: &'static str,
-        groups: u64,
-        limit: u64,
-    },
+    TooManyWorkgroups { kernel: &'static str, groups: u64, limit: u64 },
 
     #[error("shader {kernel} failed to compile: {message}")]
     ShaderCompile { kernel: String, message: String },
@@ -56,11 +44,7 @@ pub enum EngineError {
 
     /// A model config field outside the supported subset, or inconsistent with another.
     #[error("config.json: `{field}` = {value}: {message}")]
-    Config {
-        field: String,
-        value: String,
-        message: String,
-    },
+    Config { field: String, value: String, message: String },
 
     /// The weights file is not a readable safetensors file (truncated, corrupt header...).
     #[error("the weights file is unreadable: {0}")]
@@ -72,29 +56,15 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub(crate) fn config(
-        field: &str,
-        value: impl std::fmt::Display,
-        message: impl Into<String>,
-    ) -> Self {
-        EngineError::Config {
-            field: field.to_string(),
-            value: value.to_string(),
-            message: message.into(),
-        }
+    pub(crate) fn config(field: &str, value: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        EngineError::Config { field: field.to_string(), value: value.to_string(), message: message.into() }
     }
 
     pub(crate) fn weights(tensor: &str, message: impl Into<String>) -> Self {
-        EngineError::Weights {
-            tensor: tensor.to_string(),
-            message: message.into(),
-        }
+        EngineError::Weights { tensor: tensor.to_string(), message: message.into() }
     }
 
     pub(crate) fn shape(op: &'static str, message: impl Into<String>) -> Self {
-        EngineError::Shape {
-            op,
-            message: message.into(),
-        }
+        EngineError::Shape { op, message: message.into() }
     }
 }

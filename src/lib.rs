@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod image;
 pub mod model;
 pub mod selftest;
 #[cfg(target_arch = "wasm32")]

@@ -30,10 +30,7 @@ impl Lcg {
     fn take(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.0 = self
-                    .0
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
             })
             .collect()
@@ -188,15 +185,12 @@ async fn compare(
 ) -> Result<KernelCheck> {
     gpu.run(dispatches)?;
     let got = out.read(gpu).await?;
-    let max_abs_err = got
-        .iter()
-        .zip(expect)
-        .map(|(g, e)| (g - e).abs())
-        .fold(0.0f32, |m, e| if e.is_nan() || m.is_nan() { f32::NAN } else { m.max(e) });
-    Ok(KernelCheck {
-        kernel: kernel.to_string(),
-        max_abs_err,
-        tolerance,
-        ok: max_abs_err <= tolerance,
-    })
+    let max_abs_err = got.iter().zip(expect).map(|(g, e)| (g - e).abs()).fold(0.0f32, |m, e| {
+        if e.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(e)
+        }
+    });
+    Ok(KernelCheck { kernel: kernel.to_string(), max_abs_err, tolerance, ok: max_abs_err <= tolerance })
 }

@@ -32,15 +32,16 @@ fn check_plain(seed: u64, c: Case) {
     let gw = upload("w", &[c.cout, c.cin, c.k, c.k], &wt);
     let gb = upload("b", &[c.cout], &b);
     let out = zeros("out", &[c.n, c.cout, oh, ow]);
-    let d = conv2d(
-        gpu(),
-        &Conv2dArgs { stride: c.stride, pad: c.pad, ..Conv2dArgs::new(&gx, &gw, &gb, &out) },
-    )
-    .expect("conv2d launch");
+    let d =
+        conv2d(gpu(), &Conv2dArgs { stride: c.stride, pad: c.pad, ..Conv2dArgs::new(&gx, &gw, &gb, &out) })
+            .expect("conv2d launch");
     let got = run(&[&d], &out);
     let tol = dot_tolerance(fan_in);
     assert_close(
-        &format!("conv2d n{} cin{} cout{} {}x{} k{} s{} p{}", c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad),
+        &format!(
+            "conv2d n{} cin{} cout{} {}x{} k{} s{} p{}",
+            c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad
+        ),
         &got,
         &expect,
         &[c.n, c.cout, oh, ow],
@@ -107,7 +108,17 @@ fn conv3x3_batch33_single_output_channel() {
 /// Every fusion at once, as an up-block ResNet uses them: two inputs (skip concat),
 /// nearest-2x upsampling, the time embedding read from a slice of a wider tensor, a
 /// residual, an output scale and SiLU.
-fn check_fused(seed: u64, n: usize, c1: usize, c2: usize, cout: usize, sh: usize, sw: usize, upsample: bool, silu: bool) {
+fn check_fused(
+    seed: u64,
+    n: usize,
+    c1: usize,
+    c2: usize,
+    cout: usize,
+    sh: usize,
+    sw: usize,
+    upsample: bool,
+    silu: bool,
+) {
     let mut r = rng(seed);
     let k = 3;
     let cin = c1 + c2;

@@ -9,9 +9,7 @@ use diffusion_playground::EngineError;
 
 #[test]
 fn unknown_adapter_name_is_no_adapter() {
-    let err = pollster::block_on(Gpu::with_adapter_name(Some("no-such-gpu-xyz")))
-        .err()
-        .expect("must fail");
+    let err = pollster::block_on(Gpu::with_adapter_name(Some("no-such-gpu-xyz"))).err().expect("must fail");
     assert!(matches!(err, EngineError::NoAdapter(_)), "{err:?}");
     assert!(err.to_string().contains("no-such-gpu-xyz"), "{err}");
 }
@@ -68,10 +66,7 @@ fn dispatch_past_workgroup_limit_is_refused() {
     let k = gpu().kernel(&WRITE, &[]).expect("compiles");
     let y = zeros("y", &[4]);
     let too_many = gpu().limits.max_compute_workgroups_per_dimension + 1;
-    let err = gpu()
-        .dispatch(&k, &[y.buffer()], &[0u32; 4], [too_many, 1, 1])
-        .err()
-        .expect("must fail");
+    let err = gpu().dispatch(&k, &[y.buffer()], &[0u32; 4], [too_many, 1, 1]).err().expect("must fail");
     assert!(matches!(err, EngineError::TooManyWorkgroups { .. }), "{err:?}");
     // Wrong number of buffers is an error too, not a panic.
     let err = gpu().dispatch(&k, &[], &[0u32; 4], [1, 1, 1]).err().expect("must fail");

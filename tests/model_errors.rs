@@ -43,10 +43,8 @@ fn rewrite(
         .into_iter()
         .filter_map(|(n, v)| edit(&n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
         .collect();
-    let views: HashMap<String, TensorView> = owned
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: HashMap<String, TensorView> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize(&views, None).unwrap()
 }
 
@@ -70,10 +68,7 @@ fn the_valid_fixture_loads() {
 fn truncated_weights_file() {
     let bytes = weights_bytes();
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
-        let msg = expect_err(
-            load(&config_text(), &bytes[..cut]),
-            &["weights file is unreadable"],
-        );
+        let msg = expect_err(load(&config_text(), &bytes[..cut]), &["weights file is unreadable"]);
         eprintln!("cut at {cut}: {msg}");
     }
 }
@@ -82,35 +77,20 @@ fn truncated_weights_file() {
 fn corrupt_header() {
     let mut bytes = weights_bytes();
     bytes[10] = b'#';
-    expect_err(
-        load(&config_text(), &bytes),
-        &["weights file is unreadable"],
-    );
-    expect_err(
-        load(&config_text(), b"<html>404 Not Found</html>"),
-        &["weights file is unreadable"],
-    );
+    expect_err(load(&config_text(), &bytes), &["weights file is unreadable"]);
+    expect_err(load(&config_text(), b"<html>404 Not Found</html>"), &["weights file is unreadable"]);
 }
 
 #[test]
 fn missing_tensor() {
-    let w = rewrite(|n, d, s, b| {
-        (n != "mid_block.attentions.0.to_k.weight").then(|| (n.into(), d, s, b))
-    });
-    expect_err(
-        load(&config_text(), &w),
-        &["mid_block.attentions.0.to_k.weight", "missing"],
-    );
+    let w = rewrite(|n, d, s, b| (n != "mid_block.attentions.0.to_k.weight").then(|| (n.into(), d, s, b)));
+    expect_err(load(&config_text(), &w), &["mid_block.attentions.0.to_k.weight", "missing"]);
 }
 
 #[test]
 fn extra_tensor() {
     let w = rewrite(|n, d, s, b| {
-        let name = if n == "conv_out.bias" {
-            "conv_out.extra".to_string()
-        } else {
-            n.to_string()
-        };
+        let name = if n == "conv_out.bias" { "conv_out.extra".to_string() } else { n.to_string() };
         Some((name, d, s, b))
     });
     // conv_out.bias is now missing, which is reported first; add it back to see the extra.
@@ -124,23 +104,14 @@ fn extra_tensor() {
         TensorView::new(Dtype::F32, vec![4], &extra).unwrap(),
     );
     let w = safetensors::serialize(&views, None).unwrap();
-    expect_err(
-        load(&config_text(), &w),
-        &[
-            "up_blocks.9.resnets.0.norm1.weight",
-            "not in the architecture",
-        ],
-    );
+    expect_err(load(&config_text(), &w), &["up_blocks.9.resnets.0.norm1.weight", "not in the architecture"]);
 }
 
 #[test]
 fn wrong_shape() {
     // A checkpoint of another width: every tensor is there, but the shapes disagree.
     let cfg = with_config_field("block_out_channels", serde_json::json!([16, 64]));
-    expect_err(
-        load(&cfg, &weights_bytes()),
-        &["has shape", "the config implies"],
-    );
+    expect_err(load(&cfg, &weights_bytes()), &["has shape", "the config implies"]);
     let w = rewrite(|n, d, s, b| {
         if n == "conv_out.weight" {
             let (s0, rest) = (s[0], s[1..].iter().product::<usize>());
@@ -149,10 +120,7 @@ fn wrong_shape() {
             Some((n.into(), d, s, b))
         }
     });
-    expect_err(
-        load(&config_text(), &w),
-        &["conv_out.weight", "has shape [432]"],
-    );
+    expect_err(load(&config_text(), &w), &["conv_out.weight", "has shape [432]"]);
 }
 
 #[test]
@@ -173,9 +141,7 @@ fn half_precision_weights_load_and_agree() {
     let gpu = common::gpu();
     let to_f16 = |b: Vec<u8>| -> Vec<u8> {
         b.chunks_exact(4)
-            .flat_map(|c| {
-                half::f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()
-            })
+            .flat_map(|c| half::f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
             .collect()
     };
     let w16 = rewrite(|n, _, s, b| Some((n.into(), Dtype::F16, s, to_f16(b))));
@@ -184,9 +150,7 @@ fn half_precision_weights_load_and_agree() {
     let b = load(&config_text(), &w16).unwrap();
     let run = |m: &UNet| {
         let f = m.plan(gpu, 1).unwrap();
-        let x: Vec<f32> = (0..3 * 16 * 16)
-            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-            .collect();
+        let x: Vec<f32> = (0..3 * 16 * 16).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         f.input.write(gpu, &x).unwrap();
         f.set_timesteps(gpu, &[321.0]).unwrap();
         f.set_classes(gpu, m, &[2]).unwrap();
@@ -202,80 +166,30 @@ fn half_precision_weights_load_and_agree() {
 #[test]
 fn unsupported_config_fields() {
     let cases: Vec<(&str, serde_json::Value, &[&str])> = vec![
-        (
-            "time_embedding_type",
-            serde_json::json!("fourier"),
-            &["time_embedding_type", "fourier"],
-        ),
-        (
-            "resnet_time_scale_shift",
-            serde_json::json!("scale_shift"),
-            &["resnet_time_scale_shift"],
-        ),
+        ("time_embedding_type", serde_json::json!("fourier"), &["time_embedding_type", "fourier"]),
+        ("resnet_time_scale_shift", serde_json::json!("scale_shift"), &["resnet_time_scale_shift"]),
         (
             "down_block_types",
             serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D"]),
             &["down_block_types", "CrossAttnDownBlock2D"],
         ),
-        (
-            "up_block_types",
-            serde_json::json!(["AttnUpBlock2D"]),
-            &["up_block_types"],
-        ),
-        (
-            "class_embed_type",
-            serde_json::json!("timestep"),
-            &["class_embed_type"],
-        ),
-        (
-            "norm_num_groups",
-            serde_json::json!(5),
-            &["norm_num_groups", "5"],
-        ),
-        (
-            "attention_head_dim",
-            serde_json::json!(12),
-            &["attention_head_dim", "12"],
-        ),
+        ("up_block_types", serde_json::json!(["AttnUpBlock2D"]), &["up_block_types"]),
+        ("class_embed_type", serde_json::json!("timestep"), &["class_embed_type"]),
+        ("norm_num_groups", serde_json::json!(5), &["norm_num_groups", "5"]),
+        ("attention_head_dim", serde_json::json!(12), &["attention_head_dim", "12"]),
         ("sample_size", serde_json::json!(15), &["sample_size"]),
-        (
-            "center_input_sample",
-            serde_json::json!(true),
-            &["center_input_sample"],
-        ),
+        ("center_input_sample", serde_json::json!(true), &["center_input_sample"]),
         ("act_fn", serde_json::json!("gelu"), &["act_fn", "gelu"]),
-        (
-            "mid_block_type",
-            serde_json::json!("UNetMidBlock2DCrossAttn"),
-            &["mid_block_type"],
-        ),
-        (
-            "layers_per_block",
-            serde_json::json!(0),
-            &["layers_per_block"],
-        ),
-        (
-            "brand_new_option",
-            serde_json::json!(1),
-            &["brand_new_option", "unknown field"],
-        ),
-        (
-            "_class_name",
-            serde_json::json!("UNet2DConditionModel"),
-            &["_class_name", "UNet2DConditionModel"],
-        ),
+        ("mid_block_type", serde_json::json!("UNetMidBlock2DCrossAttn"), &["mid_block_type"]),
+        ("layers_per_block", serde_json::json!(0), &["layers_per_block"]),
+        ("brand_new_option", serde_json::json!(1), &["brand_new_option", "unknown field"]),
+        ("_class_name", serde_json::json!("UNet2DConditionModel"), &["_class_name", "UNet2DConditionModel"]),
     ];
     for (field, value, needles) in cases {
-        let msg = expect_err(
-            load(&with_config_field(field, value), &weights_bytes()),
-            needles,
-        );
+        let msg = expect_err(load(&with_config_field(field, value), &weights_bytes()), needles);
         assert!(msg.starts_with("config.json"), "{msg}");
     }
-    expect_err(
-        load("{ not json", &weights_bytes()),
-        &["config.json", "not valid JSON"],
-    );
+    expect_err(load("{ not json", &weights_bytes()), &["config.json", "not valid JSON"]);
     // Config-only parse (what the page does before downloading the weights).
     assert!(UNetConfig::from_json(&config_text()).is_ok());
 }

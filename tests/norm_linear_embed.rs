@@ -8,7 +8,16 @@ use diffusion_playground::gpu::group_norm::group_norm;
 use diffusion_playground::gpu::linear::linear;
 use diffusion_playground::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
 
-fn check_group_norm(seed: u64, n: usize, c: usize, h: usize, w: usize, groups: usize, silu: bool, offset: f32) {
+fn check_group_norm(
+    seed: u64,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    groups: usize,
+    silu: bool,
+    offset: f32,
+) {
     let mut r = rng(seed);
     let hw = h * w;
     // `offset` puts the mean far from zero: a one-pass E[x^2] - E[x]^2 would fail here.

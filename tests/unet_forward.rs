@@ -18,23 +18,14 @@ use safetensors::SafeTensors;
 const ATOL: f32 = 1e-4;
 
 fn f32s(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let v = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
-    let data = v
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let v = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+    let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     (v.shape().to_vec(), data)
 }
 
 fn labels(st: &SafeTensors, name: &str) -> Vec<u32> {
     let v = st.tensor(name).unwrap();
-    v.data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect()
+    v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
 }
 
 fn check_model(model_dir: &Path, io_file: &Path, cases: usize) {
@@ -89,16 +80,9 @@ fn check_model(model_dir: &Path, io_file: &Path, cases: usize) {
             ATOL,
             0.0,
         );
-        worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(worst, f32::max);
+        worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }
-    eprintln!(
-        "{}: worst abs error of the output over {cases} cases: {worst:e}",
-        model_dir.display()
-    );
+    eprintln!("{}: worst abs error of the output over {cases} cases: {worst:e}", model_dir.display());
 }
 
 #[test]

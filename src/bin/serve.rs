@@ -62,7 +62,13 @@ mod native {
         let mut parts = request.split_whitespace();
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
         if method != "GET" && method != "HEAD" {
-            return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"method not allowed\n", true);
+            return respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                b"method not allowed\n",
+                true,
+            );
         }
         let path = target.split(['?', '#']).next().unwrap_or("/");
         let Some(file) = resolve(root, &percent_decode(path)) else {
@@ -124,7 +130,13 @@ mod native {
         }
     }
 
-    fn respond(stream: &mut TcpStream, status: &str, mime: &str, body: &[u8], with_body: bool) -> std::io::Result<()> {
+    fn respond(
+        stream: &mut TcpStream,
+        status: &str,
+        mime: &str,
+        body: &[u8],
+        with_body: bool,
+    ) -> std::io::Result<()> {
         write!(
             stream,
             "HTTP/1.1 {status}\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",

@@ -12,9 +12,7 @@ pub fn attention(qkv: &[f32], batch: usize, channels: usize, tokens: usize, head
             for i in 0..tokens {
                 let scores: Vec<f64> = (0..tokens)
                     .map(|j| {
-                        (0..d)
-                            .map(|c| at(b, h * d + c, i) * at(b, channels + h * d + c, j))
-                            .sum::<f64>()
+                        (0..d).map(|c| at(b, h * d + c, i) * at(b, channels + h * d + c, j)).sum::<f64>()
                             * scale
                     })
                     .collect();
@@ -22,9 +20,7 @@ pub fn attention(qkv: &[f32], batch: usize, channels: usize, tokens: usize, head
                 let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for c in 0..d {
-                    let v: f64 = (0..tokens)
-                        .map(|j| weights[j] * at(b, 2 * channels + h * d + c, j))
-                        .sum();
+                    let v: f64 = (0..tokens).map(|j| weights[j] * at(b, 2 * channels + h * d + c, j)).sum();
                     out[(b * channels + h * d + c) * tokens + i] = (v / total) as f32;
                 }
             }
@@ -50,18 +46,10 @@ pub struct AttentionBlock<'a> {
 
 /// `(x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`.
 pub fn self_attention_block(x: &[f32], [n, c, h, w]: [usize; 4], p: &AttentionBlock) -> Vec<f32> {
-    let one = Conv2dSpec {
-        ksize: 1,
-        stride: 1,
-        pad: 0,
-    };
+    let one = Conv2dSpec { ksize: 1, stride: 1, pad: 0 };
     let normed = group_norm(x, n, c, h * w, p.groups, p.norm_gamma, p.norm_beta, p.eps, false);
     let qkv = conv2d(&normed, [n, c, h, w], p.qkv_weight, p.qkv_bias, 3 * c, one);
     let attn = attention(&qkv, n, c, h * w, p.heads);
     let projected = conv2d(&attn, [n, c, h, w], p.out_weight, p.out_bias, c, one);
-    projected
-        .iter()
-        .zip(x)
-        .map(|(a, b)| (a + b) / p.rescale_output_factor)
-        .collect()
+    projected.iter().zip(x).map(|(a, b)| (a + b) / p.rescale_output_factor).collect()
 }

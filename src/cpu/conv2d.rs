@@ -8,10 +8,7 @@ pub struct Conv2dSpec {
 
 impl Conv2dSpec {
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h + 2 * self.pad - self.ksize) / self.stride + 1,
-            (w + 2 * self.pad - self.ksize) / self.stride + 1,
-        )
+        ((h + 2 * self.pad - self.ksize) / self.stride + 1, (w + 2 * self.pad - self.ksize) / self.stride + 1)
     }
 }
 

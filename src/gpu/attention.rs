@@ -60,9 +60,7 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
     let d4 = head_dim.div_ceil(4);
     // Register capacity in power-of-two buckets: a handful of pipelines, never one per shape.
     let capacity = d4.next_power_of_two().max(2);
-    let source = KERNEL
-        .source
-        .replace("const D4: u32 = 4u;", &format!("const D4: u32 = {capacity}u;"));
+    let source = KERNEL.source.replace("const D4: u32 = 4u;", &format!("const D4: u32 = {capacity}u;"));
     let kernel = gpu.kernel_variant(&KERNEL, &format!("d4={capacity}"), Cow::Owned(source), &[])?;
     let tokens = h * w;
     let params = Params {
@@ -79,11 +77,7 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
         &kernel,
         &[qkv.buffer(), out.buffer()],
         &params,
-        [
-            groups(tokens, QUERIES_PER_WORKGROUP),
-            heads as u32,
-            u32_of(OP, "batch", n)?,
-        ],
+        [groups(tokens, QUERIES_PER_WORKGROUP), heads as u32, u32_of(OP, "batch", n)?],
     )
 }
 

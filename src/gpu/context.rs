@@ -112,25 +112,19 @@ impl Gpu {
 
     /// Human-readable adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
     pub fn adapter_name(&self) -> String {
-        format!(
-            "{} ({:?}, {:?})",
-            self.info.name, self.info.backend, self.info.device_type
-        )
+        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
     }
 
     /// Largest single storage binding, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        self.limits
-            .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// Submits one compute pass holding `dispatches` in order.
     pub fn run(&self, dispatches: &[&crate::gpu::Dispatch]) -> Result<()> {
         self.check()?;
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("run"),
@@ -151,8 +145,7 @@ impl Gpu {
             let _ = tx.send(());
         });
         self.poll_wait()?;
-        rx.await
-            .map_err(|_| EngineError::DeviceLost("the queue was dropped".into()))?;
+        rx.await.map_err(|_| EngineError::DeviceLost("the queue was dropped".into()))?;
         self.check()
     }
 
@@ -173,14 +166,9 @@ async fn pick_adapter(instance: &wgpu::Instance, wanted: Option<&str>) -> Result
         let wanted = wanted.to_lowercase();
         let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
         let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-        return adapters
-            .into_iter()
-            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-            .ok_or_else(|| {
-                EngineError::NoAdapter(format!(
-                    "WGPU_ADAPTER_NAME={wanted} matches none of {names:?}"
-                ))
-            });
+        return adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(
+            || EngineError::NoAdapter(format!("WGPU_ADAPTER_NAME={wanted} matches none of {names:?}")),
+        );
     }
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {
@@ -208,11 +196,7 @@ pub(crate) fn required_limits(adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
     let base = wgpu::Limits::defaults();
     let mut failed = None;
     base.check_limits_with_fail_fn(adapter, false, |name, required, available| {
-        failed.get_or_insert(EngineError::LimitTooLow {
-            name,
-            required,
-            available,
-        });
+        failed.get_or_insert(EngineError::LimitTooLow { name, required, available });
     });
     if let Some(e) = failed {
         return Err(e);
@@ -243,10 +227,7 @@ mod tests {
 
     #[test]
     fn weak_adapter_is_refused_with_the_limit_named() {
-        let weak = wgpu::Limits {
-            max_compute_workgroup_storage_size: 8192,
-            ..wgpu::Limits::defaults()
-        };
+        let weak = wgpu::Limits { max_compute_workgroup_storage_size: 8192, ..wgpu::Limits::defaults() };
         let err = required_limits(&weak).unwrap_err();
         assert_eq!(
             err,

@@ -140,9 +140,8 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         return Err(EngineError::shape(OP, "stride must be at least 1"));
     }
     expect_shape(OP, "bias", a.bias, &[cout])?;
-    let (oh, ow) = out_size(h, w, k, a.stride, a.pad).ok_or_else(|| {
-        EngineError::shape(OP, format!("kernel {k} larger than padded input {h}x{w}"))
-    })?;
+    let (oh, ow) = out_size(h, w, k, a.stride, a.pad)
+        .ok_or_else(|| EngineError::shape(OP, format!("kernel {k} larger than padded input {h}x{w}")))?;
     expect_shape(OP, "out", a.out, &[n, cout, oh, ow])?;
     if let Some(r) = a.residual {
         expect_shape(OP, "residual", r, &[n, cout, oh, ow])?;

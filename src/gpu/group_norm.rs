@@ -11,13 +11,7 @@ const KERNEL: KernelDef = KernelDef {
     name: "group_norm",
     source: include_str!("../../shaders/group_norm.wgsl"),
     entry: "main",
-    bindings: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::Uniform,
-    ],
+    bindings: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
 };
 const OP: &str = "group_norm";
 const WORKGROUP: f64 = 256.0;
@@ -52,10 +46,7 @@ pub fn group_norm(
     let (n, c) = (shape[0], shape[1]);
     let hw: usize = shape[2..].iter().product();
     if groups == 0 || c % groups != 0 {
-        return Err(EngineError::shape(
-            OP,
-            format!("{groups} groups do not divide {c} channels"),
-        ));
+        return Err(EngineError::shape(OP, format!("{groups} groups do not divide {c} channels")));
     }
     expect_shape(OP, "gamma", gamma, &[c])?;
     expect_shape(OP, "beta", beta, &[c])?;

@@ -10,13 +10,7 @@ const KERNEL: KernelDef = KernelDef {
     name: "linear",
     source: include_str!("../../shaders/linear.wgsl"),
     entry: "main",
-    bindings: &[
-        Access::Read,
-        Access::Read,
-        Access::Read,
-        Access::ReadWrite,
-        Access::Uniform,
-    ],
+    bindings: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
 };
 const OP: &str = "linear";
 

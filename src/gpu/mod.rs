@@ -28,19 +28,15 @@ pub(crate) fn groups(n: usize, per: usize) -> u32 {
 /// Checks that `t` has exactly `shape`.
 pub(crate) fn expect_shape(op: &'static str, what: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     if t.shape() != shape {
-        return Err(EngineError::shape(
-            op,
-            format!("{what} has shape {:?}, expected {shape:?}", t.shape()),
-        ));
+        return Err(EngineError::shape(op, format!("{what} has shape {:?}, expected {shape:?}", t.shape())));
     }
     Ok(())
 }
 
 /// Unpacks a 4-D shape or says which tensor was not 4-D.
 pub(crate) fn dims4(op: &'static str, what: &str, t: &Tensor) -> Result<[usize; 4]> {
-    <[usize; 4]>::try_from(t.shape()).map_err(|_| {
-        EngineError::shape(op, format!("{what} must be 4-D (NCHW), has shape {:?}", t.shape()))
-    })
+    <[usize; 4]>::try_from(t.shape())
+        .map_err(|_| EngineError::shape(op, format!("{what} must be 4-D (NCHW), has shape {:?}", t.shape())))
 }
 
 /// Values that travel in a u32 uniform field.

@@ -101,15 +101,10 @@ impl Gpu {
         source: Cow<'static, str>,
         constants: &[(&'static str, f64)],
     ) -> Result<Arc<Kernel>> {
-        let mut sorted: Vec<(&'static str, u64)> =
-            constants.iter().map(|(k, v)| (*k, v.to_bits())).collect();
+        let mut sorted: Vec<(&'static str, u64)> = constants.iter().map(|(k, v)| (*k, v.to_bits())).collect();
         sorted.sort();
-        let key = KernelKey {
-            name: def.name,
-            entry: def.entry,
-            variant: variant.to_string(),
-            constants: sorted,
-        };
+        let key =
+            KernelKey { name: def.name, entry: def.entry, variant: variant.to_string(), constants: sorted };
         if let Some(k) = lock(&self.kernels).get(&key) {
             return Ok(k.clone());
         }
@@ -128,12 +123,10 @@ impl Gpu {
         self.check()?;
         let label = key.label();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(source),
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source),
+        });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = def
             .bindings
             .iter()
@@ -153,52 +146,38 @@ impl Gpu {
                 count: None,
             })
             .collect();
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(&label),
-                entries: &entries,
-            });
-        let pipeline_layout = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(&label),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(def.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&label),
+            entries: &entries,
+        });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(def.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
         let mut popped = Box::pin(scope.pop());
         // Natively the scope resolves at once, so a bad shader fails right here with its
         // message. In the browser it resolves later; the error then lands in the device's
         // error slot and the next submit or read-back reports it.
         match poll_once(popped.as_mut()) {
             Some(Some(e)) => {
-                return Err(EngineError::ShaderCompile {
-                    kernel: label,
-                    message: e.to_string(),
-                })
+                return Err(EngineError::ShaderCompile { kernel: label, message: e.to_string() })
             }
             Some(None) => {}
             None => self.report_later(popped, label.clone()),
         }
-        Ok(Kernel {
-            label,
-            pipeline,
-            layout,
-            bindings: def.bindings,
-        })
+        Ok(Kernel { label, pipeline, layout, bindings: def.bindings })
     }
 
     /// Binds `buffers` (in binding order, without the uniform) and `params` (uploaded into a
@@ -210,11 +189,7 @@ impl Gpu {
         params: &P,
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
-        let storage = kernel
-            .bindings
-            .iter()
-            .filter(|a| **a != Access::Uniform)
-            .count();
+        let storage = kernel.bindings.iter().filter(|a| **a != Access::Uniform).count();
         if buffers.len() != storage {
             return Err(EngineError::Validation(format!(
                 "{}: {} buffers given for {} storage bindings",
@@ -237,8 +212,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.queue
-            .write_buffer(&uniform, 0, bytemuck::bytes_of(params));
+        self.queue.write_buffer(&uniform, 0, bytemuck::bytes_of(params));
         let mut storage_iter = buffers.iter();
         let entries: Vec<wgpu::BindGroupEntry> = kernel
             .bindings
@@ -248,10 +222,7 @@ impl Gpu {
                 binding: i as u32,
                 resource: match access {
                     Access::Uniform => uniform.as_entire_binding(),
-                    _ => storage_iter
-                        .next()
-                        .expect("count checked above")
-                        .as_entire_binding(),
+                    _ => storage_iter.next().expect("count checked above").as_entire_binding(),
                 },
             })
             .collect();
@@ -260,11 +231,7 @@ impl Gpu {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Ok(Dispatch {
-            kernel: kernel.clone(),
-            bind_group,
-            workgroups,
-        })
+        Ok(Dispatch { kernel: kernel.clone(), bind_group, workgroups })
     }
 }
 
@@ -280,10 +247,7 @@ impl Gpu {
             if let Some(e) = popped.await {
                 crate::gpu::context::park(
                     &slot,
-                    EngineError::ShaderCompile {
-                        kernel,
-                        message: e.to_string(),
-                    },
+                    EngineError::ShaderCompile { kernel, message: e.to_string() },
                 );
             }
         });
@@ -301,19 +265,9 @@ impl Gpu {
 
 /// Kernel names are static in the error type; recover the family from a label.
 fn kernel_name(label: &str) -> &'static str {
-    const NAMES: [&str; 7] = [
-        "conv2d",
-        "group_norm",
-        "linear",
-        "timestep_embedding",
-        "attention",
-        "concat",
-        "upsample",
-    ];
-    NAMES
-        .into_iter()
-        .find(|n| label.starts_with(n))
-        .unwrap_or("kernel")
+    const NAMES: [&str; 7] =
+        ["conv2d", "group_norm", "linear", "timestep_embedding", "attention", "concat", "upsample"];
+    NAMES.into_iter().find(|n| label.starts_with(n)).unwrap_or("kernel")
 }
 
 fn poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {

@@ -23,15 +23,10 @@ impl Tensor {
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor {
-            buffer,
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { buffer, shape: shape.to_vec() })
     }
 
     pub fn from_slice(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
@@ -47,8 +42,7 @@ impl Tensor {
                 format!("{} values for shape {:?}", data.len(), self.shape),
             ));
         }
-        gpu.queue
-            .write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        gpu.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -60,10 +54,7 @@ impl Tensor {
                 format!("{:?} cannot be viewed as {shape:?}", self.shape),
             ));
         }
-        Ok(Tensor {
-            buffer: self.buffer.clone(),
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { buffer: self.buffer.clone(), shape: shape.to_vec() })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -88,11 +79,8 @@ impl Tensor {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("read-back"),
-            });
+        let mut encoder =
+            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
         encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
         gpu.queue.submit([encoder.finish()]);
         let (tx, rx) = futures_channel::oneshot::channel();
@@ -105,9 +93,7 @@ impl Tensor {
             .map_err(|e| EngineError::ReadBack(e.to_string()))?;
         gpu.check()?;
         let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+            let view = staging.get_mapped_range(..).map_err(|e| EngineError::ReadBack(e.to_string()))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         staging.unmap();
@@ -117,10 +103,7 @@ impl Tensor {
 
 fn checked_numel(label: &str, shape: &[usize]) -> Result<usize> {
     if shape.is_empty() || shape.contains(&0) {
-        return Err(EngineError::shape(
-            "tensor",
-            format!("{label}: empty shape {shape:?}"),
-        ));
+        return Err(EngineError::shape("tensor", format!("{label}: empty shape {shape:?}")));
     }
     shape
         .iter()

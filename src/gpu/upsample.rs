@@ -30,12 +30,7 @@ pub fn upsample_nearest2x(gpu: &Gpu, x: &Tensor, out: &Tensor) -> Result<Dispatc
     expect_shape(OP, "out", out, &[n, c, 2 * h, 2 * w])?;
     u32_of(OP, "elements", out.numel())?;
     let (groups, grid) = grid_stride(gpu, out.numel());
-    let params = Params {
-        planes: u32_of(OP, "planes", n * c)?,
-        in_h: h as u32,
-        in_w: w as u32,
-        grid,
-    };
+    let params = Params { planes: u32_of(OP, "planes", n * c)?, in_h: h as u32, in_w: w as u32, grid };
     let kernel = gpu.kernel(&KERNEL, &[])?;
     gpu.dispatch(&kernel, &[x.buffer(), out.buffer()], &params, [groups, 1, 1])
 }

@@ -45,9 +45,7 @@ impl<'a> Planner<'a> {
     }
 
     pub fn param(&self, name: &str) -> Result<&'a Tensor> {
-        self.params
-            .get(name)
-            .ok_or_else(|| EngineError::weights(name, "was not uploaded (an engine bug)"))
+        self.params.get(name).ok_or_else(|| EngineError::weights(name, "was not uploaded (an engine bug)"))
     }
 
     /// A new tensor that stays alive for the whole forward pass; returns its index.
@@ -156,10 +154,7 @@ impl ResnetBlock2D {
         let d = conv2d(
             gpu,
             &Conv2dArgs {
-                temb: Some(TembSlice {
-                    tensor: p.temb,
-                    offset: self.temb_offset,
-                }),
+                temb: Some(TembSlice { tensor: p.temb, offset: self.temb_offset }),
                 ..Conv2dArgs::new(
                     &normed_in,
                     p.param(&format!("{pre}.conv1.weight"))?,
@@ -238,10 +233,7 @@ impl Attention {
 
     /// Names of the tensors the loader derives: q, k, v stacked into one 1x1 projection.
     pub fn qkv_names(&self) -> (String, String) {
-        (
-            format!("{}.to_qkv.weight", self.prefix),
-            format!("{}.to_qkv.bias", self.prefix),
-        )
+        (format!("{}.to_qkv.weight", self.prefix), format!("{}.to_qkv.bias", self.prefix))
     }
 
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {

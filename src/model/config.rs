@@ -137,21 +137,12 @@ impl UNetConfig {
 
         let block_out_channels = f.usize_list("block_out_channels", &[224, 448, 672, 896])?;
         if block_out_channels.is_empty() {
-            return Err(EngineError::config(
-                "block_out_channels",
-                "[]",
-                "needs at least one level",
-            ));
+            return Err(EngineError::config("block_out_channels", "[]", "needs at least one level"));
         }
         let down_block_types = f
             .str_list(
                 "down_block_types",
-                &[
-                    "DownBlock2D",
-                    "AttnDownBlock2D",
-                    "AttnDownBlock2D",
-                    "AttnDownBlock2D",
-                ],
+                &["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
             )?
             .iter()
             .map(|s| match s.as_str() {
@@ -165,15 +156,7 @@ impl UNetConfig {
             })
             .collect::<Result<Vec<_>>>()?;
         let up_block_types = f
-            .str_list(
-                "up_block_types",
-                &[
-                    "AttnUpBlock2D",
-                    "AttnUpBlock2D",
-                    "AttnUpBlock2D",
-                    "UpBlock2D",
-                ],
-            )?
+            .str_list("up_block_types", &["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"])?
             .iter()
             .map(|s| match s.as_str() {
                 "UpBlock2D" => Ok(UpBlockType::UpBlock2D),
@@ -198,11 +181,7 @@ impl UNetConfig {
             Some(Value::Null) => false,
             Some(v) if v.as_str() == Some("UNetMidBlock2D") => true,
             Some(v) => {
-                return Err(EngineError::config(
-                    "mid_block_type",
-                    v,
-                    "supported: UNetMidBlock2D or null",
-                ))
+                return Err(EngineError::config("mid_block_type", v, "supported: UNetMidBlock2D or null"))
             }
         };
 
@@ -217,19 +196,9 @@ impl UNetConfig {
                 (h, w)
             }
             Some(v) => {
-                return Err(EngineError::config(
-                    "sample_size",
-                    v,
-                    "expected an integer or [height, width]",
-                ))
+                return Err(EngineError::config("sample_size", v, "expected an integer or [height, width]"))
             }
-            None => {
-                return Err(EngineError::config(
-                    "sample_size",
-                    "(missing)",
-                    "the image size is needed",
-                ))
-            }
+            None => return Err(EngineError::config("sample_size", "(missing)", "the image size is needed")),
         };
         // Stride-2 convs accept odd sizes, but the up path then doubles back to a different
         // size than the skip it concatenates (diffusers fails there too).
@@ -288,8 +257,7 @@ impl UNetConfig {
 
     /// Width of the time (and class) embedding every ResNet receives.
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim
-            .unwrap_or(self.block_out_channels[0] * 4)
+        self.time_embedding_dim.unwrap_or(self.block_out_channels[0] * 4)
     }
 
     /// Heads of an attention layer over `channels` channels.
@@ -316,9 +284,7 @@ impl UNetConfig {
                 return Err(EngineError::config(
                     "norm_num_groups",
                     self.norm_num_groups,
-                    format!(
-                        "must divide every entry of block_out_channels ({c} is not a multiple)"
-                    ),
+                    format!("must divide every entry of block_out_channels ({c} is not a multiple)"),
                 ));
             }
         }
@@ -337,8 +303,7 @@ impl UNetConfig {
                     .map(|(c, _)| *c),
             )
             .chain(
-                (self.has_mid_block && self.add_attention)
-                    .then(|| *self.block_out_channels.last().unwrap()),
+                (self.has_mid_block && self.add_attention).then(|| *self.block_out_channels.last().unwrap()),
             );
         for c in attention_widths {
             let d = self.attention_head_dim.unwrap_or(c);
@@ -353,10 +318,7 @@ impl UNetConfig {
                 return Err(EngineError::config(
                     "attention_head_dim",
                     d,
-                    format!(
-                        "heads larger than {} are not supported",
-                        crate::gpu::attention::MAX_HEAD_DIM
-                    ),
+                    format!("heads larger than {} are not supported", crate::gpu::attention::MAX_HEAD_DIM),
                 ));
             }
             if let Some(g) = self.attn_norm_num_groups {
@@ -385,11 +347,7 @@ impl UNetConfig {
 fn positive(v: Option<u64>, field: &str, shown: impl std::fmt::Display) -> Result<usize> {
     match v {
         Some(n) if n > 0 && n <= 1 << 20 => Ok(n as usize),
-        _ => Err(EngineError::config(
-            field,
-            shown,
-            "expected a positive integer",
-        )),
+        _ => Err(EngineError::config(field, shown, "expected a positive integer")),
     }
 }
 
@@ -417,9 +375,7 @@ impl Fields<'_> {
     fn bool(&self, field: &str, default: bool) -> Result<bool> {
         match self.0.get(field) {
             None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| EngineError::config(field, v, "expected true or false")),
+            Some(v) => v.as_bool().ok_or_else(|| EngineError::config(field, v, "expected true or false")),
         }
     }
 
@@ -428,32 +384,15 @@ impl Fields<'_> {
         match self.0.get(field) {
             None => Ok(()),
             Some(v) if v.as_str().is_some_and(|s| allowed.contains(&s)) => Ok(()),
-            Some(v) => Err(EngineError::config(
-                field,
-                v,
-                format!("supported: {allowed:?}"),
-            )),
+            Some(v) => Err(EngineError::config(field, v, format!("supported: {allowed:?}"))),
         }
     }
 
-    fn require_value(
-        &self,
-        field: &str,
-        only: impl std::fmt::Display,
-        expected: Value,
-    ) -> Result<()> {
+    fn require_value(&self, field: &str, only: impl std::fmt::Display, expected: Value) -> Result<()> {
         match self.0.get(field) {
             None => Ok(()),
-            Some(v)
-                if v == &expected || v.as_f64().is_some() && v.as_f64() == expected.as_f64() =>
-            {
-                Ok(())
-            }
-            Some(v) => Err(EngineError::config(
-                field,
-                v,
-                format!("only {only} is supported"),
-            )),
+            Some(v) if v == &expected || v.as_f64().is_some() && v.as_f64() == expected.as_f64() => Ok(()),
+            Some(v) => Err(EngineError::config(field, v, format!("only {only} is supported"))),
         }
     }
 
@@ -461,11 +400,7 @@ impl Fields<'_> {
         match self.0.get(field) {
             None => Ok(default.to_vec()),
             Some(Value::Array(a)) => a.iter().map(|v| positive(v.as_u64(), field, v)).collect(),
-            Some(v) => Err(EngineError::config(
-                field,
-                v,
-                "expected a list of positive integers",
-            )),
+            Some(v) => Err(EngineError::config(field, v, "expected a list of positive integers")),
         }
     }
 

@@ -93,25 +93,14 @@ impl UNetSpec {
             let attentions = match kind {
                 DownBlockType::AttnDownBlock2D => (0..cfg.layers_per_block)
                     .map(|j| {
-                        attention(
-                            format!("down_blocks.{i}.attentions.{j}"),
-                            out_c,
-                            cfg.norm_num_groups,
-                            1.0,
-                        )
+                        attention(format!("down_blocks.{i}.attentions.{j}"), out_c, cfg.norm_num_groups, 1.0)
                     })
                     .collect(),
                 DownBlockType::DownBlock2D => Vec::new(),
             };
-            let downsampler = (i + 1 < levels).then(|| Downsample2D {
-                prefix: format!("down_blocks.{i}.downsamplers.0"),
-                channels: out_c,
-            });
-            down_blocks.push(DownBlock {
-                resnets,
-                attentions,
-                downsampler,
-            });
+            let downsampler = (i + 1 < levels)
+                .then(|| Downsample2D { prefix: format!("down_blocks.{i}.downsamplers.0"), channels: out_c });
+            down_blocks.push(DownBlock { resnets, attentions, downsampler });
         }
 
         let mid_block = cfg.has_mid_block.then(|| {
@@ -124,12 +113,7 @@ impl UNetSpec {
                     resnet("mid_block.resnets.1".into(), c, c, s),
                 ],
                 attentions: if cfg.add_attention {
-                    vec![attention(
-                        "mid_block.attentions.0".into(),
-                        c,
-                        attn_groups,
-                        s,
-                    )]
+                    vec![attention("mid_block.attentions.0".into(), c, attn_groups, s)]
                 } else {
                     Vec::new()
                 },
@@ -148,45 +132,23 @@ impl UNetSpec {
                 .map(|j| {
                     let skip = if j == layers - 1 { in_c } else { out_c };
                     let hidden = if j == 0 { prev_out } else { out_c };
-                    resnet(
-                        format!("up_blocks.{i}.resnets.{j}"),
-                        hidden + skip,
-                        out_c,
-                        1.0,
-                    )
+                    resnet(format!("up_blocks.{i}.resnets.{j}"), hidden + skip, out_c, 1.0)
                 })
                 .collect();
             let attentions = match kind {
                 UpBlockType::AttnUpBlock2D => (0..layers)
                     .map(|j| {
-                        attention(
-                            format!("up_blocks.{i}.attentions.{j}"),
-                            out_c,
-                            cfg.norm_num_groups,
-                            1.0,
-                        )
+                        attention(format!("up_blocks.{i}.attentions.{j}"), out_c, cfg.norm_num_groups, 1.0)
                     })
                     .collect(),
                 UpBlockType::UpBlock2D => Vec::new(),
             };
-            let upsampler = (i + 1 < levels).then(|| Upsample2D {
-                prefix: format!("up_blocks.{i}.upsamplers.0"),
-                channels: out_c,
-            });
-            up_blocks.push(UpBlock {
-                resnets,
-                attentions,
-                upsampler,
-            });
+            let upsampler = (i + 1 < levels)
+                .then(|| Upsample2D { prefix: format!("up_blocks.{i}.upsamplers.0"), channels: out_c });
+            up_blocks.push(UpBlock { resnets, attentions, upsampler });
         }
 
-        UNetSpec {
-            config: cfg.clone(),
-            down_blocks,
-            mid_block,
-            up_blocks,
-            temb_proj_width: temb_offset,
-        }
+        UNetSpec { config: cfg.clone(), down_blocks, mid_block, up_blocks, temb_proj_width: temb_offset }
     }
 
     fn resnets(&self) -> impl Iterator<Item = &ResnetBlock2D> {
@@ -267,9 +229,7 @@ impl UNet {
         let spec = UNetSpec::new(config);
         weights.check(&spec.parameters())?;
         let get = |name: &str| {
-            weights
-                .get(name)
-                .ok_or_else(|| EngineError::weights(name, "missing (checked above)"))
+            weights.get(name).ok_or_else(|| EngineError::weights(name, "missing (checked above)"))
         };
         let mut params = HashMap::new();
         let mut upload = |name: String, t: &HostTensor, shape: &[usize]| -> Result<()> {
@@ -334,12 +294,7 @@ impl UNet {
             config.flip_sin_to_cos,
             config.freq_shift,
         )?;
-        Ok(UNet {
-            spec,
-            params,
-            class_table,
-            freqs,
-        })
+        Ok(UNet { spec, params, class_table, freqs })
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -367,9 +322,7 @@ impl UNet {
         let temb = Tensor::zeros(gpu, "temb_proj", &[batch, self.spec.temb_proj_width])?;
         let output = Tensor::zeros(gpu, "unet.output", &[batch, cfg.out_channels, h, w])?;
         let p = |n: &str| {
-            self.params
-                .get(n)
-                .ok_or_else(|| EngineError::weights(n, "was not uploaded (an engine bug)"))
+            self.params.get(n).ok_or_else(|| EngineError::weights(n, "was not uploaded (an engine bug)"))
         };
 
         // emb = linear_2(silu(linear_1(time_proj(t)))) + class_embedding[label]; linear_2 runs
@@ -396,15 +349,7 @@ impl UNet {
             },
         )?);
         let emb2 = emb.reshape(&[batch, d])?;
-        head.push(linear(
-            gpu,
-            &emb2,
-            p("temb_proj.weight")?,
-            p("temb_proj.bias")?,
-            &temb,
-            true,
-            false,
-        )?);
+        head.push(linear(gpu, &emb2, p("temb_proj.weight")?, p("temb_proj.bias")?, &temb, true, false)?);
 
         let mut planner = Planner::new(gpu, &self.params, &temb);
         for dsp in head {
@@ -413,12 +358,7 @@ impl UNet {
         let x = planner.keep("conv_in", &[batch, c0, h, w])?;
         let dsp = conv2d(
             gpu,
-            &Conv2dArgs::new(
-                &input,
-                p("conv_in.weight")?,
-                p("conv_in.bias")?,
-                &planner.kept[x],
-            ),
+            &Conv2dArgs::new(&input, p("conv_in.weight")?, p("conv_in.bias")?, &planner.kept[x]),
         )?;
         planner.push(dsp);
         planner.name("conv_in", x);
@@ -449,9 +389,9 @@ impl UNet {
         }
         for (i, block) in self.spec.up_blocks.iter().enumerate() {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| {
-                    EngineError::shape("UNet2DModel", "ran out of skip connections")
-                })?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| EngineError::shape("UNet2DModel", "ran out of skip connections"))?;
                 let cat = plan_concat(&mut planner, x, skip)?;
                 x = resnet.plan(&mut planner, cat)?;
                 if let Some(attn) = block.attentions.get(j) {
@@ -479,23 +419,14 @@ impl UNet {
         planner.name("conv_act", act);
         let dsp = conv2d(
             gpu,
-            &Conv2dArgs::new(
-                &planner.kept[act],
-                p("conv_out.weight")?,
-                p("conv_out.bias")?,
-                &output,
-            ),
+            &Conv2dArgs::new(&planner.kept[act], p("conv_out.weight")?, p("conv_out.bias")?, &output),
         )?;
         planner.push(dsp);
 
         let named = planner
             .named
             .iter()
-            .map(|(n, i)| {
-                planner.kept[*i]
-                    .reshape(planner.kept[*i].shape())
-                    .map(|t| (n.clone(), t))
-            })
+            .map(|(n, i)| planner.kept[*i].reshape(planner.kept[*i].shape()).map(|t| (n.clone(), t)))
             .collect::<Result<Vec<_>>>()?;
         let ops = std::mem::take(&mut planner.ops);
         let kept = std::mem::take(&mut planner.kept);
@@ -519,7 +450,8 @@ impl UNet {
     fn class_rows(&self, labels: &[u32]) -> Result<Vec<f32>> {
         let table = self.class_table.as_ref().ok_or_else(|| EngineError::Unsupported {
             op: "UNet2DModel",
-            message: "this model has no class embedding (num_class_embeds is null), so it takes no class".into(),
+            message: "this model has no class embedding (num_class_embeds is null), so it takes no class"
+                .into(),
         })?;
         let (rows, d) = (table.shape[0], table.shape[1]);
         let mut out = Vec::with_capacity(labels.len() * d);
@@ -528,7 +460,11 @@ impl UNet {
             if l >= rows {
                 return Err(EngineError::shape(
                     "UNet2DModel",
-                    format!("class {l} is out of range: the model has classes 0..{} and the null class {}", rows - 1, rows - 1),
+                    format!(
+                        "class {l} is out of range: the model has classes 0..{} and the null class {}",
+                        rows - 1,
+                        rows - 1
+                    ),
                 ));
             }
             out.extend_from_slice(&table.data[l * d..(l + 1) * d]);
@@ -568,11 +504,7 @@ impl Forward {
         if labels.len() != self.batch {
             return Err(EngineError::shape(
                 "UNet2DModel",
-                format!(
-                    "{} class labels for a batch of {}",
-                    labels.len(),
-                    self.batch
-                ),
+                format!("{} class labels for a batch of {}", labels.len(), self.batch),
             ));
         }
         self.class_emb.write(gpu, &unet.class_rows(labels)?)

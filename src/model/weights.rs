@@ -37,18 +37,15 @@ impl Weights {
         for (name, view) in file.tensors() {
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => raw
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => raw
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                Dtype::F32 => {
+                    raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                Dtype::F16 => {
+                    raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                Dtype::BF16 => {
+                    raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
                 other => {
                     return Err(EngineError::weights(
                         &name,
@@ -62,13 +59,7 @@ impl Weights {
                     format!("holds a non-finite value ({}) at flat index {i}", data[i]),
                 ));
             }
-            tensors.insert(
-                name,
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data,
-                },
-            );
+            tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
         }
         Ok(Weights { tensors })
     }
@@ -115,14 +106,9 @@ impl Weights {
                 ),
             ));
         }
-        let known: std::collections::HashSet<&str> =
-            expected.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<&str> = self
-            .tensors
-            .keys()
-            .map(String::as_str)
-            .filter(|n| !known.contains(n))
-            .collect();
+        let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<&str> =
+            self.tensors.keys().map(String::as_str).filter(|n| !known.contains(n)).collect();
         extra.sort_unstable();
         if let Some(first) = extra.first() {
             return Err(EngineError::weights(
