@@ -55,9 +55,19 @@ ensure_vulkan() {
 
 ensure_browser() {
     apt_install chromium
-    if [ ! -d node_modules/playwright-core ]; then
+    command -v node >/dev/null || apt_install nodejs npm
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    if [ "$major" -lt 20 ]; then
+        echo "build.sh: the browser tests need Node.js 20 or newer (playwright-core); found $(node --version)" >&2
+        exit 1
+    fi
+    # npm ci when playwright-core is missing or package-lock.json changed since the last one.
+    local stamp=node_modules/.package-lock.sha256
+    if [ ! -d node_modules/playwright-core ] || ! sha256sum --check --status "$stamp" 2>/dev/null; then
         log "npm ci"
         npm ci --no-audit --no-fund
+        sha256sum package-lock.json >"$stamp"
     fi
 }
 
@@ -91,7 +101,8 @@ test_all() {
     ensure_browser
     cargo build --release --bin serve
     log "browser tests (headless Chromium, WebGPU on SwiftShader)"
-    node --test tests/e2e/
+    # Explicit files: harness.mjs is a helper, and node >= 21 reads arguments as globs.
+    node --test tests/e2e/*.test.mjs
 }
 
 case "${1:-}" in
