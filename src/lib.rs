@@ -6,6 +6,8 @@ pub mod error;
 pub mod gpu;
 pub mod image;
 pub mod model;
+pub mod pipeline;
+pub mod sched;
 pub mod selftest;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -2,6 +2,7 @@
 
     python make_fixtures.py --part small      # random small U-Net + sampler trajectories
     python make_fixtures.py --part fashion    # the shipped www/models/fashion U-Net
+    python make_fixtures.py --part euler      # Euler ancestral + prediction-type variants
     python make_fixtures.py --part all
 
 Every tensor is float32 except class labels (int64). Timesteps are float32 (they may
@@ -303,10 +304,236 @@ def part_fashion(mdir=None):
                         "scheduler_config": json.dumps(dict(sched.config))})
 
 
+# ---------------------------------------------------------------------------------------
+# --part euler: Euler ancestral and the prediction-type / spacing / variance variants the
+# `small` trajectories do not cover (new files only; the `small` ones are left as they are)
+# ---------------------------------------------------------------------------------------
+def config_json(sched):
+    """The scheduler config as JSON, deterministic: diffusers builds `_use_default_values` from a
+    set, whose order changes from run to run."""
+    cfg = dict(sched.config)
+    if "_use_default_values" in cfg:
+        cfg["_use_default_values"] = sorted(cfg["_use_default_values"])
+    return json.dumps(cfg)
+
+
+def analytic_output(x_in, a, pred, mu=MU, s=S):
+    """The optimal model output for N(mu, s^2) data at input x_in = sqrt(a) x0 + sqrt(1-a) eps:
+    eps* = sqrt(1-a) (x_in - sqrt(a) mu) / (a s^2 + 1 - a); v* = (eps* - sqrt(1-a) x_in) / sqrt(a);
+    x0* = (x_in - sqrt(1-a) eps*) / sqrt(a). Float64, rounded to float32."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    xd = x_in.double()
+    al, si = torch.sqrt(a), torch.sqrt(1 - a)
+    eps = si * (xd - al * mu) / (a * s * s + 1 - a)
+    if pred == "epsilon":
+        out = eps
+    elif pred == "v_prediction":
+        out = (eps - si * xd) / al
+    elif pred == "sample":
+        out = (xd - si * eps) / al
+    else:
+        raise ValueError(pred)
+    return out.float()
+
+
+def run_trajectory_v2(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S):
+    """Like run_trajectory, for any prediction type and for Euler ancestral (whose model
+    input is the scaled sample and whose noise level is its interpolated sigma)."""
+    from diffusers.schedulers import scheduling_euler_ancestral_discrete
+    pred = sched.config.prediction_type
+    sched.set_timesteps(n_steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * sched.init_noise_sigma
+    x_T = x.clone()
+    acp = sched.alphas_cumprod
+    rec = {k: [] for k in ["t", "x_t", "model_in", "model_out", "x0_pred", "z", "x_prev"]}
+    captured = {}
+    if kind == "dpm":
+        orig_convert = sched.convert_model_output
+
+        def conv(model_output, *a, **k):
+            r = orig_convert(model_output, *a, **k)
+            captured["x0"] = r.clone()
+            return r
+        sched.convert_model_output = conv
+    module = {"ddpm": scheduling_ddpm, "euler": scheduling_euler_ancestral_discrete}.get(kind)
+    for t in sched.timesteps:
+        if kind == "euler":
+            x_in = sched.scale_model_input(x, t)
+            sigma = sched.sigmas[sched.step_index].double()
+            a = 1.0 / (1.0 + sigma * sigma)
+        else:
+            x_in = x
+            a = acp[int(t)].double()
+        out = analytic_output(x_in, a, pred, mu, s)
+        z = torch.randn(shape, generator=g)
+        if module is not None:
+            used = {}
+
+            def fake_randn(shape_, generator=None, device=None, dtype=None, **kw):
+                used["z"] = z.clone()
+                return z.clone()
+            saved = module.randn_tensor
+            module.randn_tensor = fake_randn
+            try:
+                o = sched.step(out, t, x)
+            finally:
+                module.randn_tensor = saved
+            z_used = used.get("z", torch.zeros(shape))
+            x0 = o.pred_original_sample
+        elif kind == "ddim":
+            if eta > 0:
+                o = sched.step(out, t, x, eta=eta, variance_noise=z.clone())
+                z_used = z
+            else:
+                o = sched.step(out, t, x, eta=0.0)
+                z_used = torch.zeros(shape)
+            x0 = o.pred_original_sample
+        elif kind == "dpm":
+            o = sched.step(out, t, x)
+            z_used = torch.zeros(shape)
+            x0 = captured["x0"]
+        else:
+            raise ValueError(kind)
+        rec["t"].append(float(t))
+        for k, v in [("x_t", x), ("model_in", x_in), ("model_out", out), ("x0_pred", x0),
+                     ("z", z_used), ("x_prev", o.prev_sample)]:
+            rec[k].append(v.clone())
+        x = o.prev_sample
+    res = {
+        "timesteps": fnum(sched.timesteps.float()),
+        "alphas_cumprod": fnum(sched.alphas_cumprod),
+        "init_noise_sigma": fnum([float(sched.init_noise_sigma)]),
+        "x_T": fnum(x_T),
+        "x_final": fnum(x),
+        "t": fnum(torch.tensor(rec["t"])),
+    }
+    for k in ["x_t", "model_in", "model_out", "x0_pred", "z", "x_prev"]:
+        res[k] = fnum(torch.stack(rec[k]))
+    if kind in ("dpm", "euler"):
+        res["sigmas"] = fnum(sched.sigmas)
+    return res
+
+
+def _euler_cls():
+    from diffusers import EulerAncestralDiscreteScheduler
+    return EulerAncestralDiscreteScheduler
+
+
+SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+TRAJECTORIES_V2 = [
+    # name, scheduler class (None: Euler ancestral), config overrides, kind, eta, steps
+    ("euler_a_cos_20", None, {}, "euler", 0.0, 20),
+    ("euler_a_linear_leading_10", None,
+     dict(beta_schedule="linear", timestep_spacing="leading", steps_offset=1), "euler", 0.0, 10),
+    ("euler_a_v_cos_trailing_15", None,
+     dict(prediction_type="v_prediction", timestep_spacing="trailing"), "euler", 0.0, 15),
+    ("euler_a_scaled_7", None, SD_BETAS, "euler", 0.0, 7),
+    ("ddpm_large_linear_linspace_25", DDPMScheduler,
+     dict(beta_schedule="linear", variance_type="fixed_large", timestep_spacing="linspace"), "ddpm", 0.0, 25),
+    ("ddpm_v_cos_offset1_20", DDPMScheduler,
+     dict(prediction_type="v_prediction", steps_offset=1), "ddpm", 0.0, 20),
+    ("ddim_v_eta1_cos_trailing_15", DDIMScheduler,
+     dict(prediction_type="v_prediction", timestep_spacing="trailing"), "ddim", 1.0, 15),
+    ("ddim_sample_eta05_scaled_offset1_12", DDIMScheduler,
+     dict(prediction_type="sample", steps_offset=1, set_alpha_to_one=False, **SD_BETAS), "ddim", 0.5, 12),
+    ("dpmpp2m_v_cos_16", DPMSolverMultistepScheduler, dict(prediction_type="v_prediction"), "dpm", 0.0, 16),
+    ("dpmpp2m_sample_linear_trailing_8", DPMSolverMultistepScheduler,
+     dict(prediction_type="sample", beta_schedule="linear", timestep_spacing="trailing"), "dpm", 0.0, 8),
+]
+
+
+def part_euler():
+    os.makedirs(FIX, exist_ok=True)
+    shape = (2, 1, 4, 4)
+    for i, (name, cls, over, kind, eta, n) in enumerate(TRAJECTORIES_V2):
+        cls = cls or _euler_cls()
+        # DDIM-only options go to from_config; the rest through the DDPM config as before.
+        over = dict(over)
+        extra = {k: over.pop(k) for k in ["set_alpha_to_one"] if k in over}
+        sched = make_scheduler(cls, over)
+        if extra:
+            sched = cls.from_config(sched.config, **extra)
+        out = run_trajectory_v2(sched, n, shape, seed=200 + i, kind=kind, eta=eta)
+        meta = {"scheduler_class": cls.__name__,
+                "scheduler_config": config_json(sched),
+                "num_inference_steps": str(n), "eta": str(eta),
+                "prediction_type": sched.config.prediction_type,
+                "model": f"analytic: data N({MU}, {S}^2) per pixel (see analytic_output)",
+                "mu": str(MU), "s": str(S), "made_by": "train/make_fixtures.py --part euler"}
+        save_file(out, os.path.join(FIX, f"sched_{name}.safetensors"), metadata=meta)
+        print(name, "final mean/std", float(out["x_final"].mean()), float(out["x_final"].std()))
+    gaussian_laws()
+
+
+# The Gaussian end-to-end cases of tests/sampler_gaussian.rs: diffusers' own samplers driven
+# by the analytic model, in float64 on many draws, give the law (mean, std) each discretised
+# sampler really ends at, which the Rust test compares its exact propagated law against.
+GAUSSIAN_DRAWS = 400_000
+COS = dict(beta_schedule="squaredcos_cap_v2")
+LIN = dict(beta_schedule="linear")
+GAUSSIAN_CASES = [
+    # name, scheduler class (None: Euler ancestral), config overrides, steps, eta, mu, s, guidance
+    ("ddpm 1000 fixed_small", DDPMScheduler, COS, 1000, 0.0, 0.3, 0.5, None),
+    ("ddpm 100 fixed_small", DDPMScheduler, COS, 100, 0.0, 0.3, 0.5, None),
+    ("ddpm 100 fixed_large", DDPMScheduler, dict(variance_type="fixed_large", **COS), 100, 0.0, 0.3, 0.5, None),
+    ("ddim 50 eta 0", DDIMScheduler, COS, 50, 0.0, 0.3, 0.5, None),
+    ("ddim 50 eta 1", DDIMScheduler, COS, 50, 1.0, 0.3, 0.5, None),
+    ("dpmpp2m 20", DPMSolverMultistepScheduler, COS, 20, 0.0, 0.3, 0.5, None),
+    ("euler_a 50", None, COS, 50, 0.0, 0.3, 0.5, None),
+    ("ddim 50 v_prediction trailing", DDIMScheduler,
+     dict(prediction_type="v_prediction", timestep_spacing="trailing", **LIN), 50, 0.0, -0.2, 0.8, None),
+    ("dpmpp2m 20 sample", DPMSolverMultistepScheduler, dict(prediction_type="sample", **LIN), 20, 0.0, -0.2, 0.8, None),
+    ("euler_a 50 v_prediction", None, dict(prediction_type="v_prediction", **LIN), 50, 0.0, -0.2, 0.8, None),
+    # Guidance does not change the law (the guided output is the analytic one); the Rust
+    # test feeds it as a real [cond; uncond] pair with w = 3.
+    ("ddpm 100 guided w=3", DDPMScheduler, LIN, 100, 0.0, -0.2, 0.8, 3.0),
+    ("dpmpp2m 10 guided w=3", DPMSolverMultistepScheduler, LIN, 10, 0.0, -0.2, 0.8, 3.0),
+]
+
+
+def gaussian_laws():
+    cases = []
+    euler = _euler_cls()
+    for i, (name, cls, over, n, eta, mu, sd, w) in enumerate(GAUSSIAN_CASES):
+        cls = cls or euler
+        sched = make_scheduler(cls, {**over, "clip_sample": False})
+        sched.set_timesteps(n)
+        pred = sched.config.prediction_type
+        g = torch.Generator().manual_seed(500 + i)
+        x = torch.randn(GAUSSIAN_DRAWS, 1, generator=g, dtype=torch.float64) * float(sched.init_noise_sigma)
+        for t in sched.timesteps:
+            if cls is euler:
+                x_in = sched.scale_model_input(x, t)
+                sigma = sched.sigmas[sched.step_index].double()
+                a = 1.0 / (1.0 + sigma * sigma)
+            else:
+                x_in = x
+                a = sched.alphas_cumprod[int(t)].double()
+            al, si = torch.sqrt(a), torch.sqrt(1 - a)
+            eps = si * (x_in - al * mu) / (a * sd * sd + 1 - a)
+            out = {"epsilon": eps, "v_prediction": (eps - si * x_in) / al,
+                   "sample": (x_in - si * eps) / al}[pred]
+            if cls is DDIMScheduler:
+                x = sched.step(out, t, x, eta=eta, generator=g).prev_sample
+            elif cls is DPMSolverMultistepScheduler:
+                x = sched.step(out, t, x).prev_sample
+            else:
+                x = sched.step(out, t, x, generator=g).prev_sample
+        cases.append({"name": name, "scheduler_class": cls.__name__,
+                      "scheduler_config": config_json(sched),
+                      "steps": n, "eta": eta, "mu": mu, "s": sd, "guidance": w,
+                      "mean": float(x.mean()), "std": float(x.std())})
+        print(f"{name:<32} mean {float(x.mean()):+.4f} std {float(x.std()):.4f}")
+    with open(os.path.join(FIX, "sched_gaussian_laws.json"), "w") as f:
+        json.dump({"made_by": "train/make_fixtures.py --part euler", "draws": GAUSSIAN_DRAWS,
+                   "dtype": "float64", "cases": cases}, f, indent=1)
+
+
 def main():
     global FIX
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["small", "fashion", "all"], default="all")
+    p.add_argument("--part", choices=["small", "fashion", "euler", "all"], default="all")
     p.add_argument("--fashion-model", default=None, help="default: www/models/fashion")
     p.add_argument("--out", default=FIX, help="default: tests/fixtures")
     a = p.parse_args()
@@ -317,6 +544,8 @@ def main():
         part_small()
     if a.part in ("fashion", "all"):
         part_fashion(a.fashion_model)
+    if a.part in ("euler", "all"):
+        part_euler()
     for fn in os.listdir(FIX):
         if fn.endswith(".safetensors"):
             os.chmod(os.path.join(FIX, fn), 0o644)

@@ -1,7 +1,11 @@
 //! Kernel benchmark: the conv and attention shapes of a 28x28 U-Net with channels
 //! (32, 64, 128), at batch 2 and 32, on the current adapter.
 //!
-//! `cargo run --release --bin bench [-- --quick]`
+//! With `--model DIR` it times the whole model instead: ms per U-Net forward at batch 2 and
+//! 32, and ms per full 20-step DDIM sample of 16 images with classifier-free guidance
+//! (a U-Net batch of 32 per step).
+//!
+//! `cargo run --release --bin bench [-- --quick] [-- --model www/models/fashion]`
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -62,6 +66,9 @@ mod native {
         let wanted = |name: &str| only.as_ref().is_none_or(|o| name.contains(o.as_str()));
         let gpu = pollster::block_on(Gpu::new())?;
         println!("adapter: {}", gpu.adapter_name());
+        if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
+            return bench_model(&gpu, std::path::Path::new(dir), quick);
+        }
         println!("{:<34} {:>5} {:>11} {:>9}", "kernel", "batch", "ms/call", "GFLOP/s");
         let budget = Duration::from_millis(if quick { 50 } else { 400 });
         for batch in [2usize, 32] {
@@ -93,6 +100,60 @@ mod native {
             // Not a FLOP-bound op: report the rate at ~8 FLOPs per element for scale.
             report("group_norm+silu C64 g8 @14", batch, time(&gpu, &d, budget)?, 8.0 * x.numel() as f64);
         }
+        Ok(())
+    }
+
+    fn bench_model(gpu: &Gpu, dir: &std::path::Path, quick: bool) -> Result<()> {
+        use diffusion_playground::model::UNet;
+        use diffusion_playground::pipeline::{SampleRequest, Session};
+        use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+        let config = String::from_utf8_lossy(&read("config.json")).into_owned();
+        let unet = UNet::load(gpu, &config, &read("diffusion_pytorch_model.safetensors"))?;
+        let sched = SchedulerConfig::from_json(&String::from_utf8_lossy(&read("scheduler_config.json")))?;
+        let classes = unet.config().num_class_embeds.unwrap_or(1).saturating_sub(1) as u32;
+        let reps = if quick { 1 } else { 3 };
+        for batch in [2usize, 32] {
+            let fwd = unet.plan(gpu, batch)?;
+            fwd.set_timesteps(gpu, &vec![500.0; batch])?;
+            if classes > 0 {
+                fwd.set_classes(gpu, &unet, &(0..batch as u32).map(|i| i % classes).collect::<Vec<_>>())?;
+            }
+            let all: Vec<&Dispatch> = fwd.dispatches().collect();
+            gpu.run(&all)?; // warm-up: pipeline compilation
+            pollster::block_on(gpu.sync())?;
+            let start = Instant::now();
+            for _ in 0..reps {
+                gpu.run(&all)?;
+            }
+            pollster::block_on(gpu.sync())?;
+            let ms = start.elapsed().as_secs_f64() * 1e3 / reps as f64;
+            println!("unet forward, batch {batch:>2}: {ms:>9.1} ms ({} dispatches)", all.len());
+        }
+        let n = 16;
+        let mut session = Session::new(gpu, &unet, n)?;
+        let req = SampleRequest {
+            classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
+            guidance: 2.0,
+            kind: SamplerKind::Ddim,
+            steps: 20,
+            eta: 0.0,
+            seed: 1,
+            first_image: 0,
+            init_noise: None,
+        };
+        let start = Instant::now();
+        let run = session.start(gpu, &unet, &sched, &req)?;
+        for k in 0..run.steps() {
+            session.step(gpu, &run, k)?;
+        }
+        pollster::block_on(gpu.sync())?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "sample: 16 images, 20 DDIM steps, CFG (U-Net batch {}): {ms:.0} ms total, {:.0} ms/step",
+            run.model_batch(),
+            ms / 20.0
+        );
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod conv2d;
 pub mod group_norm;
 pub mod linear;
 pub mod pipeline;
+pub mod sampler_step;
 pub mod tensor;
 pub mod timestep_embedding;
 pub mod upsample;

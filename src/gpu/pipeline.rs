@@ -265,8 +265,16 @@ impl Gpu {
 
 /// Kernel names are static in the error type; recover the family from a label.
 fn kernel_name(label: &str) -> &'static str {
-    const NAMES: [&str; 7] =
-        ["conv2d", "group_norm", "linear", "timestep_embedding", "attention", "concat", "upsample"];
+    const NAMES: [&str; 8] = [
+        "conv2d",
+        "group_norm",
+        "linear",
+        "timestep_embedding",
+        "attention",
+        "concat",
+        "upsample",
+        "sampler_step",
+    ];
     NAMES.into_iter().find(|n| label.starts_with(n)).unwrap_or("kernel")
 }
 

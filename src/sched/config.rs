@@ -1,0 +1,316 @@
+//! diffusers' `scheduler_config.json`, read with diffusers' defaults.
+
+use serde_json::{Map, Value};
+
+use super::{invalid, BetaSchedule, PredictionType, TimestepSpacing, VarianceType};
+use crate::error::{EngineError, Result};
+
+const FILE: &str = "scheduler_config.json";
+
+/// The schedule a model was trained with and the options diffusers' schedulers read from
+/// it. Fields missing from the file take diffusers' defaults (those of `DDPMScheduler`,
+/// which `DDIMScheduler`, `DPMSolverMultistepScheduler` and `EulerAncestralDiscreteScheduler`
+/// share) except `timestep_spacing`, whose default depends on the sampler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub prediction_type: PredictionType,
+    /// DDPM and DDIM clamp x0_hat to +-`clip_sample_range` (the other samplers never clip).
+    pub clip_sample: bool,
+    pub clip_sample_range: f64,
+    /// DDIM: a_prev = 1 past the last step (else a_0).
+    pub set_alpha_to_one: bool,
+    /// Added to `leading` timesteps.
+    pub steps_offset: usize,
+    /// `None`: the sampler's own default ([`super::SamplerKind::default_spacing`]).
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// DDPM only.
+    pub variance_type: VarianceType,
+}
+
+impl Default for SchedulerConfig {
+    /// `DDPMScheduler()`'s defaults: linear betas 1e-4..0.02 over 1000 steps, epsilon
+    /// prediction, clip_sample to +-1.
+    fn default() -> Self {
+        SchedulerConfig {
+            num_train_timesteps: 1000,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            beta_schedule: BetaSchedule::Linear,
+            prediction_type: PredictionType::Epsilon,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            steps_offset: 0,
+            timestep_spacing: None,
+            variance_type: VarianceType::FixedSmall,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Parses diffusers' `scheduler_config.json` of any of the four scheduler classes.
+    ///
+    /// Unknown fields (`_class_name`, `_diffusers_version`, DPM-Solver's `solver_order`...)
+    /// are ignored: the sampler is chosen separately. A field named in
+    /// `_use_default_values` counts as missing, as in diffusers' `from_config` (that is how
+    /// a DDPM config saved without `timestep_spacing` gives DPM-Solver its `linspace`). A
+    /// `null` value counts as missing too. Options that would change the result but are
+    /// not implemented (`thresholding`, `trained_betas`, zero-terminal-SNR rescaling, Karras
+    /// and other sigma schedules) are refused with an error naming the field.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(&quote_non_finite(text))
+            .map_err(|e| EngineError::Unsupported { op: FILE, message: format!("not valid JSON: {e}") })?;
+        let Value::Object(mut map) = value else {
+            return Err(EngineError::Unsupported {
+                op: FILE,
+                message: "the top level is not a JSON object".into(),
+            });
+        };
+        if let Some(Value::Array(names)) = map.remove("_use_default_values") {
+            for n in names.iter().filter_map(Value::as_str) {
+                map.remove(n);
+            }
+        }
+        map.retain(|_, v| !v.is_null());
+        let d = SchedulerConfig::default();
+
+        if let Some(v) = map.get("thresholding") {
+            if bool_field(v, "thresholding")? {
+                return Err(invalid(
+                    FILE,
+                    "thresholding",
+                    v,
+                    "dynamic thresholding is not supported; set it to false (clip_sample still applies)",
+                ));
+            }
+        }
+        if let Some(v) = map.get("trained_betas") {
+            return Err(invalid(
+                FILE,
+                "trained_betas",
+                short(v),
+                "explicit betas are not supported; use beta_schedule",
+            ));
+        }
+        for field in [
+            "rescale_betas_zero_snr",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "use_lu_lambdas",
+            "use_flow_sigmas",
+        ] {
+            if let Some(v) = map.get(field) {
+                if bool_field(v, field)? {
+                    return Err(invalid(FILE, field, v, "not supported; set it to false"));
+                }
+            }
+        }
+
+        let cfg = SchedulerConfig {
+            num_train_timesteps: opt(&map, "num_train_timesteps", uint_field)?
+                .unwrap_or(d.num_train_timesteps),
+            beta_start: opt(&map, "beta_start", float_field)?.unwrap_or(d.beta_start),
+            beta_end: opt(&map, "beta_end", float_field)?.unwrap_or(d.beta_end),
+            beta_schedule: opt(&map, "beta_schedule", parse_str)?.unwrap_or(d.beta_schedule),
+            prediction_type: opt(&map, "prediction_type", parse_str)?.unwrap_or(d.prediction_type),
+            clip_sample: opt(&map, "clip_sample", bool_field)?.unwrap_or(d.clip_sample),
+            clip_sample_range: opt(&map, "clip_sample_range", float_field)?.unwrap_or(d.clip_sample_range),
+            set_alpha_to_one: opt(&map, "set_alpha_to_one", bool_field)?.unwrap_or(d.set_alpha_to_one),
+            steps_offset: opt(&map, "steps_offset", uint_field)?.unwrap_or(d.steps_offset),
+            timestep_spacing: opt(&map, "timestep_spacing", parse_str)?,
+            variance_type: opt(&map, "variance_type", variance)?.unwrap_or(d.variance_type),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the numeric fields (the enums are valid by construction).
+    pub fn validate(&self) -> Result<()> {
+        // 1e6 training steps is far beyond any published schedule; the cap keeps a typo from
+        // allocating gigabytes of alphas_cumprod.
+        if !(1..=1_000_000).contains(&self.num_train_timesteps) {
+            return Err(invalid(
+                FILE,
+                "num_train_timesteps",
+                self.num_train_timesteps,
+                "must be in 1..=1000000",
+            ));
+        }
+        for (field, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !(v.is_finite() && v > 0.0 && v < 1.0) {
+                return Err(invalid(FILE, field, v, "must be in (0, 1)"));
+            }
+        }
+        if !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0) {
+            return Err(invalid(FILE, "clip_sample_range", self.clip_sample_range, "must be positive"));
+        }
+        if self.steps_offset >= self.num_train_timesteps {
+            return Err(invalid(
+                FILE,
+                "steps_offset",
+                self.steps_offset,
+                &format!("must be below num_train_timesteps = {}", self.num_train_timesteps),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Python's json module (which diffusers saves configs with) writes the non-standard tokens
+/// `Infinity`, `-Infinity` and `NaN` (DPM-Solver's `lambda_min_clipped` is `-Infinity`);
+/// serde_json refuses them. Outside strings they become strings, so a field we read reports
+/// "expected a number" with the token named, and any other field is ignored as before.
+fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(ch) = rest.chars().next() {
+        if !in_string {
+            if let Some(token) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t)) {
+                out.push('"');
+                out.push_str(token);
+                out.push('"');
+                rest = &rest[token.len()..];
+                continue;
+            }
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_string = false;
+            }
+        } else if ch == '"' {
+            in_string = true;
+        }
+        out.push(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    out
+}
+
+/// A JSON value for an error message, cut short (trained_betas can be 1000 numbers).
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 40 {
+        format!("{}...", &s[..s.char_indices().nth(40).map_or(s.len(), |(i, _)| i)])
+    } else {
+        s
+    }
+}
+
+fn opt<T>(
+    map: &Map<String, Value>,
+    field: &str,
+    parse: impl Fn(&Value, &str) -> Result<T>,
+) -> Result<Option<T>> {
+    map.get(field).map(|v| parse(v, field)).transpose()
+}
+
+fn bool_field(v: &Value, field: &str) -> Result<bool> {
+    v.as_bool().ok_or_else(|| invalid(FILE, field, short(v), "expected true or false"))
+}
+
+fn float_field(v: &Value, field: &str) -> Result<f64> {
+    v.as_f64().ok_or_else(|| invalid(FILE, field, short(v), "expected a number"))
+}
+
+fn uint_field(v: &Value, field: &str) -> Result<usize> {
+    v.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| invalid(FILE, field, short(v), "expected a non-negative integer"))
+}
+
+fn parse_str<T: std::str::FromStr<Err = EngineError>>(v: &Value, field: &str) -> Result<T> {
+    let s = v.as_str().ok_or_else(|| invalid(FILE, field, short(v), "expected a string"))?;
+    // Re-issue the enum's error under this file's name.
+    s.parse().map_err(|e| match e {
+        EngineError::Unsupported { message, .. } => EngineError::Unsupported { op: FILE, message },
+        other => other,
+    })
+}
+
+fn variance(v: &Value, field: &str) -> Result<VarianceType> {
+    match v.as_str() {
+        Some("fixed_small_log") => Ok(VarianceType::FixedSmall),
+        Some(other @ ("fixed_large_log" | "learned" | "learned_range")) => Err(invalid(
+            FILE,
+            field,
+            format!("{other:?}"),
+            "not supported (learned variances need a model with 2x output channels); \
+             expected \"fixed_small\" or \"fixed_large\"",
+        )),
+        _ => parse_str(v, field),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_missing_fields_and_unknown_ones_are_ignored() {
+        let cfg = SchedulerConfig::from_json(
+            r#"{"_class_name": "DDPMScheduler", "_diffusers_version": "0.42.1",
+                "beta_schedule": "squaredcos_cap_v2", "solver_order": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg,
+            SchedulerConfig { beta_schedule: BetaSchedule::SquaredcosCapV2, ..Default::default() }
+        );
+    }
+
+    #[test]
+    fn use_default_values_and_null_count_as_missing() {
+        let cfg = SchedulerConfig::from_json(
+            r#"{"timestep_spacing": "leading", "steps_offset": 1, "variance_type": null,
+                "_use_default_values": ["timestep_spacing"]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.timestep_spacing, None);
+        assert_eq!(cfg.steps_offset, 1);
+        assert_eq!(cfg.variance_type, VarianceType::FixedSmall);
+    }
+
+    #[test]
+    fn python_json_tokens_are_tolerated() {
+        let cfg = SchedulerConfig::from_json(
+            r#"{"lambda_min_clipped": -Infinity, "note": "NaN -Infinity \" Infinity", "x": NaN, "steps_offset": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.steps_offset, 1);
+        let e = SchedulerConfig::from_json(r#"{"beta_end": Infinity}"#).unwrap_err().to_string();
+        assert!(e.contains("`beta_end` = \"Infinity\": expected a number"), "{e}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (r#"{"beta_schedule": "sigmoid"}"#, "`beta_schedule` = \"sigmoid\""),
+            (r#"{"prediction_type": "flow"}"#, "`prediction_type` = \"flow\""),
+            (r#"{"timestep_spacing": "karras"}"#, "`timestep_spacing` = \"karras\""),
+            (r#"{"thresholding": true}"#, "`thresholding` = true"),
+            (r#"{"trained_betas": [0.1, 0.2]}"#, "`trained_betas` = [0.1,0.2]"),
+            (r#"{"variance_type": "learned_range"}"#, "`variance_type` = \"learned_range\""),
+            (r#"{"num_train_timesteps": 0}"#, "`num_train_timesteps` = 0"),
+            (r#"{"num_train_timesteps": -5}"#, "`num_train_timesteps` = -5"),
+            (r#"{"beta_end": "0.02"}"#, "`beta_end` = \"0.02\""),
+            (r#"{"clip_sample": 1}"#, "`clip_sample` = 1"),
+            (r#"{"rescale_betas_zero_snr": true}"#, "`rescale_betas_zero_snr` = true"),
+            (r#"[1, 2]"#, "not a JSON object"),
+            (r#"{"#, "not valid JSON"),
+        ];
+        for (json, want) in cases {
+            let e = SchedulerConfig::from_json(json).unwrap_err().to_string();
+            assert!(e.starts_with("scheduler_config.json: ") && e.contains(want), "{json}: {e}");
+        }
+    }
+}

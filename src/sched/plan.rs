@@ -1,0 +1,415 @@
+//! From a schedule and sampler options to the per-step coefficients of the fused kernel.
+//!
+//! Every sampler step here has the same shape, which is what lets one kernel run them all.
+//! With m the (guided) model output and x the sampler state:
+//!
+//! ```text
+//! x0  = x0_from_x  * x + x0_from_out  * m        then clamped to +-clip if clipping
+//! eps = eps_from_x * x + eps_from_out * m        (from the unclipped x0, as diffusers)
+//! x'  = c.x * x + c.x0 * x0 + c.eps * eps + c.prev_x0 * x0_prev + c.noise * z
+//! ```
+//!
+//! (x0_prev: the previous step's x0, DPM-Solver++(2M)'s multistep history.) The first two
+//! lines are linear in (x, m) for every prediction type, and each sampler's update is linear
+//! in (x, x0, eps, x0_prev, z) with coefficients that depend only on the schedule.
+
+use super::schedule::alphas_cumprod;
+use super::timesteps::timesteps;
+use super::{invalid, PredictionType, SamplerKind, SchedulerConfig, TimestepSpacing, VarianceType};
+use crate::error::Result;
+
+/// What the caller chooses per sampling run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplerOptions {
+    pub kind: SamplerKind,
+    /// Number of model evaluations, 1..=num_train_timesteps.
+    pub steps: usize,
+    /// DDIM's eta in [0, 1] (0: deterministic, 1: DDPM-like noise); ignored by the others.
+    pub eta: f64,
+    /// Classifier-free guidance scale w: m = uncond + w (cond - uncond). Used only when the
+    /// model batch holds both halves.
+    pub guidance: f32,
+}
+
+impl SamplerOptions {
+    /// `steps` steps of `kind`, eta 0, guidance 1 (conditional only).
+    pub fn new(kind: SamplerKind, steps: usize) -> Self {
+        SamplerOptions { kind, steps, eta: 0.0, guidance: 1.0 }
+    }
+}
+
+/// The per-step coefficients of the fused update (see the module comment), rounded to f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCoefficients {
+    pub x0_from_x: f32,
+    pub x0_from_out: f32,
+    pub eps_from_x: f32,
+    pub eps_from_out: f32,
+    /// Clamp x0 to +-clip (DDPM and DDIM with `clip_sample`).
+    pub clip: Option<f32>,
+    pub x: f32,
+    pub x0: f32,
+    pub eps: f32,
+    pub prev_x0: f32,
+    pub noise: f32,
+    /// The step reads the previous step's x0 (DPM-Solver++(2M)'s second-order steps).
+    pub reads_prev_x0: bool,
+    /// The step stores its x0 for the next one.
+    pub writes_prev_x0: bool,
+}
+
+/// One model evaluation and the update that follows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlannedStep {
+    /// The timestep the U-Net is evaluated at (fractional for Euler ancestral `linspace`).
+    pub timestep: f32,
+    /// The model's input is `input_scale * x` (1 except Euler ancestral: 1 / sqrt(sigma^2 + 1)).
+    pub input_scale: f32,
+    /// a = alphas_cumprod of the model input's noise level: the input is distributed as
+    /// sqrt(a) x_0 + sqrt(1 - a) eps (Euler ancestral: 1 / (1 + sigma^2) at its interpolated
+    /// sigma). What an analytic model needs; the kernel does not use it.
+    pub alpha_cumprod: f64,
+    pub coeffs: StepCoefficients,
+}
+
+/// A whole sampling run, planned once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub kind: SamplerKind,
+    pub steps: Vec<PlannedStep>,
+    /// x_T = init_noise_sigma * z (1 except Euler ancestral, whose state lives in sigma space).
+    pub init_noise_sigma: f32,
+    pub guidance: f32,
+}
+
+impl Plan {
+    /// The model timesteps, one per step.
+    pub fn timesteps(&self) -> Vec<f32> {
+        self.steps.iter().map(|s| s.timestep).collect()
+    }
+
+    /// The scale of the model input of step `k`; past the last step 1 (the kernel then writes
+    /// the final x into the model input, which nothing reads).
+    pub fn input_scale(&self, k: usize) -> f32 {
+        self.steps.get(k).map_or(1.0, |s| s.input_scale)
+    }
+}
+
+/// Plans `opts.steps` steps of `opts.kind` on the schedule of `cfg`.
+pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
+    cfg.validate()?;
+    if !(opts.eta.is_finite() && opts.eta >= 0.0) {
+        return Err(invalid("sampler", "eta", opts.eta, "must be a finite number >= 0"));
+    }
+    if !opts.guidance.is_finite() {
+        return Err(invalid("sampler", "guidance", opts.guidance, "must be finite"));
+    }
+    let acp = alphas_cumprod(cfg)?;
+    let ts = timesteps(cfg, opts.kind, opts.steps)?;
+    let clip = cfg.clip_sample.then_some(cfg.clip_sample_range as f32);
+    let mut init_noise_sigma = 1.0;
+    let steps = match opts.kind {
+        SamplerKind::Ddpm => ddpm(cfg, &acp, &ts, clip),
+        SamplerKind::Ddim => ddim(cfg, &acp, &ts, clip, opts.eta)?,
+        SamplerKind::DpmSolverPp2m => dpm_solver_pp_2m(cfg, &acp, &ts),
+        SamplerKind::EulerAncestral => {
+            let (steps, sigma) = euler_ancestral(cfg, &acp, &ts);
+            init_noise_sigma = sigma;
+            steps
+        }
+    };
+    Ok(Plan { kind: opts.kind, steps, init_noise_sigma: init_noise_sigma as f32, guidance: opts.guidance })
+}
+
+/// f64 coefficients before the single rounding to f32.
+#[derive(Default)]
+struct Coeffs {
+    x0_from: (f64, f64),
+    eps_from: (f64, f64),
+    x: f64,
+    x0: f64,
+    eps: f64,
+    prev_x0: f64,
+    noise: f64,
+    reads_prev_x0: bool,
+    writes_prev_x0: bool,
+}
+
+impl Coeffs {
+    fn finish(self, clip: Option<f32>) -> StepCoefficients {
+        StepCoefficients {
+            x0_from_x: self.x0_from.0 as f32,
+            x0_from_out: self.x0_from.1 as f32,
+            eps_from_x: self.eps_from.0 as f32,
+            eps_from_out: self.eps_from.1 as f32,
+            clip,
+            x: self.x as f32,
+            x0: self.x0 as f32,
+            eps: self.eps as f32,
+            prev_x0: self.prev_x0 as f32,
+            noise: self.noise as f32,
+            reads_prev_x0: self.reads_prev_x0,
+            writes_prev_x0: self.writes_prev_x0,
+        }
+    }
+}
+
+/// (x0, eps) as linear maps of (x, m) for a variance-preserving x = alpha x0 + sigma eps.
+fn vp_conversion(pred: PredictionType, alpha: f64, sigma: f64) -> ((f64, f64), (f64, f64)) {
+    match pred {
+        // x0 = (x - sigma eps) / alpha
+        PredictionType::Epsilon => ((1.0 / alpha, -sigma / alpha), (0.0, 1.0)),
+        // x0 = alpha x - sigma v, eps = alpha v + sigma x
+        PredictionType::VPrediction => ((alpha, -sigma), (sigma, alpha)),
+        // x0 = m, eps = (x - alpha x0) / sigma
+        PredictionType::Sample => ((0.0, 1.0), (1.0 / sigma, -alpha / sigma)),
+    }
+}
+
+fn step(timestep: f64, input_scale: f64, a: f64, c: Coeffs, clip: Option<f32>) -> PlannedStep {
+    PlannedStep {
+        timestep: timestep as f32,
+        input_scale: input_scale as f32,
+        alpha_cumprod: a,
+        coeffs: c.finish(clip),
+    }
+}
+
+/// diffusers' `DDPMScheduler.step`: the posterior mean of x_prev given (x_t, x0) plus noise
+/// of variance (1 - a') / (1 - a) beta (`fixed_small`, floored at 1e-20 as diffusers does)
+/// or beta (`fixed_large`), with beta = 1 - a / a'. The previous timestep is the next one in
+/// the list (its `previous_timestep`), a' = 1 past the last; noise is added whenever t > 0
+/// (so also at a last step t = 1 that `steps_offset` = 1 leaves).
+fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Vec<PlannedStep> {
+    (0..ts.len())
+        .map(|k| {
+            let a = acp[ts[k] as usize];
+            let a_prev = ts.get(k + 1).map_or(1.0, |&p| acp[p as usize]);
+            let alpha = a / a_prev;
+            let beta = 1.0 - alpha;
+            let variance = match cfg.variance_type {
+                VarianceType::FixedSmall => ((1.0 - a_prev) / (1.0 - a) * beta).max(1e-20),
+                VarianceType::FixedLarge => beta,
+            };
+            let (x0_from, eps_from) = vp_conversion(cfg.prediction_type, a.sqrt(), (1.0 - a).sqrt());
+            let c = Coeffs {
+                x0_from,
+                eps_from,
+                x: alpha.sqrt() * (1.0 - a_prev) / (1.0 - a),
+                x0: a_prev.sqrt() * beta / (1.0 - a),
+                noise: if ts[k] > 0.0 { variance.sqrt() } else { 0.0 },
+                ..Default::default()
+            };
+            step(ts[k], 1.0, a, c, clip)
+        })
+        .collect()
+}
+
+/// diffusers' `DDIMScheduler.step`: x' = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z with
+/// s = eta sqrt((1 - a') / (1 - a) (1 - a / a')). The previous timestep is always
+/// t - T // N, whatever the spacing; below 0 it is 1 (`set_alpha_to_one`) or a_0. Clipping
+/// changes x0 only: eps stays the model's (`use_clipped_model_output` is off by default).
+fn ddim(
+    cfg: &SchedulerConfig,
+    acp: &[f64],
+    ts: &[f64],
+    clip: Option<f32>,
+    eta: f64,
+) -> Result<Vec<PlannedStep>> {
+    let ratio = (cfg.num_train_timesteps / ts.len()) as f64;
+    let final_a = if cfg.set_alpha_to_one { 1.0 } else { acp[0] };
+    ts.iter()
+        .enumerate()
+        .map(|(k, &t)| {
+            let a = acp[t as usize];
+            let prev = t - ratio;
+            let a_prev = if prev >= 0.0 { acp[prev as usize] } else { final_a };
+            let variance = (1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev);
+            let s = eta * variance.sqrt();
+            let mut dir = 1.0 - a_prev - s * s;
+            if dir < 0.0 {
+                // For eta <= 1 this is >= 0 analytically; allow its round-off.
+                if dir < -1e-12 {
+                    return Err(invalid(
+                        "sampler",
+                        "eta",
+                        eta,
+                        &format!("at step {k} (t = {t}) the noise exceeds the step's variance; use eta <= 1"),
+                    ));
+                }
+                dir = 0.0;
+            }
+            let (x0_from, eps_from) = vp_conversion(cfg.prediction_type, a.sqrt(), (1.0 - a).sqrt());
+            let c = Coeffs {
+                x0_from,
+                eps_from,
+                x0: a_prev.sqrt(),
+                eps: dir.sqrt(),
+                noise: if eta > 0.0 { s } else { 0.0 },
+                ..Default::default()
+            };
+            Ok(step(t, 1.0, a, c, clip))
+        })
+        .collect()
+}
+
+/// diffusers' `DPMSolverMultistepScheduler` with its defaults (`dpmsolver++`, order 2,
+/// `midpoint`, `lower_order_final`, `final_sigmas_type` zero): sigmas sqrt((1 - a) / a) at
+/// the timesteps, then 0. With h = lambda' - lambda (lambda = log(alpha / sigma)):
+/// first order x' = (sigma' / sigma) x - alpha' (e^-h - 1) x0; second order replaces x0 by
+/// x0 + (x0 - x0_prev) / (2 r0), r0 = h_prev / h. The first step has no history and the last
+/// (to sigma = 0) is always first order. Never clips (DPM-Solver has no `clip_sample`).
+///
+/// Guards diffusers does not have: a step between two equal timesteps (h = 0, only N = T
+/// with `linspace` repeats one) keeps x as its first-order update does, and the step after
+/// it falls back to first order where diffusers' r0 = h_prev / h would divide by zero.
+fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> Vec<PlannedStep> {
+    let n = ts.len();
+    let mut sigmas: Vec<f64> =
+        ts.iter().map(|&t| ((1.0 - acp[t as usize]) / acp[t as usize]).sqrt()).collect();
+    sigmas.push(0.0);
+    // diffusers' _sigma_to_alpha_sigma_t and lambda; sigma = 0 gives lambda = +inf, h = +inf
+    // and e^-h = 0, which f64 carries through to x' = x0 exactly.
+    let alpha_sigma = |s: f64| {
+        let alpha = 1.0 / (s * s + 1.0).sqrt();
+        (alpha, s * alpha)
+    };
+    let lambda = |s: f64| {
+        let (alpha, sigma) = alpha_sigma(s);
+        alpha.ln() - sigma.ln()
+    };
+    (0..n)
+        .map(|k| {
+            let (alpha_s, sigma_s) = alpha_sigma(sigmas[k]);
+            let (alpha_t, sigma_t) = alpha_sigma(sigmas[k + 1]);
+            let h = lambda(sigmas[k + 1]) - lambda(sigmas[k]);
+            let (x0_from, eps_from) = vp_conversion(cfg.prediction_type, alpha_s, sigma_s);
+            let mut c = Coeffs { x0_from, eps_from, writes_prev_x0: k + 1 < n, ..Default::default() };
+            if h == 0.0 {
+                c.x = 1.0;
+            } else {
+                // -alpha' (e^-h - 1), with expm1 for small h.
+                let e = -alpha_t * (-h).exp_m1();
+                c.x = sigma_t / sigma_s;
+                c.x0 = e;
+                let h_prev = if k > 0 { lambda(sigmas[k]) - lambda(sigmas[k - 1]) } else { 0.0 };
+                if k > 0 && k + 1 < n && h_prev != 0.0 {
+                    let r0 = h_prev / h;
+                    c.x0 = e * (1.0 + 0.5 / r0);
+                    c.prev_x0 = -e * 0.5 / r0;
+                    c.reads_prev_x0 = true;
+                }
+            }
+            step(ts[k], 1.0, acp[ts[k] as usize], c, None)
+        })
+        .collect()
+}
+
+/// diffusers' `EulerAncestralDiscreteScheduler`: the state is x / alpha (sigma space),
+/// sigma = sqrt((1 - a) / a) interpolated linearly at (possibly fractional) timesteps, then
+/// 0; the model sees x / sqrt(sigma^2 + 1). With sigma_up = sqrt(s'^2 (s^2 - s'^2) / s^2) and
+/// sigma_down = sqrt(s'^2 - sigma_up^2): x' = x + (x - x0) / s (sigma_down - s) + sigma_up z.
+/// x_T = z sigma_0, or z sqrt(sigma_0^2 + 1) with `leading` spacing (its init_noise_sigma).
+/// diffusers raises for `sample` prediction; here x0 = m, the obvious meaning.
+fn euler_ancestral(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> (Vec<PlannedStep>, f64) {
+    let full: Vec<f64> = acp.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
+    // np.interp(t, arange(T), full): exact at integers.
+    let interp = |t: f64| {
+        let i = (t.floor() as usize).min(full.len() - 1);
+        if i + 1 >= full.len() {
+            full[i]
+        } else {
+            full[i] + (full[i + 1] - full[i]) * (t - i as f64)
+        }
+    };
+    let mut sigmas: Vec<f64> = ts.iter().map(|&t| interp(t)).collect();
+    sigmas.push(0.0);
+    let max = sigmas.iter().copied().fold(0.0, f64::max);
+    let spacing = cfg.timestep_spacing.unwrap_or(SamplerKind::EulerAncestral.default_spacing());
+    let init = if spacing == TimestepSpacing::Leading { (max * max + 1.0).sqrt() } else { max };
+    let steps = (0..ts.len())
+        .map(|k| {
+            let (s, s_to) = (sigmas[k], sigmas[k + 1]);
+            let up = (s_to * s_to * (s * s - s_to * s_to) / (s * s)).sqrt();
+            let down = (s_to * s_to - up * up).max(0.0).sqrt();
+            let x0_from = match cfg.prediction_type {
+                PredictionType::Epsilon => (1.0, -s),
+                PredictionType::VPrediction => (1.0 / (s * s + 1.0), -s / (s * s + 1.0).sqrt()),
+                PredictionType::Sample => (0.0, 1.0),
+            };
+            let c = Coeffs {
+                x0_from,
+                // The sigma-space eps = (x - x0) / s; the update does not use it.
+                eps_from: ((1.0 - x0_from.0) / s, -x0_from.1 / s),
+                x: down / s,
+                x0: 1.0 - down / s,
+                noise: up,
+                ..Default::default()
+            };
+            step(ts[k], 1.0 / (s * s + 1.0).sqrt(), 1.0 / (1.0 + s * s), c, None)
+        })
+        .collect();
+    (steps, init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cosine() -> SchedulerConfig {
+        SchedulerConfig { beta_schedule: super::super::BetaSchedule::SquaredcosCapV2, ..Default::default() }
+    }
+
+    #[test]
+    fn every_sampler_plans_every_step_count_with_finite_coefficients() {
+        let cfg = SchedulerConfig { num_train_timesteps: 50, ..cosine() };
+        for kind in
+            [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::DpmSolverPp2m, SamplerKind::EulerAncestral]
+        {
+            for spacing in [TimestepSpacing::Leading, TimestepSpacing::Trailing, TimestepSpacing::Linspace] {
+                let cfg = SchedulerConfig { timestep_spacing: Some(spacing), ..cfg.clone() };
+                for n in 1..=50 {
+                    let p = plan(&cfg, &SamplerOptions { eta: 1.0, ..SamplerOptions::new(kind, n) }).unwrap();
+                    assert_eq!(p.steps.len(), n);
+                    for s in &p.steps {
+                        let c = s.coeffs;
+                        let all =
+                            [c.x0_from_x, c.x0_from_out, c.eps_from_x, c.eps_from_out, c.x, c.x0, c.eps];
+                        assert!(
+                            all.iter().chain([c.prev_x0, c.noise].iter()).all(|v| v.is_finite()),
+                            "{kind} {spacing} {n}: {c:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn last_step_lands_on_x0() {
+        // DDIM with set_alpha_to_one and DPM-Solver end at a' = 1: x' = x0 exactly.
+        for kind in [SamplerKind::Ddim, SamplerKind::DpmSolverPp2m, SamplerKind::EulerAncestral] {
+            let p = plan(&cosine(), &SamplerOptions::new(kind, 10)).unwrap();
+            let c = p.steps.last().unwrap().coeffs;
+            assert_eq!((c.x, c.x0, c.noise), (0.0, 1.0, 0.0), "{kind}");
+        }
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let cfg = cosine();
+        let e = plan(&cfg, &SamplerOptions { eta: -0.5, ..SamplerOptions::new(SamplerKind::Ddim, 10) })
+            .unwrap_err();
+        assert!(e.to_string().contains("`eta` = -0.5"), "{e}");
+        let e = plan(&cfg, &SamplerOptions { eta: 3.0, ..SamplerOptions::new(SamplerKind::Ddim, 10) })
+            .unwrap_err();
+        assert!(e.to_string().contains("`eta` = 3") && e.to_string().contains("eta <= 1"), "{e}");
+        let e =
+            plan(&cfg, &SamplerOptions { guidance: f32::NAN, ..SamplerOptions::new(SamplerKind::Ddim, 10) });
+        assert!(e.unwrap_err().to_string().contains("`guidance` = NaN"));
+        assert!(plan(&cfg, &SamplerOptions::new(SamplerKind::Ddpm, 0))
+            .unwrap_err()
+            .to_string()
+            .contains("`steps` = 0"));
+    }
+}
