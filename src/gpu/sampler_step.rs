@@ -108,7 +108,7 @@ impl SamplerRun {
         let [b, c, h, w] = dims4(OP, "state", bufs.state)?;
         let [gb, ..] = dims4(OP, "model_out", bufs.model_out)?;
         let groups = gb / b;
-        if !(groups == 1 || groups == 2) || gb % b != 0 {
+        if !(groups == 1 || groups == 2) || !gb.is_multiple_of(b) {
             return Err(EngineError::shape(
                 OP,
                 format!("model_out has batch {gb}; expected {b} (no guidance) or {} (guidance) for state batch {b}", 2 * b),

@@ -45,7 +45,7 @@ pub fn step(
     };
     if !(groups == 1 || groups == 2)
         || per_image == 0
-        || n % per_image != 0
+        || !n.is_multiple_of(per_image)
         || model_out.len() != groups * n
         || prev_x0.len() != n
         || supplied != n
