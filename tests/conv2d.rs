@@ -108,6 +108,7 @@ fn conv3x3_batch33_single_output_channel() {
 /// Every fusion at once, as an up-block ResNet uses them: two inputs (skip concat),
 /// nearest-2x upsampling, the time embedding read from a slice of a wider tensor, a
 /// residual, an output scale and SiLU.
+#[allow(clippy::too_many_arguments)] // one per shape parameter of the case
 fn check_fused(
     seed: u64,
     n: usize,

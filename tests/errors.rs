@@ -49,7 +49,7 @@ fn empty_and_overflowing_shapes_are_refused() {
     assert!(Tensor::zeros(gpu(), "empty", &[2, 0, 3]).is_err());
     assert!(Tensor::zeros(gpu(), "overflow", &[usize::MAX, 2]).is_err());
     let t = zeros("t", &[2, 3]);
-    let err = t.write(gpu(), &[1.0; 5]).err().expect("must fail");
+    let err = t.write(gpu(), &[1.0; 5]).expect_err("must fail");
     assert!(err.to_string().contains("5 values for shape [2, 3]"), "{err}");
 }
 
@@ -81,7 +81,7 @@ fn lost_device_is_reported_by_every_later_call() {
     assert_eq!(pollster::block_on(t.read(&gpu)).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
     gpu.device.destroy();
     let _ = gpu.device.poll(wgpu::PollType::Poll);
-    let err = gpu.check().err().expect("loss must be reported");
+    let err = gpu.check().expect_err("loss must be reported");
     assert!(matches!(err, EngineError::DeviceLost(_)), "{err:?}");
     assert!(err.to_string().contains("device was lost"), "{err}");
     assert!(pollster::block_on(t.read(&gpu)).is_err());

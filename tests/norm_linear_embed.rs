@@ -8,6 +8,7 @@ use diffusion_playground::gpu::group_norm::group_norm;
 use diffusion_playground::gpu::linear::linear;
 use diffusion_playground::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
 
+#[allow(clippy::too_many_arguments)] // one per shape parameter of the case
 fn check_group_norm(
     seed: u64,
     n: usize,

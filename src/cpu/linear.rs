@@ -1,4 +1,6 @@
 /// `y[r, o] = silu_out?(sum_k silu_in?(x[r, k]) * w[o, k] + b[o])`, PyTorch's layout.
+// The arguments mirror the GPU launcher's one for one, which keeps the two easy to compare.
+#[allow(clippy::too_many_arguments)]
 pub fn linear(
     x: &[f32],
     rows: usize,

@@ -29,6 +29,8 @@ struct Params {
 
 /// - `x`, `out`: [n, c, h, w] (or any [n, c, ...]); `gamma`, `beta`: [c]
 /// - `groups` must divide `c`.
+// One argument per binding plus the three options of the op, as in `cpu::group_norm`.
+#[allow(clippy::too_many_arguments)]
 pub fn group_norm(
     gpu: &Gpu,
     x: &Tensor,

@@ -272,7 +272,7 @@ impl UNetConfig {
 
     fn check_consistency(&self) -> Result<()> {
         let c0 = self.block_out_channels[0];
-        if c0 % 2 != 0 || c0 < 4 {
+        if !c0.is_multiple_of(2) || c0 < 4 {
             return Err(EngineError::config(
                 "block_out_channels",
                 format!("{:?}", self.block_out_channels),

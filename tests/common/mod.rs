@@ -55,7 +55,8 @@ pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], shape: &[usize], atol:
     for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
         let err = (g - c).abs();
         worst = worst.max(err);
-        if !(err <= atol + rtol * c.abs()) {
+        // NaN anywhere (gpu or cpu) makes err NaN: a failure, never a pass.
+        if err.is_nan() || err > atol + rtol * c.abs() {
             bad += 1;
             first.get_or_insert((i, g, c));
         }
