@@ -1,9 +1,28 @@
-//! The wasm-bindgen API the page talks to. Errors cross the boundary as `JsError`s carrying
-//! the engine's message, so the page can show them as they are.
+//! The wasm-bindgen API the page and the widget talk to (`www/engine.js` wraps it).
+//!
+//! - [`Engine`]: one GPU device per page, shared by every view and widget.
+//! - [`Model`]: one loaded U-Net + its scheduler config, with the sampling buffers of the
+//!   last image count it was asked for.
+//! - [`Model::sample`]: one run, step by step, with a per-step callback (x_t and x0_hat read
+//!   back as `Float32Array`s: the first version of the live preview is a read-back of the
+//!   small [n, C, H, W] tensors + `putImageData` in JS) and cancellation between steps
+//!   through an `AbortSignal`.
+//!
+//! Errors cross the boundary as JS `Error`s carrying the engine's message, with a `name`
+//! that says which kind of failure it was (`ConfigError`, `WeightsError`, `DeviceLostError`,
+//! `GpuUnavailableError`, `OptionsError`, `EngineError`), so the page can explain it.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use crate::gpu::Gpu;
+use crate::error::EngineError;
+use crate::gpu::{Gpu, Tensor};
+use crate::model::UNet;
+use crate::pipeline::{SampleRequest, Session};
+use crate::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -23,21 +42,31 @@ pub fn has_webgpu() -> bool {
 
 #[wasm_bindgen]
 pub struct Engine {
-    gpu: Gpu,
+    gpu: Rc<Gpu>,
 }
 
 #[wasm_bindgen]
 impl Engine {
     /// Requests an adapter and a device; rejects with a readable message when the browser
     /// has no WebGPU or the GPU is too limited.
-    pub async fn create() -> Result<Engine, JsError> {
+    pub async fn create() -> Result<Engine, JsValue> {
         let gpu = Gpu::new().await.map_err(to_js)?;
-        Ok(Engine { gpu })
+        Ok(Engine { gpu: Rc::new(gpu) })
     }
 
     #[wasm_bindgen(getter, js_name = adapterName)]
     pub fn adapter_name(&self) -> String {
-        self.gpu.adapter_name()
+        // Browsers may hide the adapter's name (privacy); say at least what kind it is.
+        let info = &self.gpu.info;
+        if !info.name.trim().is_empty() {
+            return self.gpu.adapter_name();
+        }
+        match info.device_type {
+            wgpu::DeviceType::Cpu => "WebGPU (a software adapter, on the CPU)".into(),
+            wgpu::DeviceType::DiscreteGpu => "WebGPU (discrete GPU)".into(),
+            wgpu::DeviceType::IntegratedGpu => "WebGPU (integrated GPU)".into(),
+            _ => "WebGPU".into(),
+        }
     }
 
     /// Largest storage binding in bytes (the limit that caps the batch size).
@@ -49,9 +78,9 @@ impl Engine {
     /// Runs every kernel against the CPU reference; resolves to
     /// `[{kernel, max_abs_err, tolerance, ok}]`.
     #[wasm_bindgen(js_name = selfTest)]
-    pub async fn self_test(&self) -> Result<JsValue, JsError> {
+    pub async fn self_test(&self) -> Result<JsValue, JsValue> {
         let checks = crate::selftest::run(&self.gpu).await.map_err(to_js)?;
-        serde_wasm_bindgen::to_value(&checks).map_err(|e| JsError::new(&e.to_string()))
+        serde_wasm_bindgen::to_value(&checks).map_err(|e| js_error("EngineError", &e.to_string()))
     }
 
     /// The first device error or loss since creation, if any (the page polls this after
@@ -60,8 +89,347 @@ impl Engine {
     pub fn device_error(&self) -> Option<String> {
         self.gpu.check().err().map(|e| e.to_string())
     }
+
+    /// True once the device is lost (every later call fails; the page offers a reload).
+    #[wasm_bindgen(getter, js_name = isLost)]
+    pub fn is_lost(&self) -> bool {
+        matches!(self.gpu.check(), Err(EngineError::DeviceLost(_)))
+    }
+
+    /// Destroys the device, which the browser reports as a device loss: lets tests (and the
+    /// curious) see the page's device-lost state without crashing a GPU.
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) {
+        self.gpu.device.destroy();
+    }
+
+    /// Builds a model from the bytes of its `config.json`, its safetensors weights and
+    /// (optionally) diffusers' `scheduler_config.json` (DDPMScheduler's defaults without).
+    /// Rejects with `ConfigError` (unsupported config, scheduler config) or `WeightsError`
+    /// (truncated or corrupt file, missing tensor, wrong shape) and the engine's message.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(
+        &self,
+        config_json: &str,
+        weights: &[u8],
+        scheduler_json: Option<String>,
+    ) -> Result<Model, JsValue> {
+        let sched = match scheduler_json {
+            Some(text) => SchedulerConfig::from_json(&text)
+                .map_err(|e| js_error("ConfigError", &format!("scheduler_config.json: {}", strip_op(&e))))?,
+            None => SchedulerConfig::default(),
+        };
+        let alphas = alphas_cumprod(&sched).map_err(|e| js_error("ConfigError", &e.to_string()))?;
+        let unet = UNet::load(&self.gpu, config_json, weights).map_err(to_js)?;
+        Ok(Model { gpu: self.gpu.clone(), unet, sched, alphas, session: RefCell::new(None) })
+    }
 }
 
-fn to_js(e: crate::EngineError) -> JsError {
-    JsError::new(&e.to_string())
+/// A loaded model. Sampling buffers for the last image count are kept between runs.
+#[wasm_bindgen]
+pub struct Model {
+    gpu: Rc<Gpu>,
+    unet: UNet,
+    sched: SchedulerConfig,
+    alphas: Vec<f64>,
+    session: RefCell<Option<Session>>,
+}
+
+/// The plain-data part of [`Model::sample`]'s options (camelCase in JS).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct SampleOptions {
+    /// One class for every image (ignored when `classes` is given).
+    class: Option<u32>,
+    /// One class per image.
+    classes: Option<Vec<u32>>,
+    count: usize,
+    steps: usize,
+    guidance: f32,
+    sampler: String,
+    eta: f32,
+    seed: f64,
+    first_image: u32,
+    /// Read x_t and x0_hat back after every step and hand them to the callback.
+    preview: bool,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            class: None,
+            classes: None,
+            count: 1,
+            steps: 20,
+            guidance: 2.0,
+            sampler: "ddim".into(),
+            eta: 0.0,
+            seed: 0.0,
+            first_image: 0,
+            preview: true,
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// Number of real classes (the null class of classifier-free guidance not counted);
+    /// 0 for an unconditional model.
+    #[wasm_bindgen(getter)]
+    pub fn classes(&self) -> usize {
+        self.unet.config().num_class_embeds.map_or(0, |n| n.saturating_sub(1))
+    }
+
+    /// [C, H, W] of one image.
+    #[wasm_bindgen(getter, js_name = sampleShape)]
+    pub fn sample_shape(&self) -> Vec<u32> {
+        self.unet.sample_shape().iter().map(|&d| d as u32).collect()
+    }
+
+    #[wasm_bindgen(getter, js_name = numTrainTimesteps)]
+    pub fn num_train_timesteps(&self) -> usize {
+        self.sched.num_train_timesteps
+    }
+
+    /// `alphas_cumprod[t]` of the training schedule (the engine's `sched::alphas_cumprod`),
+    /// for the forward-process panel: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps.
+    #[wasm_bindgen(js_name = alphasCumprod)]
+    pub fn alphas_cumprod(&self) -> Vec<f64> {
+        self.alphas.clone()
+    }
+
+    /// The timesteps a run of `steps` steps of `sampler` visits, in order.
+    pub fn timesteps(&self, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
+        let kind: SamplerKind = sampler.parse().map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
+        let plan = crate::sched::plan(&self.sched, &crate::sched::SamplerOptions::new(kind, steps))
+            .map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
+        Ok(plan.timesteps())
+    }
+
+    /// Samples `count` images. `options`: `{class | classes, count, steps, guidance, sampler
+    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a"), eta, seed, firstImage, preview}`.
+    ///
+    /// `on_step({step, steps, timestep, xt, x0})` is called after every step (`xt` and `x0`
+    /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent).
+    /// `signal` (an `AbortSignal`, or anything with an `aborted` field) is checked before
+    /// every step: once aborted the run stops there and resolves to
+    /// `{cancelled: true, stepsDone}`. Otherwise it resolves to
+    /// `{cancelled: false, stepsDone, x: Float32Array, shape: [n, C, H, W]}`.
+    pub async fn sample(
+        &self,
+        options: JsValue,
+        on_step: Option<js_sys::Function>,
+        signal: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let opts: SampleOptions = if options.is_undefined() || options.is_null() {
+            SampleOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|e| js_error("OptionsError", &format!("sample options: {e}")))?
+        };
+        let request = self.request(&opts)?;
+        let gpu = &*self.gpu;
+        let n = opts.count;
+        let [c, h, w] = self.unet.sample_shape();
+        let shape = js_array(&[n as f64, c as f64, h as f64, w as f64]);
+
+        // Take the session out for the run, so that an overlapping call (the page's queue
+        // prevents those) gets its own instead of a RefCell panic.
+        let cached = self.session.borrow_mut().take().filter(|s| s.images() == n);
+        let mut session = match cached {
+            Some(s) => s,
+            None => Session::new(gpu, &self.unet, n).map_err(|e| self.fail(e))?,
+        };
+        let run = session.start(gpu, &self.unet, &self.sched, &request).map_err(|e| self.fail(e))?;
+        let steps = run.steps();
+        let mut last: Option<Vec<f32>> = None;
+        for k in 0..steps {
+            if is_aborted(&signal) {
+                *self.session.borrow_mut() = Some(session);
+                return Ok(object(&[("cancelled", JsValue::TRUE), ("stepsDone", (k as f64).into())]));
+            }
+            session.step(gpu, &run, k).map_err(|e| self.fail(e))?;
+            let info = object(&[
+                ("step", (k as f64).into()),
+                ("steps", (steps as f64).into()),
+                ("timestep", run.plan().steps[k].timestep.into()),
+            ]);
+            if opts.preview {
+                let mut pair = read_tensors(gpu, &[session.state(), session.x0_hat()])
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                let x0 = pair.pop().unwrap_or_default();
+                let xt = pair.pop().unwrap_or_default();
+                set(&info, "xt", js_sys::Float32Array::from(xt.as_slice()).into());
+                set(&info, "x0", js_sys::Float32Array::from(x0.as_slice()).into());
+                last = Some(xt);
+            } else {
+                gpu.sync().await.map_err(|e| self.fail(e))?;
+            }
+            if let Some(f) = &on_step {
+                f.call1(&JsValue::NULL, &info)?;
+            }
+        }
+        let x = match last {
+            Some(x) => x,
+            None => session.state().read(gpu).await.map_err(|e| self.fail(e))?,
+        };
+        *self.session.borrow_mut() = Some(session);
+        Ok(object(&[
+            ("cancelled", JsValue::FALSE),
+            ("stepsDone", (steps as f64).into()),
+            ("x", js_sys::Float32Array::from(x.as_slice()).into()),
+            ("shape", shape),
+        ]))
+    }
+
+    /// Frees the sampling buffers (they are rebuilt by the next run).
+    #[wasm_bindgen(js_name = releaseBuffers)]
+    pub fn release_buffers(&self) {
+        self.session.borrow_mut().take();
+    }
+}
+
+impl Model {
+    fn request(&self, o: &SampleOptions) -> Result<SampleRequest, JsValue> {
+        let bad = |m: String| js_error("OptionsError", &m);
+        if !(1..=1024).contains(&o.count) {
+            return Err(bad(format!("count {} is outside 1..=1024", o.count)));
+        }
+        if !(1..=self.sched.num_train_timesteps).contains(&o.steps) {
+            return Err(bad(format!(
+                "steps {} is outside 1..={} (the model's training timesteps)",
+                o.steps, self.sched.num_train_timesteps
+            )));
+        }
+        if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
+            return Err(bad(format!("seed {} is not an integer in 0..2^53", o.seed)));
+        }
+        let kind: SamplerKind = o.sampler.parse().map_err(|e| bad(strip_op(&e)))?;
+        let classes = self.classes();
+        let labels: Vec<u32> = match (&o.classes, o.class, classes) {
+            (_, _, 0) => Vec::new(),
+            (Some(list), _, _) => list.clone(),
+            (None, Some(c), _) => vec![c; o.count],
+            (None, None, _) => return Err(bad("this model is class-conditional: give a class".into())),
+        };
+        if let Some(c) = labels.iter().find(|&&c| c as usize >= classes) {
+            return Err(bad(format!("class {c} is outside the model's classes 0..{}", classes - 1)));
+        }
+        Ok(SampleRequest {
+            classes: labels,
+            guidance: o.guidance,
+            kind,
+            steps: o.steps,
+            eta: o.eta,
+            seed: o.seed as u64,
+            first_image: o.first_image,
+            init_noise: None,
+        })
+    }
+
+    /// An error of a run; a lost device wins over whatever it caused.
+    fn fail(&self, e: EngineError) -> JsValue {
+        match self.gpu.check() {
+            Err(lost @ EngineError::DeviceLost(_)) => to_js(lost),
+            _ => to_js(e),
+        }
+    }
+}
+
+/// Copies several tensors into one staging buffer and maps it once (waits for the GPU).
+async fn read_tensors(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>, EngineError> {
+    gpu.check()?;
+    let sizes: Vec<u64> = tensors.iter().map(|t| t.buffer().size()).collect();
+    let total: u64 = sizes.iter().sum();
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("preview read-back"),
+        size: total,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("preview read-back") });
+    let mut offset = 0;
+    for (t, &size) in tensors.iter().zip(&sizes) {
+        encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, offset, size);
+        offset += size;
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let (tx, rx) = futures_channel::oneshot::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    rx.await
+        .map_err(|_| EngineError::ReadBack("the map callback was dropped".into()))?
+        .map_err(|e| EngineError::ReadBack(e.to_string()))?;
+    gpu.check()?;
+    let out = {
+        let view = staging.get_mapped_range(..).map_err(|e| EngineError::ReadBack(e.to_string()))?;
+        let all: &[f32] = bytemuck::cast_slice(&view);
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&s| {
+                let len = (s / 4) as usize;
+                let part = all[start..start + len].to_vec();
+                start += len;
+                part
+            })
+            .collect()
+    };
+    staging.unmap();
+    Ok(out)
+}
+
+fn is_aborted(signal: &JsValue) -> bool {
+    if signal.is_undefined() || signal.is_null() {
+        return false;
+    }
+    js_sys::Reflect::get(signal, &"aborted".into()).is_ok_and(|v| v.is_truthy())
+}
+
+fn object(fields: &[(&str, JsValue)]) -> JsValue {
+    let o: JsValue = js_sys::Object::new().into();
+    for (k, v) in fields {
+        set(&o, k, v.clone());
+    }
+    o
+}
+
+fn set(o: &JsValue, key: &str, value: JsValue) {
+    let _ = js_sys::Reflect::set(o, &key.into(), &value);
+}
+
+fn js_array(values: &[f64]) -> JsValue {
+    values.iter().map(|&v| JsValue::from(v)).collect::<js_sys::Array>().into()
+}
+
+/// The message without the `op: unsupported:` prefix of option errors.
+fn strip_op(e: &EngineError) -> String {
+    match e {
+        EngineError::Unsupported { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn js_error(name: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    e.set_name(name);
+    e.into()
+}
+
+fn to_js(e: EngineError) -> JsValue {
+    let name = match &e {
+        EngineError::Config { .. } => "ConfigError",
+        EngineError::Unsupported { op, .. } if op.ends_with(".json") => "ConfigError",
+        EngineError::WeightsFile(_) | EngineError::Weights { .. } => "WeightsError",
+        EngineError::DeviceLost(_) => "DeviceLostError",
+        EngineError::NoAdapter(_) | EngineError::RequestDevice(_) | EngineError::LimitTooLow { .. } => {
+            "GpuUnavailableError"
+        }
+        _ => "EngineError",
+    };
+    js_error(name, &e.to_string())
 }

@@ -40,7 +40,7 @@ export const WEBGPU_ARGS = ["--enable-unsafe-webgpu"];
 
 /** Starts the project's static server on a free port; resolves to { url, stop }. */
 export async function startServer(dir = "www") {
-    const child = spawn(SERVE, [path.join(ROOT, dir), "0"], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(SERVE, [path.resolve(ROOT, dir), "0"], { stdio: ["ignore", "pipe", "pipe"] });
     const killOnExit = () => child.kill("SIGKILL");
     process.once("exit", killOnExit);
     let stderr = "";
@@ -90,12 +90,12 @@ export function launchChromium({ webgpu = true } = {}) {
  * page, then screenshots the page and tears everything down, whether `body` threw or not.
  * `initScript` (a function) runs in the page before any of its scripts.
  */
-export async function withPage(t, { webgpu = true, initScript } = {}, body) {
-    const server = await startServer();
+export async function withPage(t, { webgpu = true, initScript, root = "www", viewport } = {}, body) {
+    const server = await startServer(root);
     let browser;
     try {
         browser = await launchChromium({ webgpu });
-        const page = await browser.newPage({ viewport: { width: 900, height: 900 } });
+        const page = await browser.newPage({ viewport: viewport ?? { width: 900, height: 900 } });
         const consoleErrors = [];
         const pageErrors = [];
         page.on("console", (m) => {
@@ -109,7 +109,7 @@ export async function withPage(t, { webgpu = true, initScript } = {}, body) {
         page.on("crash", () => pageErrors.push("the page crashed"));
         if (initScript) await page.addInitScript(initScript);
         try {
-            await body({ page, url: server.url, consoleErrors, pageErrors });
+            await body({ page, url: server.url, consoleErrors, pageErrors, browser });
         } catch (e) {
             // Say what the page said: the status line and any errors it logged.
             const status = await readStatus(page).catch(() => null);
@@ -129,7 +129,8 @@ export async function withPage(t, { webgpu = true, initScript } = {}, body) {
     }
 }
 
-async function screenshot(page, name) {
+/** Writes target/e2e-screenshots/<name>.png (full page); never throws. */
+export async function screenshot(page, name) {
     await mkdir(SCREENSHOTS, { recursive: true });
     const file = path.join(SCREENSHOTS, `${name.replace(/[^\w.-]+/g, "_").slice(0, 100)}.png`);
     try {

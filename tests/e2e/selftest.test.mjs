@@ -1,4 +1,4 @@
-// The engine check page on WebGPU (SwiftShader in headless Chromium): the engine starts,
+// The kernel check page (www/selftest.html) on WebGPU (SwiftShader in headless Chromium): the engine starts,
 // and every WGSL kernel agrees with the CPU reference in the browser.
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -10,7 +10,7 @@ const SELFTEST_MS = 150_000;
 
 test("kernel check passes on WebGPU", { timeout: SELFTEST_MS + 90_000 }, async (t) => {
     await withPage(t, {}, async ({ page, url, consoleErrors, pageErrors }) => {
-        await page.goto(url);
+        await page.goto(new URL("selftest.html", url).href);
         const ready = await waitForEngine(page);
         assert.match(ready.text, /^Ready on .*\.$/, `engine did not start: ${ready.text}`);
         assert.notEqual(ready.state, "error");

@@ -1,0 +1,149 @@
+// The playground page (www/index.html) on WebGPU (SwiftShader in headless Chromium, about
+// 0.5-0.7 s per image per U-Net pass here, so every run is 1-4 images and 2-40 steps).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { screenshot, withPage } from "./harness.mjs";
+import { sampleNative, waitForState } from "./playground-helpers.mjs";
+
+// Both sides run the same WGSL in f32, on different CPU rasterisers (SwiftShader in
+// Chromium, lavapipe natively), whose fused multiply-adds and reduction orders differ:
+// differences of ~1e-5 per pass compound over the steps; 1e-3 absolute on [-1, 1] pixels
+// leaves an order of magnitude of room and is still 1/8 of an 8-bit grey level.
+const TOLERANCE = 1e-3;
+
+const lastResult = (page) => page.evaluate(() => Array.from(window.__lastResult ?? []));
+
+test("page samples a fixed seed like the native CLI, any grid size; download, forward panel, cache", { timeout: 400_000 }, async (t) => {
+    const native = await sampleNative(
+        ["--model", "www/models/fashion", "--class", "7", "--n", "1", "--steps", "3", "--guidance", "2", "--seed", "5"],
+    );
+    t.diagnostic(`native: ${native.log.replace(/\n/g, " | ")}`);
+    assert.deepEqual(native.shape, [1, 1, 28, 28]);
+
+    await withPage(t, {}, async ({ page, url, pageErrors, consoleErrors }) => {
+        const started = Date.now();
+        await page.goto(`${url}?model=fashion&class=7&grid=1&steps=3&guidance=2&seed=5&sampler=ddim`);
+        const done = await waitForState(page, "done");
+        assert.equal(done.state, "done", done.text);
+        t.diagnostic(`1 image, 3 steps: ${done.text} (${Date.now() - started} ms wall incl. engine start and model load)`);
+        t.diagnostic(await page.textContent("#timing"));
+
+        const x = await lastResult(page);
+        assert.equal(x.length, 784);
+        let maxErr = 0;
+        for (let i = 0; i < x.length; i++) maxErr = Math.max(maxErr, Math.abs(x[i] - native.data[i]));
+        t.diagnostic(`browser vs native CLI: max abs err ${maxErr.toExponential(2)} (tolerance ${TOLERANCE})`);
+        assert.ok(maxErr <= TOLERANCE, `max abs err ${maxErr} > ${TOLERANCE}`);
+        const spread = Math.max(...x) - Math.min(...x);
+        assert.ok(spread > 0.5, `the image is flat (range ${spread})`);
+
+        // The canvas shows it, the scrubber holds every step, the class list is the manifest's.
+        assert.equal(await page.$eval("#class option:checked", (o) => o.textContent), "Sneaker");
+        assert.equal(await page.$eval("#scrub", (s) => [s.disabled, s.max].join()), "false,2");
+        const px = await page.$eval("#canvas", (c) => [c.width, c.height]);
+        assert.deepEqual(px, [32, 32]);
+        await page.locator("#scrub").fill("0");
+        assert.match(await page.textContent("#scrub-out"), /^step 1 of 3/);
+        await page.check('input[value="x0"]');
+        await screenshot(page, "playground-1-done-x0hat");
+
+        // Download as PNG.
+        const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+        const png = await download.createReadStream().then(async (s) => {
+            const chunks = [];
+            for await (const c of s) chunks.push(c);
+            return Buffer.concat(chunks);
+        });
+        assert.deepEqual([...png.subarray(1, 4)], [0x50, 0x4e, 0x47], "PNG magic");
+        assert.match(download.suggestedFilename(), /^fashion-class7-ddim3-w2-seed5\.png$/);
+
+        // Forward process: t = 999 is almost pure noise, t = 0 almost the image.
+        await page.locator("#fwd-t").fill("999");
+        const far = await page.textContent("#fwd-levels");
+        assert.match(far, /^t = 999: ᾱ = .*signal √ᾱ = 0\.0\d\d, noise √\(1−ᾱ\) = 1\.000/, far);
+        await page.locator("#fwd-t").fill("0");
+        assert.match(await page.textContent("#fwd-levels"), /signal √ᾱ = 1\.000/);
+        await page.locator("#fwd-t").fill("400");
+        await screenshot(page, "playground-2-forward-panel");
+
+        // 4 images via the controls (1 step: SwiftShader is slow). Batch-independence of the
+        // noise (image k is the same at any grid size) is tested natively in tests/pipeline.rs.
+        await page.check('input[value="xt"]');
+        await page.selectOption("#grid", "4");
+        await page.locator("#steps").fill("1");
+        await page.waitForFunction(() => window.__playground.runs.at(-1).settings.steps === 1, null, { timeout: 10_000 });
+        const grid = await waitForState(page, "done", { timeout: 150_000 });
+        const last = await page.evaluate(() => window.__playground.runs.at(-1));
+        assert.equal(last.status, "done", grid.text);
+        assert.deepEqual([last.settings.grid, last.settings.steps], [4, 1]);
+        assert.deepEqual(await page.evaluate(() => window.__lastShape), [4, 1, 28, 28]);
+        const x4 = await lastResult(page);
+        assert.equal(x4.length, 4 * 784);
+        const img = (k) => x4.slice(k * 784, (k + 1) * 784);
+        assert.notDeepEqual(img(0), img(1), "two images of the grid are identical");
+        assert.equal(await page.$eval("#canvas", (c) => c.width), 62);
+        t.diagnostic(`4-image grid: ${grid.text}`);
+        assert.match(page.url(), /grid=4/, "settings are written to the URL");
+        await screenshot(page, "playground-3-grid4");
+
+        // Second visit: the weights come from the Cache API.
+        await page.goto(`${url}?model=fashion&class=7&grid=1&steps=3&autoplay=0`);
+        const ready = await waitForState(page, "ready", { timeout: 60_000 });
+        assert.match(ready.text, /from the browser cache/, ready.text);
+        assert.equal(await page.evaluate(() => window.__playground.loaded.source), "cache");
+        t.diagnostic(ready.text);
+
+        assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+        assert.deepEqual(consoleErrors, [], "console errors");
+    });
+});
+
+test("moving a slider mid-run cancels it and re-samples; device loss is shown", { timeout: 300_000 }, async (t) => {
+    await withPage(t, {}, async ({ page, url, pageErrors }) => {
+        await page.goto(`${url}?model=digits&class=3&grid=1&steps=40&guidance=2&seed=2`);
+        await page.waitForFunction(() => window.__playground.runs[0]?.stepsDone >= 2, null, { timeout: 120_000 });
+        await screenshot(page, "playground-4-mid-run");
+        const moved = Date.now();
+        await page.locator("#steps").fill("2");
+        await page.waitForFunction(() => window.__playground.runs[0].status === "cancelled", null, { timeout: 30_000 });
+        const cancelMs = Date.now() - moved;
+        const done = await waitForState(page, "done", { timeout: 60_000 });
+        const runs = await page.evaluate(() => window.__playground.runs.map((r) => ({ status: r.status, stepsDone: r.stepsDone, steps: r.settings.steps })));
+        t.diagnostic(`runs: ${JSON.stringify(runs)}; cancelled ${cancelMs} ms after the slider moved; ${done.text}`);
+        assert.equal(runs[0].status, "cancelled");
+        assert.ok(runs[0].stepsDone < 40, "the first run went on to the end");
+        assert.deepEqual(runs.at(-1), { status: "done", stepsDone: 2, steps: 2 });
+        assert.equal(await page.$eval("#scrub", (s) => s.max), "1");
+        assert.equal(await page.$eval("#steps-num", (s) => s.value), "2");
+
+        // Device loss: the page says so and offers a reload.
+        await page.evaluate(() => window.__playground.engine.loseDevice());
+        const lost = await waitForState(page, "error", { timeout: 15_000, allowError: true });
+        assert.equal(lost.kind, "device-lost", lost.text);
+        assert.match(lost.text, /GPU device was lost/);
+        assert.equal(await page.isVisible("#reload"), true);
+        assert.equal(await page.isDisabled("#run"), true);
+        await screenshot(page, "playground-5-device-lost");
+        assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+    });
+});
+
+test("phone-sized viewport: no horizontal scrolling, controls labelled", { timeout: 120_000 }, async (t) => {
+    await withPage(t, { viewport: { width: 375, height: 740 } }, async ({ page, url }) => {
+        await page.goto(`${url}?model=digits&class=1&grid=1&steps=1&autoplay=0`);
+        await waitForState(page, "ready", { timeout: 60_000 });
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
+        // Every visible form control has an accessible name.
+        const unnamed = await page.$$eval("input, select, button", (els) =>
+            els
+                .filter((e) => e.offsetParent !== null)
+                .filter((e) => !(e.labels?.length || e.getAttribute("aria-label") || (e.tagName === "BUTTON" && e.textContent.trim())))
+                .map((e) => e.outerHTML.slice(0, 80)),
+        );
+        assert.deepEqual(unnamed, []);
+        await page.keyboard.press("Tab");
+        await screenshot(page, "playground-6-phone");
+        t.diagnostic("ok");
+    });
+});
