@@ -255,7 +255,7 @@ impl Model {
                 ("timestep", run.plan().steps[k].timestep.into()),
             ]);
             if opts.preview {
-                let mut pair = read_tensors(gpu, &[session.state(), session.x0_hat()])
+                let mut pair = Tensor::read_many(gpu, &[session.state(), session.x0_hat()])
                     .await
                     .map_err(|e| self.fail(e))?;
                 let x0 = pair.pop().unwrap_or_default();
@@ -335,52 +335,6 @@ impl Model {
             _ => to_js(e),
         }
     }
-}
-
-/// Copies several tensors into one staging buffer and maps it once (waits for the GPU).
-async fn read_tensors(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>, EngineError> {
-    gpu.check()?;
-    let sizes: Vec<u64> = tensors.iter().map(|t| t.buffer().size()).collect();
-    let total: u64 = sizes.iter().sum();
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("preview read-back"),
-        size: total,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = gpu
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("preview read-back") });
-    let mut offset = 0;
-    for (t, &size) in tensors.iter().zip(&sizes) {
-        encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, offset, size);
-        offset += size;
-    }
-    gpu.queue.submit([encoder.finish()]);
-    let (tx, rx) = futures_channel::oneshot::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        let _ = tx.send(r);
-    });
-    rx.await
-        .map_err(|_| EngineError::ReadBack("the map callback was dropped".into()))?
-        .map_err(|e| EngineError::ReadBack(e.to_string()))?;
-    gpu.check()?;
-    let out = {
-        let view = staging.get_mapped_range(..).map_err(|e| EngineError::ReadBack(e.to_string()))?;
-        let all: &[f32] = bytemuck::cast_slice(&view);
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&s| {
-                let len = (s / 4) as usize;
-                let part = all[start..start + len].to_vec();
-                start += len;
-                part
-            })
-            .collect()
-    };
-    staging.unmap();
-    Ok(out)
 }
 
 fn is_aborted(signal: &JsValue) -> bool {

@@ -71,17 +71,28 @@ impl Tensor {
 
     /// Copies the tensor back to the CPU (`map_async`, so it never blocks a browser).
     pub async fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let mut all = Self::read_many(gpu, &[self]).await?;
+        Ok(all.pop().expect("one tensor in, one out"))
+    }
+
+    /// Copies several tensors into one staging buffer and maps it once: one wait for the GPU
+    /// however many tensors (the page reads x_t and x0_hat every step).
+    pub async fn read_many(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         gpu.check()?;
-        let size = self.buffer.size();
+        let sizes: Vec<u64> = tensors.iter().map(|t| t.buffer.size()).collect();
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
-            size,
+            size: sizes.iter().sum(),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let mut encoder =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
-        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+        let mut offset = 0;
+        for (t, &size) in tensors.iter().zip(&sizes) {
+            encoder.copy_buffer_to_buffer(&t.buffer, 0, &staging, offset, size);
+            offset += size;
+        }
         gpu.queue.submit([encoder.finish()]);
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -94,7 +105,16 @@ impl Tensor {
         gpu.check()?;
         let out = {
             let view = staging.get_mapped_range(..).map_err(|e| EngineError::ReadBack(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            let all: &[f32] = bytemuck::cast_slice(&view);
+            let mut start = 0;
+            sizes
+                .iter()
+                .map(|&s| {
+                    let len = (s / 4) as usize;
+                    start += len;
+                    all[start - len..start].to_vec()
+                })
+                .collect()
         };
         staging.unmap();
         Ok(out)
