@@ -46,18 +46,35 @@ enum Guidance {
 /// Buffers for sampling `images` images of one model, reused across runs.
 pub struct Session {
     images: usize,
+    /// Shards and their buffers for the current guidance mode.
+    layout: Option<Layout>,
+}
+
+/// How a run's images are split so no buffer outgrows a storage binding: equal shards of
+/// `per_shard` images (the last one padded past `images` if need be), run one after the
+/// other inside each step. Noise is keyed by the global image index, so a split run draws
+/// exactly the images an unsplit one would.
+struct Layout {
+    guidance: Guidance,
+    per_shard: usize,
+    shards: Vec<Shard>,
+}
+
+/// Images `first..first + per_shard`: their sampler buffers and their U-Net pass (every
+/// shard's pass runs on the first shard's activation buffers).
+struct Shard {
+    first: usize,
     state: Tensor,
     x0_hat: Tensor,
     history: Tensor,
-    supplied: Option<Tensor>,
-    /// The planned U-Net for the current guidance mode (B or 2B images).
-    forward: Option<(Guidance, Forward)>,
+    forward: Forward,
 }
 
-/// A planned run: schedule, per-step dispatches and the model timesteps of each step.
+/// A planned run: schedule, per-step dispatches (one sampler per shard) and the model
+/// timesteps of each step.
 pub struct Run {
     plan: Plan,
-    sampler: SamplerRun,
+    samplers: Vec<SamplerRun>,
     timesteps: Vec<Vec<f32>>,
 }
 
@@ -66,9 +83,14 @@ impl Run {
         self.plan.steps.len()
     }
 
-    /// The U-Net's batch (2n with classifier-free guidance).
+    /// The U-Net's batch per pass (2x a shard's images with classifier-free guidance).
     pub fn model_batch(&self) -> usize {
         self.timesteps.first().map_or(0, Vec::len)
+    }
+
+    /// How many U-Net passes each step makes (1 unless the batch had to be split).
+    pub fn shards(&self) -> usize {
+        self.samplers.len()
     }
 
     pub fn plan(&self) -> &Plan {
@@ -76,35 +98,80 @@ impl Run {
     }
 }
 
+/// The final (or current) images of a session read back, [images, C, H, W] each.
+pub struct Readout {
+    pub x: Vec<f32>,
+    /// The sampler's x0 estimate at the last step, if asked for.
+    pub x0_hat: Option<Vec<f32>>,
+}
+
+impl Layout {
+    fn new(gpu: &Gpu, unet: &UNet, images: usize, guidance: Guidance) -> Result<Self> {
+        let groups = if guidance == Guidance::Classifier { 2 } else { 1 };
+        let max_images = unet.max_batch(gpu)? / groups;
+        if max_images == 0 {
+            return Err(EngineError::BufferTooLarge {
+                what: format!("the U-Net's largest activation for one image (batch {groups})"),
+                bytes: unet.bytes_per_image(gpu)? * groups as u64,
+                limit: gpu.max_binding_bytes(),
+            });
+        }
+        let count = images.div_ceil(max_images);
+        let per_shard = images.div_ceil(count);
+        let [c, h, w] = unet.sample_shape();
+        let shape = [per_shard, c, h, w];
+        let mut shards: Vec<Shard> = Vec::with_capacity(count);
+        for s in 0..count {
+            let forward = match shards.first() {
+                None => unet.plan(gpu, groups * per_shard)?,
+                Some(first) => unet.plan_sharing(gpu, &first.forward)?,
+            };
+            shards.push(Shard {
+                first: s * per_shard,
+                state: Tensor::zeros(gpu, "sampler.state", &shape)?,
+                x0_hat: Tensor::zeros(gpu, "sampler.x0_hat", &shape)?,
+                history: Tensor::zeros(gpu, "sampler.history", &shape)?,
+                forward,
+            });
+        }
+        Ok(Layout { guidance, per_shard, shards })
+    }
+}
+
 impl Session {
-    pub fn new(gpu: &Gpu, unet: &UNet, images: usize) -> Result<Self> {
+    pub fn new(_gpu: &Gpu, unet: &UNet, images: usize) -> Result<Self> {
         if images == 0 {
             return Err(EngineError::shape("sample", "at least one image is needed"));
         }
         let [c, h, w] = unet.sample_shape();
-        let shape = [images, c, h, w];
-        Ok(Session {
-            images,
-            state: Tensor::zeros(gpu, "sampler.state", &shape)?,
-            x0_hat: Tensor::zeros(gpu, "sampler.x0_hat", &shape)?,
-            history: Tensor::zeros(gpu, "sampler.history", &shape)?,
-            supplied: None,
-            forward: None,
-        })
-    }
-
-    /// x_t after the last submitted step (the final image once the run is done).
-    pub fn state(&self) -> &Tensor {
-        &self.state
-    }
-
-    /// The sampler's prediction of x_0 at the last submitted step.
-    pub fn x0_hat(&self) -> &Tensor {
-        &self.x0_hat
+        if images.checked_mul(c * h * w).and_then(|n| u32::try_from(n).ok()).is_none() {
+            return Err(EngineError::shape("sample", format!("{images} images are too many to index")));
+        }
+        Ok(Session { images, layout: None })
     }
 
     pub fn images(&self) -> usize {
         self.images
+    }
+
+    /// Reads x_t after the last submitted step (the final images once the run is done)
+    /// and, with `with_x0`, the sampler's x0 estimate, in one GPU round trip.
+    pub async fn read(&self, gpu: &Gpu, with_x0: bool) -> Result<Readout> {
+        let layout =
+            self.layout.as_ref().ok_or_else(|| EngineError::shape("sample", "read() before start()"))?;
+        let mut tensors: Vec<&Tensor> = layout.shards.iter().map(|s| &s.state).collect();
+        if with_x0 {
+            tensors.extend(layout.shards.iter().map(|s| &s.x0_hat));
+        }
+        let parts = Tensor::read_many(gpu, &tensors).await?;
+        let len = self.images * parts[0].len() / layout.per_shard;
+        let join = |parts: &[Vec<f32>]| {
+            let mut all = parts.concat();
+            all.truncate(len);
+            all
+        };
+        let (x, x0) = parts.split_at(layout.shards.len());
+        Ok(Readout { x: join(x), x0_hat: with_x0.then(|| join(x0)) })
     }
 
     /// Plans a run and submits its initialisation (x_T and the first model input).
@@ -140,22 +207,16 @@ impl Session {
         if !req.guidance.is_finite() {
             return Err(EngineError::shape("sample", format!("guidance {} is not a number", req.guidance)));
         }
-        let labels: Vec<u32> = match (guidance, null) {
-            (_, None) => Vec::new(),
-            (Guidance::Conditional, _) => req.classes.clone(),
-            (Guidance::Unconditional, Some(z)) => vec![z as u32; n],
-            (Guidance::Classifier, Some(z)) => {
-                req.classes.iter().copied().chain(std::iter::repeat_n(z as u32, n)).collect()
+        let [c, h, w] = unet.sample_shape();
+        let per_image = c * h * w;
+        if let Some(x) = &req.init_noise {
+            if x.len() != n * per_image {
+                return Err(EngineError::shape(
+                    "sample",
+                    format!("initial noise has {} values; {n} images need {}", x.len(), n * per_image),
+                ));
             }
-        };
-        let model_batch = if guidance == Guidance::Classifier { 2 * n } else { n };
-        if self.forward.as_ref().map(|(g, _)| *g) != Some(guidance) {
-            self.forward = None; // free the old plan's buffers before allocating the new one
-            self.forward = Some((guidance, unet.plan(gpu, model_batch)?));
         }
-        let forward = &self.forward.as_ref().expect("planned above").1;
-        forward.set_classes(gpu, unet, &labels)?;
-
         let plan = plan(
             sched,
             &SamplerOptions {
@@ -165,35 +226,78 @@ impl Session {
                 guidance: if guidance == Guidance::Classifier { req.guidance } else { 1.0 },
             },
         )?;
-        if let Some(x) = &req.init_noise {
-            self.state.write(gpu, x)?;
+        if self.layout.as_ref().map(|l| l.guidance) != Some(guidance) {
+            self.layout = None; // free the old buffers before allocating the new ones
+            self.layout = Some(Layout::new(gpu, unet, n, guidance)?);
         }
-        let buffers = SamplerBuffers {
-            state: &self.state,
-            model_out: &forward.output,
-            x0_hat: &self.x0_hat,
-            model_in: &forward.input,
-            history: Some(&self.history),
-            supplied_noise: self.supplied.as_ref(),
-        };
-        let sampler =
-            SamplerRun::new(gpu, &plan, &buffers, req.seed, req.first_image, req.init_noise.is_none())?;
-        gpu.run(&[sampler.init()])?;
+        let layout = self.layout.as_ref().expect("laid out above");
+        let per_shard = layout.per_shard;
+
+        let mut samplers = Vec::with_capacity(layout.shards.len());
+        for shard in &layout.shards {
+            // Padding images past the last requested one repeat its class; nobody reads them.
+            let classes: Vec<u32> = (shard.first..shard.first + per_shard)
+                .map(|i| req.classes.get(i.min(n - 1)).copied().unwrap_or(0))
+                .collect();
+            let labels: Vec<u32> = match (guidance, null) {
+                (_, None) => Vec::new(),
+                (Guidance::Conditional, _) => classes,
+                (Guidance::Unconditional, Some(z)) => vec![z as u32; per_shard],
+                (Guidance::Classifier, Some(z)) => {
+                    classes.into_iter().chain(std::iter::repeat_n(z as u32, per_shard)).collect()
+                }
+            };
+            shard.forward.set_classes(gpu, unet, &labels)?;
+            if let Some(x) = &req.init_noise {
+                let mut part = vec![0.0; per_shard * per_image];
+                let lo = (shard.first * per_image).min(x.len());
+                let hi = ((shard.first + per_shard) * per_image).min(x.len());
+                part[..hi - lo].copy_from_slice(&x[lo..hi]);
+                shard.state.write(gpu, &part)?;
+            }
+            let first_image = u32::try_from(shard.first)
+                .ok()
+                .and_then(|f| req.first_image.checked_add(f))
+                .ok_or_else(|| EngineError::shape("sample", "first_image + image count overflows u32"))?;
+            let buffers = SamplerBuffers {
+                state: &shard.state,
+                model_out: &shard.forward.output,
+                x0_hat: &shard.x0_hat,
+                model_in: &shard.forward.input,
+                history: Some(&shard.history),
+                supplied_noise: None,
+            };
+            samplers.push(SamplerRun::new(
+                gpu,
+                &plan,
+                &buffers,
+                req.seed,
+                first_image,
+                req.init_noise.is_none(),
+            )?);
+        }
+        let inits: Vec<_> = samplers.iter().map(SamplerRun::init).collect();
+        gpu.run(&inits)?;
+        let model_batch = layout.shards[0].forward.batch;
         let timesteps = plan.steps.iter().map(|s| vec![s.timestep; model_batch]).collect();
-        Ok(Run { plan, sampler, timesteps })
+        Ok(Run { plan, samplers, timesteps })
     }
 
-    /// Submits step `k`: the U-Net on the current model input, then the fused update that
-    /// writes x_{t-1}, x0_hat and the next model input. No read-back.
+    /// Submits step `k`: for every shard, the U-Net on its current model input, then the
+    /// fused update that writes x_{t-1}, x0_hat and the next model input. One submit, no
+    /// read-back.
     pub fn step(&self, gpu: &Gpu, run: &Run, k: usize) -> Result<()> {
-        let (_, forward) =
-            self.forward.as_ref().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
-        let step =
-            run.sampler.steps().get(k).ok_or_else(|| {
-                EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps()))
-            })?;
-        forward.set_timesteps(gpu, &run.timesteps[k])?;
-        let dispatches: Vec<_> = forward.dispatches().chain(std::iter::once(step)).collect();
+        let layout =
+            self.layout.as_ref().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
+        if k >= run.steps() || run.samplers.len() != layout.shards.len() {
+            return Err(EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps())));
+        }
+        let mut dispatches = Vec::new();
+        for (shard, sampler) in layout.shards.iter().zip(&run.samplers) {
+            shard.forward.set_timesteps(gpu, &run.timesteps[k])?;
+            dispatches.extend(shard.forward.dispatches());
+            dispatches.push(&sampler.steps()[k]);
+        }
         gpu.run(&dispatches)
     }
 }

@@ -255,14 +255,11 @@ impl Model {
                 ("timestep", run.plan().steps[k].timestep.into()),
             ]);
             if opts.preview {
-                let mut pair = Tensor::read_many(gpu, &[session.state(), session.x0_hat()])
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                let x0 = pair.pop().unwrap_or_default();
-                let xt = pair.pop().unwrap_or_default();
-                set(&info, "xt", js_sys::Float32Array::from(xt.as_slice()).into());
+                let r = session.read(gpu, true).await.map_err(|e| self.fail(e))?;
+                let x0 = r.x0_hat.unwrap_or_default();
+                set(&info, "xt", js_sys::Float32Array::from(r.x.as_slice()).into());
                 set(&info, "x0", js_sys::Float32Array::from(x0.as_slice()).into());
-                last = Some(xt);
+                last = Some(r.x);
             } else {
                 gpu.sync().await.map_err(|e| self.fail(e))?;
             }
@@ -272,7 +269,7 @@ impl Model {
         }
         let x = match last {
             Some(x) => x,
-            None => session.state().read(gpu).await.map_err(|e| self.fail(e))?,
+            None => session.read(gpu, false).await.map_err(|e| self.fail(e))?.x,
         };
         *self.session.borrow_mut() = Some(session);
         Ok(object(&[

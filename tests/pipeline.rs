@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use diffusion_playground::gpu::Gpu;
 use diffusion_playground::model::UNet;
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
@@ -29,9 +30,8 @@ fn sample(unet: &UNet, sched: &SchedulerConfig, n: usize, req: &SampleRequest) -
     for k in 0..run.steps() {
         session.step(gpu, &run, k).unwrap();
     }
-    let x = pollster::block_on(session.state().read(gpu)).unwrap();
-    let x0 = pollster::block_on(session.x0_hat().read(gpu)).unwrap();
-    (x, x0)
+    let r = pollster::block_on(session.read(gpu, true)).unwrap();
+    (r.x, r.x0_hat.unwrap())
 }
 
 #[test]
@@ -64,6 +64,60 @@ fn image_k_of_a_batch_equals_image_0_of_a_run_keyed_at_k() {
         let slice = &batch[k * per_image..(k + 1) * per_image];
         assert!(slice == &single[..], "image {k} of a batch of 8 differs from a 1-image run keyed at {k}");
     }
+}
+
+fn run_on(gpu: &Gpu, unet: &UNet, n: usize, req: &SampleRequest) -> (Vec<f32>, Vec<f32>, usize) {
+    let sched = SchedulerConfig::default();
+    let mut session = Session::new(gpu, unet, n).unwrap();
+    let run = session.start(gpu, unet, &sched, req).unwrap();
+    for k in 0..run.steps() {
+        session.step(gpu, &run, k).unwrap();
+    }
+    let r = pollster::block_on(session.read(gpu, true)).unwrap();
+    (r.x, r.x0_hat.unwrap(), run.shards())
+}
+
+/// A batch whose activations would outgrow one storage binding runs as several equal
+/// shards (the last one padded) inside each step; the images are the very ones one pass
+/// gives. The binding limit is lowered on a GPU of the test's own so that 5 images split.
+#[test]
+fn a_batch_too_large_for_one_binding_is_split_into_shards() {
+    let mut gpu = pollster::block_on(Gpu::new()).unwrap();
+    let config = std::fs::read_to_string("tests/fixtures/unet_small/config.json").unwrap();
+    let weights = std::fs::read("tests/fixtures/unet_small/diffusion_pytorch_model.safetensors").unwrap();
+    let unet = UNet::load(&gpu, &config, &weights).unwrap();
+    let per_image = unet.bytes_per_image(&gpu).unwrap();
+    let full = gpu.limits.max_storage_buffer_binding_size;
+    let classes = vec![4, 0, 3, 1, 2];
+    let noise: Vec<f32> = (0..5 * 3 * 16 * 16).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let cases = [
+        // (request, shards expected with room for a U-Net batch of 4: 2 images with CFG)
+        (request(SamplerKind::DpmSolverPp2m, classes.clone(), 5, 0), 3),
+        (request(SamplerKind::Ddpm, classes.clone(), 6, 3), 3),
+        (SampleRequest { guidance: 1.0, ..request(SamplerKind::EulerAncestral, classes.clone(), 7, 0) }, 2),
+        (SampleRequest { init_noise: Some(noise), ..request(SamplerKind::Ddim, classes.clone(), 8, 0) }, 3),
+    ];
+    for (req, shards) in &cases {
+        gpu.limits.max_storage_buffer_binding_size = full;
+        let (x1, x01, one) = run_on(&gpu, &unet, 5, req);
+        assert_eq!(one, 1);
+        gpu.limits.max_storage_buffer_binding_size = 4 * per_image + 100;
+        let (x2, x02, split) = run_on(&gpu, &unet, 5, req);
+        assert_eq!(split, *shards, "{:?}", req.kind);
+        assert!(x1.iter().all(|v| v.is_finite()));
+        assert!(x1 == x2, "{:?}: split run's images differ from one pass", req.kind);
+        assert!(x01 == x02, "{:?}: split run's x0_hat differs from one pass", req.kind);
+    }
+
+    // Not even one image fits: a clear error, not a device error.
+    gpu.limits.max_storage_buffer_binding_size = per_image * 2 - 4;
+    let mut session = Session::new(&gpu, &unet, 1).unwrap();
+    let e = session
+        .start(&gpu, &unet, &SchedulerConfig::default(), &request(SamplerKind::Ddim, vec![0], 1, 0))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("largest activation for one image"), "{e}");
 }
 
 #[test]
@@ -144,13 +198,13 @@ fn fashion_ddim20_cfg2_matches_diffusers() {
     let shape = [2, 1, 28, 28];
     for k in 0..20 {
         session.step(gpu, &run, k).unwrap();
-        let x = pollster::block_on(session.state().read(gpu)).unwrap();
-        let x0 = pollster::block_on(session.x0_hat().read(gpu)).unwrap();
+        let r = pollster::block_on(session.read(gpu, true)).unwrap();
+        let (x, x0) = (r.x, r.x0_hat.unwrap());
         let want_x = &x_prev[k * per_step..(k + 1) * per_step];
         let want_x0 = &x0_pred[k * per_step..(k + 1) * per_step];
         common::assert_close(&format!("step {k} x0_hat"), &x0, want_x0, &shape, 1e-3, 0.0);
         common::assert_close(&format!("step {k} x_prev"), &x, want_x, &shape, 1e-3, 0.0);
     }
-    let x = pollster::block_on(session.state().read(gpu)).unwrap();
+    let x = pollster::block_on(session.read(gpu, false)).unwrap().x;
     common::assert_close("x_final", &x, &f32s(&fx, "x_final"), &shape, 1e-3, 0.0);
 }

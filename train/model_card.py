@@ -46,6 +46,23 @@ ROW_TEXT = {
 ROW_ORDER = ["ddim20_w1", "ddim20_w2", "ddim20_w4", "ddim50_w2", "ddpm1000_w2"]
 
 
+def steps_text(info, targs, ntrain):
+    """Training length, in two stages when the run continued an earlier export
+    (train.py --init-from, with --prior-steps / --prior-minutes)."""
+    steps, minutes = info["step"], info["train_seconds"] / 60
+    prior_steps, prior_min = targs.get("prior_steps", 0), targs.get("prior_minutes", 0)
+    total = steps + prior_steps
+    epochs = total * targs["batch"] / ntrain
+    text = (f"- {total:,} optimiser steps ({epochs:.1f} epochs), "
+            f"{minutes + prior_min:.0f} min of training wall time")
+    if prior_steps:
+        text += (f" in two stages: a first run of {prior_steps:,} steps ({prior_min:.0f} min, "
+                 f"the earlier shipped model), then `train.py --init-from` that model's EMA "
+                 f"weights for {steps:,} more steps ({minutes:.0f} min) with a fresh optimiser "
+                 f"and a new warm-up and cosine decay of the learning rate")
+    return text
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", choices=["fashion", "digits"], required=True)
@@ -69,7 +86,6 @@ def main():
     hw = a.hardware or (f"CPU only: {platform.processor() or platform.machine()}, "
                         f"1 PyTorch thread (torch.set_num_threads(1)) on a shared 2-core machine")
     ntrain = len(data.load(a.dataset, "train")[1])
-    epochs = info["step"] * targs["batch"] / ntrain
 
     L = []
     L.append(f"# {a.dataset}: class-conditional diffusion U-Net ({cfg['sample_size']}x"
@@ -105,8 +121,8 @@ def main():
         f"{targs['min_lr_frac']:g} x), weight decay {targs['weight_decay']:g}, grad-norm clip 1.0, "
         f"batch {targs['batch']}; EMA of the weights, decay {targs['ema']} (warm-up "
         f"min(decay, (1+n)/(10+n))); the shipped weights are the EMA weights.\n"
-        f"- {info['step']:,} optimiser steps ({epochs:.1f} epochs), "
-        f"{info['train_seconds'] / 60:.0f} min of training wall time; final training loss "
+        + steps_text(info, targs, ntrain) +
+        f"; final training loss "
         f"(mean of the last {len(tail)} logged windows) {sum(tail) / len(tail):.4f}.\n"
         f"- Hardware: {hw}. torch {torch.__version__}.\n"
         f"- Reproduce: see `train/README.md`.\n")

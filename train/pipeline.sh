@@ -7,7 +7,7 @@ set -e
 cd "$(dirname "$0")"
 DS=$1
 PY=${PY:-.venv/bin/python}
-RUN=runs/$DS
+RUN=${RUN:-runs/$DS}
 OUT=../www/models/$DS
 NICE="nice -n 10"
 

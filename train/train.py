@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from safetensors.torch import load_file
 
 import data
 from model import NULL_CLASS, NUM_CLASSES, SCHEDULE, make_unet
@@ -38,6 +39,13 @@ def parse():
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None,
+                   help="start a new run from an exported model folder (its EMA weights "
+                        "initialise both the model and the EMA; the optimiser starts fresh)")
+    p.add_argument("--prior-steps", type=int, default=0,
+                   help="optimiser steps already in the --init-from weights (for the card)")
+    p.add_argument("--prior-minutes", type=float, default=0,
+                   help="training minutes already in the --init-from weights (for the card)")
     p.add_argument("--max-minutes", type=float, default=0,
                    help="stop (and checkpoint) after this much training time; 0 = no limit")
     return p.parse_args()
@@ -54,6 +62,16 @@ def lr_at(step, a, train_seconds=0.0):
         prog = max(prog, train_seconds / (60 * a.max_minutes))
     frac = a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
     return a.lr * frac
+
+
+def init_from(folder, model, ema):
+    """Continue training an exported model (e.g. a shipped one on a new machine, where the
+    run folder with its checkpoint is gone). Pass its history as --prior-steps /
+    --prior-minutes so the model card can report totals."""
+    sd = load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+    model.load_state_dict(sd)
+    ema.load_state_dict(sd)
+    print(f"initialised from {folder}", flush=True)
 
 
 def save_ckpt(path, state):
@@ -93,6 +111,8 @@ def main():
         g.set_state(st["gen"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     else:
+        if a.init_from:
+            init_from(a.init_from, model, ema)
         with open(os.path.join(a.out, "args.json"), "w") as f:
             json.dump(vars(a), f, indent=1)
     nparams = sum(p.numel() for p in model.parameters())

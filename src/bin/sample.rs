@@ -145,14 +145,14 @@ mod native {
             pollster::block_on(gpu.sync()).map_err(|e| e.to_string())?;
             step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             if let Some(dir) = &a.trace {
-                let x = pollster::block_on(session.state().read(&gpu)).map_err(|e| e.to_string())?;
-                let x0 = pollster::block_on(session.x0_hat().read(&gpu)).map_err(|e| e.to_string())?;
-                write_png(&dir.join(format!("step{k:04}_xt.png")), &x, [a.n, c, h, w])?;
+                let r = pollster::block_on(session.read(&gpu, true)).map_err(|e| e.to_string())?;
+                let x0 = r.x0_hat.unwrap_or_default();
+                write_png(&dir.join(format!("step{k:04}_xt.png")), &r.x, [a.n, c, h, w])?;
                 write_png(&dir.join(format!("step{k:04}_x0hat.png")), &x0, [a.n, c, h, w])?;
             }
         }
         let sampling_ms = sampling.elapsed().as_secs_f64() * 1e3;
-        let x = pollster::block_on(session.state().read(&gpu)).map_err(|e| e.to_string())?;
+        let x = pollster::block_on(session.read(&gpu, false)).map_err(|e| e.to_string())?.x;
         if let Some(p) = &a.out {
             write_png(p, &x, [a.n, c, h, w])?;
         }
@@ -164,11 +164,12 @@ mod native {
         sorted.sort_by(f64::total_cmp);
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
         eprintln!(
-            "{} images, {} {} steps, guidance {} ({} U-Net batch) on {}",
+            "{} images, {} {} steps, guidance {} ({} U-Net pass(es) of batch {} per step) on {}",
             a.n,
             run.steps(),
             a.sampler,
             a.guidance,
+            run.shards(),
             run.model_batch(),
             gpu.adapter_name()
         );

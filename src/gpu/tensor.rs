@@ -3,6 +3,8 @@
 use crate::error::{EngineError, Result};
 use crate::gpu::Gpu;
 
+/// Cloning shares the buffer (a handle, no copy).
+#[derive(Clone)]
 pub struct Tensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
@@ -79,7 +81,7 @@ impl Tensor {
     /// however many tensors (the page reads x_t and x0_hat every step).
     pub async fn read_many(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         gpu.check()?;
-        let sizes: Vec<u64> = tensors.iter().map(|t| t.buffer.size()).collect();
+        let sizes: Vec<u64> = tensors.iter().map(|t| t.numel() as u64 * 4).collect();
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
             size: sizes.iter().sum(),

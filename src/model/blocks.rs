@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 
+use super::arena::Arena;
 use crate::error::{EngineError, Result};
-use crate::gpu::attention::{AttentionWeights, SelfAttention};
+use crate::gpu::attention::{AttentionScratch, AttentionWeights, SelfAttention};
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{conv2d, Conv2dArgs, TembSlice};
 use crate::gpu::group_norm::group_norm;
@@ -29,10 +30,12 @@ pub(crate) struct Planner<'a> {
     scratch: HashMap<(&'static str, Vec<usize>), Tensor>,
     /// Block outputs by module name (`conv_in`, `down_blocks.0`, ...) for tests and traces.
     pub named: Vec<(String, usize)>,
+    /// Where every activation buffer comes from.
+    pub arena: Arena,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(gpu: &'a Gpu, params: &'a HashMap<String, Tensor>, temb: &'a Tensor) -> Self {
+    pub fn new(gpu: &'a Gpu, params: &'a HashMap<String, Tensor>, temb: &'a Tensor, arena: Arena) -> Self {
         Planner {
             gpu,
             params,
@@ -41,6 +44,7 @@ impl<'a> Planner<'a> {
             kept: Vec::new(),
             scratch: HashMap::new(),
             named: Vec::new(),
+            arena,
         }
     }
 
@@ -50,14 +54,15 @@ impl<'a> Planner<'a> {
 
     /// A new tensor that stays alive for the whole forward pass; returns its index.
     pub fn keep(&mut self, label: &str, shape: &[usize]) -> Result<usize> {
-        self.kept.push(Tensor::zeros(self.gpu, label, shape)?);
+        let t = self.arena.alloc(self.gpu, label, shape)?;
+        self.kept.push(t);
         Ok(self.kept.len() - 1)
     }
 
     pub fn scratch(&mut self, role: &'static str, shape: &[usize]) -> Result<Tensor> {
         let key = (role, shape.to_vec());
         if !self.scratch.contains_key(&key) {
-            let t = Tensor::zeros(self.gpu, role, shape)?;
+            let t = self.arena.alloc(self.gpu, role, shape)?;
             self.scratch.insert(key.clone(), t);
         }
         self.scratch[&key].reshape(shape)
@@ -75,7 +80,7 @@ impl<'a> Planner<'a> {
 /// One planned step of the forward pass, in execution order.
 pub(crate) enum Op {
     Kernel(Dispatch),
-    /// A self-attention block owns its own scratch tensors and four dispatches.
+    /// A self-attention block: four dispatches.
     Attention(SelfAttention),
 }
 
@@ -253,7 +258,12 @@ impl Attention {
             heads: self.heads,
             rescale_output_factor: self.rescale_output_factor,
         };
-        let block = SelfAttention::new(p.gpu, &p.kept[x], &weights, &p.kept[out])?;
+        let scratch = AttentionScratch {
+            normed: p.scratch("attention.normed", &shape)?,
+            qkv: p.scratch("attention.qkv", &[shape[0], 3 * shape[1], shape[2], shape[3]])?,
+            heads: p.scratch("attention.heads", &shape)?,
+        };
+        let block = SelfAttention::with_scratch(p.gpu, &p.kept[x], &weights, &p.kept[out], scratch)?;
         p.ops.push(Op::Attention(block));
         Ok(out)
     }

@@ -1,5 +1,6 @@
 //! Diffusers checkpoints in: `config.json` + safetensors -> a U-Net planned on the GPU.
 
+mod arena;
 pub mod blocks;
 pub mod config;
 pub mod unet;

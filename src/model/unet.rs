@@ -3,7 +3,9 @@
 //! Read beside diffusers' `models/unets/unet_2d.py` and `unet_2d_blocks.py`.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
+use super::arena::Arena;
 use super::blocks::{
     plan_concat, Attention, Downsample2D, Op, ParamList, Planner, ResnetBlock2D, Upsample2D,
 };
@@ -214,6 +216,8 @@ pub struct UNet {
     /// sampling run, so their rows are looked up once per run, not per step.
     class_table: Option<HostTensor>,
     freqs: TimestepFrequencies,
+    /// Bytes of the largest activation buffer per image (see [`UNet::max_batch`]).
+    bytes_per_image: OnceLock<u64>,
 }
 
 impl UNet {
@@ -294,7 +298,7 @@ impl UNet {
             config.flip_sin_to_cos,
             config.freq_shift,
         )?;
-        Ok(UNet { spec, params, class_table, freqs })
+        Ok(UNet { spec, params, class_table, freqs, bytes_per_image: OnceLock::new() })
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -310,17 +314,45 @@ impl UNet {
     /// Plans one forward pass over `batch` images: every activation buffer is allocated
     /// here, once, and the returned [`Forward`] is replayed every sampling step.
     pub fn plan(&self, gpu: &Gpu, batch: usize) -> Result<Forward> {
+        self.plan_in(gpu, batch, Arena::new())
+    }
+
+    /// Plans a pass of the same batch as `other` that runs on `other`'s activation buffers
+    /// and has its own input, timesteps and classes: for shards of a batch run one after
+    /// the other (see [`crate::pipeline`]). Only `output` is shared with `other`, so read
+    /// it before the next shard's pass runs.
+    pub fn plan_sharing(&self, gpu: &Gpu, other: &Forward) -> Result<Forward> {
+        self.plan_in(gpu, other.batch, Arena::reusing(&other.arena))
+    }
+
+    /// Bytes of the pass's largest buffer per image: every activation is linear in the
+    /// batch, so this is measured once per model by planning a pass of one image.
+    pub fn bytes_per_image(&self, gpu: &Gpu) -> Result<u64> {
+        if let Some(b) = self.bytes_per_image.get() {
+            return Ok(*b);
+        }
+        let b = self.plan(gpu, 1)?.largest_binding_bytes();
+        Ok(*self.bytes_per_image.get_or_init(|| b))
+    }
+
+    /// The largest batch one forward pass can take before one of its buffers outgrows a
+    /// storage binding (0 if not even one image fits).
+    pub fn max_batch(&self, gpu: &Gpu) -> Result<usize> {
+        Ok((gpu.max_binding_bytes() / self.bytes_per_image(gpu)?.max(1)) as usize)
+    }
+
+    fn plan_in(&self, gpu: &Gpu, batch: usize, mut arena: Arena) -> Result<Forward> {
         let cfg = self.config();
         let [cin, h, w] = self.sample_shape();
         let (c0, d) = (cfg.block_out_channels[0], cfg.time_embed_dim());
         let input = Tensor::zeros(gpu, "unet.input", &[batch, cin, h, w])?;
         let timesteps = Tensor::zeros(gpu, "unet.timesteps", &[batch])?;
-        let time_proj = Tensor::zeros(gpu, "time_proj", &[batch, c0])?;
-        let time_hidden = Tensor::zeros(gpu, "time_embedding.linear_1", &[batch, d])?;
         let class_emb = Tensor::zeros(gpu, "class_embedding", &[batch, d, 1, 1])?;
-        let emb = Tensor::zeros(gpu, "emb", &[batch, d, 1, 1])?;
-        let temb = Tensor::zeros(gpu, "temb_proj", &[batch, self.spec.temb_proj_width])?;
-        let output = Tensor::zeros(gpu, "unet.output", &[batch, cfg.out_channels, h, w])?;
+        let time_proj = arena.alloc(gpu, "time_proj", &[batch, c0])?;
+        let time_hidden = arena.alloc(gpu, "time_embedding.linear_1", &[batch, d])?;
+        let emb = arena.alloc(gpu, "emb", &[batch, d, 1, 1])?;
+        let temb = arena.alloc(gpu, "temb_proj", &[batch, self.spec.temb_proj_width])?;
+        let output = arena.alloc(gpu, "unet.output", &[batch, cfg.out_channels, h, w])?;
         let p = |n: &str| {
             self.params.get(n).ok_or_else(|| EngineError::weights(n, "was not uploaded (an engine bug)"))
         };
@@ -351,7 +383,7 @@ impl UNet {
         let emb2 = emb.reshape(&[batch, d])?;
         head.push(linear(gpu, &emb2, p("temb_proj.weight")?, p("temb_proj.bias")?, &temb, true, false)?);
 
-        let mut planner = Planner::new(gpu, &self.params, &temb);
+        let mut planner = Planner::new(gpu, &self.params, &temb, arena);
         for dsp in head {
             planner.push(dsp);
         }
@@ -429,7 +461,6 @@ impl UNet {
             .map(|(n, i)| planner.kept[*i].reshape(planner.kept[*i].shape()).map(|t| (n.clone(), t)))
             .collect::<Result<Vec<_>>>()?;
         let ops = std::mem::take(&mut planner.ops);
-        let kept = std::mem::take(&mut planner.kept);
         Ok(Forward {
             batch,
             input,
@@ -439,9 +470,7 @@ impl UNet {
             emb,
             output,
             ops,
-            _kept: kept,
-            _time_hidden: time_hidden,
-            _temb: temb,
+            arena: planner.arena,
             named,
         })
     }
@@ -488,9 +517,9 @@ pub struct Forward {
     /// [batch, out_channels, H, W]
     pub output: Tensor,
     ops: Vec<Op>,
-    _kept: Vec<Tensor>,
-    _time_hidden: Tensor,
-    _temb: Tensor,
+    /// Every activation buffer (kept alive here; shared by passes planned with
+    /// [`UNet::plan_sharing`]).
+    arena: Arena,
     named: Vec<(String, Tensor)>,
 }
 
@@ -513,6 +542,12 @@ impl Forward {
     /// Queues the timesteps of the next pass (ordered before the next submit).
     pub fn set_timesteps(&self, gpu: &Gpu, t: &[f32]) -> Result<()> {
         self.timesteps.write(gpu, t)
+    }
+
+    /// The largest buffer of the pass, in bytes (input, output and activations).
+    pub fn largest_binding_bytes(&self) -> u64 {
+        let own = [&self.input, &self.class_emb].map(|t| t.numel() as u64 * 4);
+        own.into_iter().fold(self.arena.largest_bytes(), u64::max)
     }
 
     /// Every dispatch of the pass, in order.
