@@ -24,14 +24,25 @@ fn request(kind: SamplerKind, classes: Vec<u32>, seed: u64, first_image: u32) ->
 
 /// Runs a request to the end and returns (final x, x0_hat).
 fn sample(unet: &UNet, sched: &SchedulerConfig, n: usize, req: &SampleRequest) -> (Vec<f32>, Vec<f32>) {
-    let gpu = common::gpu();
+    let (x, x0, _) = run_on(common::gpu(), unet, sched, n, req);
+    (x, x0)
+}
+
+/// Runs a request to the end on `gpu`: (final x, x0_hat, U-Net passes per step).
+fn run_on(
+    gpu: &Gpu,
+    unet: &UNet,
+    sched: &SchedulerConfig,
+    n: usize,
+    req: &SampleRequest,
+) -> (Vec<f32>, Vec<f32>, usize) {
     let mut session = Session::new(gpu, unet, n).unwrap();
     let run = session.start(gpu, unet, sched, req).unwrap();
     for k in 0..run.steps() {
         session.step(gpu, &run, k).unwrap();
     }
     let r = pollster::block_on(session.read(gpu, true)).unwrap();
-    (r.x, r.x0_hat.unwrap())
+    (r.x, r.x0_hat.unwrap(), run.shards())
 }
 
 #[test]
@@ -66,17 +77,6 @@ fn image_k_of_a_batch_equals_image_0_of_a_run_keyed_at_k() {
     }
 }
 
-fn run_on(gpu: &Gpu, unet: &UNet, n: usize, req: &SampleRequest) -> (Vec<f32>, Vec<f32>, usize) {
-    let sched = SchedulerConfig::default();
-    let mut session = Session::new(gpu, unet, n).unwrap();
-    let run = session.start(gpu, unet, &sched, req).unwrap();
-    for k in 0..run.steps() {
-        session.step(gpu, &run, k).unwrap();
-    }
-    let r = pollster::block_on(session.read(gpu, true)).unwrap();
-    (r.x, r.x0_hat.unwrap(), run.shards())
-}
-
 /// A batch whose activations would outgrow one storage binding runs as several equal
 /// shards (the last one padded) inside each step; the images are the very ones one pass
 /// gives. The binding limit is lowered on a GPU of the test's own so that 5 images split.
@@ -86,6 +86,7 @@ fn a_batch_too_large_for_one_binding_is_split_into_shards() {
     let config = std::fs::read_to_string("tests/fixtures/unet_small/config.json").unwrap();
     let weights = std::fs::read("tests/fixtures/unet_small/diffusion_pytorch_model.safetensors").unwrap();
     let unet = UNet::load(&gpu, &config, &weights).unwrap();
+    let sched = SchedulerConfig::default();
     let per_image = unet.bytes_per_image(&gpu).unwrap();
     let full = gpu.limits.max_storage_buffer_binding_size;
     let classes = vec![4, 0, 3, 1, 2];
@@ -99,10 +100,10 @@ fn a_batch_too_large_for_one_binding_is_split_into_shards() {
     ];
     for (req, shards) in &cases {
         gpu.limits.max_storage_buffer_binding_size = full;
-        let (x1, x01, one) = run_on(&gpu, &unet, 5, req);
+        let (x1, x01, one) = run_on(&gpu, &unet, &sched, 5, req);
         assert_eq!(one, 1);
         gpu.limits.max_storage_buffer_binding_size = 4 * per_image + 100;
-        let (x2, x02, split) = run_on(&gpu, &unet, 5, req);
+        let (x2, x02, split) = run_on(&gpu, &unet, &sched, 5, req);
         assert_eq!(split, *shards, "{:?}", req.kind);
         assert!(x1.iter().all(|v| v.is_finite()));
         assert!(x1 == x2, "{:?}: split run's images differ from one pass", req.kind);
@@ -113,7 +114,7 @@ fn a_batch_too_large_for_one_binding_is_split_into_shards() {
     gpu.limits.max_storage_buffer_binding_size = per_image * 2 - 4;
     let mut session = Session::new(&gpu, &unet, 1).unwrap();
     let e = session
-        .start(&gpu, &unet, &SchedulerConfig::default(), &request(SamplerKind::Ddim, vec![0], 1, 0))
+        .start(&gpu, &unet, &sched, &request(SamplerKind::Ddim, vec![0], 1, 0))
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
