@@ -202,6 +202,9 @@ def run_trajectory(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S):
     return out
 
 
+# The cosine schedule the models train with, with clip_sample on (diffusers' DDPM/DDIM
+# default) so the trajectories cover the clipping paths; the shipped scheduler_config.json
+# turns clipping off (model.py says why) and fashion_ddim20_cfg2 follows that file.
 SHIPPED_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                         prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
 
