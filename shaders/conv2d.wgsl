@@ -9,9 +9,9 @@
 //   * nearest 2x upsampling of the input (Upsample2D) by halving the input coordinates;
 //   * the epilogue adds the per-(image, channel) time embedding and a residual tensor.
 //
-// Tiling: a 16x16 workgroup computes a 64 (out channels) x 64 (pixels) tile, 4x4 outputs per
-// invocation, stepping through K in slices of 16 held in workgroup memory (8.3 KB, inside
-// WebGPU's 16 KB default).
+// Tiling (`main`): a 16x16 workgroup computes a 64 (out channels) x 64 (pixels) tile, 4x4
+// outputs per invocation, stepping through K in slices of 16 held in workgroup memory
+// (8.3 KB, inside WebGPU's 16 KB default). `narrow`, at the end, serves cout <= 4.
 
 struct Params {
     batch: u32,
@@ -172,30 +172,103 @@ fn main(
 
 // Epilogue for out-channel m at pixels p, p + 16, p + 32, p + 48.
 fn store_row(m: u32, p: u32, acc: vec4<f32>) {
-    let prm = params;
-    if (m >= prm.cout) {
+    if (m >= params.cout) {
         return;
     }
-    let out_hw = prm.out_h * prm.out_w;
-    let pixels = prm.batch * out_hw;
+    let pixels = params.batch * params.out_h * params.out_w;
     for (var j = 0u; j < 4u; j++) {
         let op = p + 16u * j;
         if (op >= pixels) {
             return;
         }
-        let n = op / out_hw;
-        let idx = (n * prm.cout + m) * out_hw + (op - n * out_hw);
-        var v = acc[j] + bias[m];
-        if ((prm.flags & 1u) != 0u) {
-            v += temb[n * prm.temb_stride + prm.temb_offset + m];
+        store(m, op, acc[j]);
+    }
+}
+
+// Epilogue for out-channel m at output pixel op (flattened n, oy, ox): bias, time
+// embedding, residual, scale, SiLU.
+fn store(m: u32, op: u32, acc: f32) {
+    let prm = params;
+    let out_hw = prm.out_h * prm.out_w;
+    let n = op / out_hw;
+    let idx = (n * prm.cout + m) * out_hw + (op - n * out_hw);
+    var v = acc + bias[m];
+    if ((prm.flags & 1u) != 0u) {
+        v += temb[n * prm.temb_stride + prm.temb_offset + m];
+    }
+    if ((prm.flags & 2u) != 0u) {
+        v += residual[idx];
+    }
+    v *= prm.out_scale;
+    if ((prm.flags & 4u) != 0u) {
+        v = v / (1.0 + exp(-v));
+    }
+    out[idx] = v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Narrow variant, for at most 4 output channels (the U-Net's conv_out, 32 -> 1): `main`'s
+// 64-channel tile would waste up to 63/64 of its multiply-adds there. One invocation per
+// output pixel computes all (<= 4) channels as one vec4; the weights, the same for every
+// invocation, are staged in workgroup memory NARROW_K taps at a time. The input gather is
+// `main`'s (each input value is read once per tap, as there).
+
+const NARROW_WG: u32 = 256u;
+const NARROW_K: u32 = 256u;
+
+var<workgroup> w_tile: array<vec4<f32>, 256>; // [NARROW_K]: the <= 4 channels' weights
+
+@compute @workgroup_size(256, 1, 1)
+fn narrow(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let p = params;
+    let taps = p.ksize * p.ksize;
+    let k_total = (p.cin1 + p.cin2) * taps;
+    let out_hw = p.out_h * p.out_w;
+    let gp = wid.x * NARROW_WG + tid;
+    let valid = gp < p.batch * out_hw;
+    let gn = gp / out_hw;
+    let grem = gp - gn * out_hw;
+    let goy = grem / p.out_w;
+    let gox = grem - goy * p.out_w;
+    let iy0 = i32(goy * p.stride) - i32(p.pad);
+    let ix0 = i32(gox * p.stride) - i32(p.pad);
+    let inv_taps = 1.0 / f32(taps);
+    let inv_ksize = 1.0 / f32(p.ksize);
+
+    var acc = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < k_total; k0 += NARROW_K) {
+        let k = k0 + tid;
+        var wv = vec4<f32>(0.0);
+        if (k < k_total) {
+            for (var m = 0u; m < 4u; m++) {
+                if (m < p.cout) {
+                    wv[m] = weight[m * k_total + k];
+                }
+            }
         }
-        if ((prm.flags & 2u) != 0u) {
-            v += residual[idx];
+        w_tile[tid] = wv;
+        workgroupBarrier();
+        if (valid) {
+            let kn = min(NARROW_K, k_total - k0);
+            for (var kk = 0u; kk < kn; kk++) {
+                let kq = k0 + kk;
+                let ci = div_small(kq, inv_taps);
+                let r = kq - ci * taps;
+                let ky = div_small(r, inv_ksize);
+                let kx = r - ky * p.ksize;
+                acc += w_tile[kk] * load_input(gn, ci, iy0 + i32(ky), ix0 + i32(kx));
+            }
         }
-        v *= prm.out_scale;
-        if ((prm.flags & 4u) != 0u) {
-            v = v / (1.0 + exp(-v));
+        workgroupBarrier();
+    }
+    if (valid) {
+        for (var m = 0u; m < 4u; m++) {
+            if (m < p.cout) {
+                store(m, gp, acc[m]);
+            }
         }
-        out[idx] = v;
     }
 }

@@ -105,6 +105,17 @@ fn conv3x3_batch33_single_output_channel() {
     check_plain(11, Case { n: 33, cin: 32, cout: 1, h: 28, w: 28, k: 3, stride: 1, pad: 1 });
 }
 
+#[test]
+fn conv_narrow_1x1_four_channels() {
+    check_plain(12, Case { n: 3, cin: 40, cout: 4, h: 9, w: 9, k: 1, stride: 1, pad: 0 });
+}
+
+#[test]
+fn conv_narrow_three_k_slices() {
+    // 70 * 9 = 630 taps: the narrow kernel's weight staging runs three slices of 256.
+    check_plain(13, Case { n: 2, cin: 70, cout: 2, h: 9, w: 9, k: 3, stride: 1, pad: 1 });
+}
+
 /// Every fusion at once, as an up-block ResNet uses them: two inputs (skip concat),
 /// nearest-2x upsampling, the time embedding read from a slice of a wider tensor, a
 /// residual, an output scale and SiLU.

@@ -23,8 +23,12 @@ const KERNEL: KernelDef = KernelDef {
         Access::Uniform,
     ],
 };
+/// The same shader's entry point for at most [`NARROW_MAX_COUT`] output channels.
+const NARROW: KernelDef = KernelDef { entry: "narrow", ..KERNEL };
 const OP: &str = "conv2d";
 const TILE: usize = 64;
+const NARROW_MAX_COUT: usize = 4;
+const NARROW_WG: usize = 256;
 
 /// The projected time embedding added per (image, channel) in the epilogue: channels
 /// `[offset, offset + cout)` of each row of `tensor` [batch, width]. One linear can project
@@ -189,7 +193,12 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     };
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
-    let kernel = gpu.kernel(&KERNEL, &[])?;
+    let (def, grid) = if cout <= NARROW_MAX_COUT {
+        (&NARROW, [groups(pixels, NARROW_WG), 1, 1])
+    } else {
+        (&KERNEL, [groups(pixels, TILE), groups(cout, TILE), 1])
+    };
+    let kernel = gpu.kernel(def, &[])?;
     gpu.dispatch(
         &kernel,
         &[
@@ -202,7 +211,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             a.out.buffer(),
         ],
         &params,
-        [groups(pixels, TILE), groups(cout, TILE), 1],
+        grid,
     )
 }
 
