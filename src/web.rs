@@ -19,7 +19,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::EngineError;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::Gpu;
 use crate::model::UNet;
 use crate::pipeline::{SampleRequest, Session};
 use crate::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
