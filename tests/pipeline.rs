@@ -154,8 +154,9 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
         .collect()
 }
 
-/// diffusers' DDIMScheduler (20 steps, eta 0, leading spacing, clip) with CFG w = 2 as one
-/// batch of [x; x] and classes [c; null], on the shipped fashion model (fixture from
+/// diffusers' DDIMScheduler (20 steps, eta 0, leading spacing, clip_sample false as the
+/// shipped config says; the `sched_*_clip` fixtures of tests/samplers.rs cover clipping)
+/// with CFG w = 2 as one batch of [x; x] and classes [c; null], on the shipped fashion model (fixture from
 /// train/make_fixtures.py --part fashion).
 ///
 /// Tolerance: each step's U-Net output agrees with PyTorch to ~1e-5 (tests/unet_forward.rs);
