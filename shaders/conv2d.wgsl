@@ -81,6 +81,42 @@ fn load_input(n: u32, ci: u32, iy: i32, ix: i32) -> f32 {
     return x2[((n * p.cin2 + (ci - p.cin1)) * h + y) * w + x];
 }
 
+// Where output pixel gp (flattened n, oy, ox) reads its input: image n and the top-left
+// tap (iy0, ix0), plus the reciprocals that split a tap index k into (ci, ky, kx).
+struct Gather {
+    n: u32,
+    iy0: i32,
+    ix0: i32,
+    inv_taps: f32,
+    inv_ksize: f32,
+}
+
+fn gather_at(gp: u32) -> Gather {
+    let p = params;
+    let out_hw = p.out_h * p.out_w;
+    let n = gp / out_hw;
+    let rem = gp - n * out_hw;
+    let oy = rem / p.out_w;
+    let ox = rem - oy * p.out_w;
+    return Gather(
+        n,
+        i32(oy * p.stride) - i32(p.pad),
+        i32(ox * p.stride) - i32(p.pad),
+        1.0 / f32(p.ksize * p.ksize),
+        1.0 / f32(p.ksize),
+    );
+}
+
+// Input tap k = (ci, ky, kx) of the pixel `g` describes (zero outside the padded input).
+fn load_tap(g: Gather, k: u32) -> f32 {
+    let ksize = params.ksize;
+    let ci = div_small(k, g.inv_taps);
+    let r = k - ci * ksize * ksize;
+    let ky = div_small(r, g.inv_ksize);
+    let kx = r - ky * ksize;
+    return load_input(g.n, ci, g.iy0 + i32(ky), g.ix0 + i32(kx));
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -101,15 +137,7 @@ fn main(
     let b_row = tid / TILE_P;
     let gp = p0 + b_col;
     let gp_valid = gp < pixels;
-    let gn = gp / out_hw;
-    let grem = gp - gn * out_hw;
-    let goy = grem / p.out_w;
-    let gox = grem - goy * p.out_w;
-    let iy0 = i32(goy * p.stride) - i32(p.pad);
-    let ix0 = i32(gox * p.stride) - i32(p.pad);
-
-    let inv_taps = 1.0 / f32(taps);
-    let inv_ksize = 1.0 / f32(p.ksize);
+    let g = gather_at(gp);
     let a_col = tid % TILE_K;
     let a_row = tid / TILE_K;
 
@@ -138,11 +166,7 @@ fn main(
             let k = k0 + kr;
             var v = 0.0;
             if (gp_valid && k < k_total) {
-                let ci = div_small(k, inv_taps);
-                let r = k - ci * taps;
-                let ky = div_small(r, inv_ksize);
-                let kx = r - ky * p.ksize;
-                v = load_input(gn, ci, iy0 + i32(ky), ix0 + i32(kx));
+                v = load_tap(g, k);
             }
             b_tile[kr * TILE_P + b_col] = v;
         }
@@ -229,14 +253,7 @@ fn narrow(
     let out_hw = p.out_h * p.out_w;
     let gp = wid.x * NARROW_WG + tid;
     let valid = gp < p.batch * out_hw;
-    let gn = gp / out_hw;
-    let grem = gp - gn * out_hw;
-    let goy = grem / p.out_w;
-    let gox = grem - goy * p.out_w;
-    let iy0 = i32(goy * p.stride) - i32(p.pad);
-    let ix0 = i32(gox * p.stride) - i32(p.pad);
-    let inv_taps = 1.0 / f32(taps);
-    let inv_ksize = 1.0 / f32(p.ksize);
+    let g = gather_at(gp);
 
     var acc = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < k_total; k0 += NARROW_K) {
@@ -254,12 +271,7 @@ fn narrow(
         if (valid) {
             let kn = min(NARROW_K, k_total - k0);
             for (var kk = 0u; kk < kn; kk++) {
-                let kq = k0 + kk;
-                let ci = div_small(kq, inv_taps);
-                let r = kq - ci * taps;
-                let ky = div_small(r, inv_ksize);
-                let kx = r - ky * p.ksize;
-                acc += w_tile[kk] * load_input(gn, ci, iy0 + i32(ky), ix0 + i32(kx));
+                acc += w_tile[kk] * load_tap(g, k0 + kk);
             }
         }
         workgroupBarrier();
