@@ -155,4 +155,9 @@ impl SelfAttention {
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.dispatches.iter()
     }
+
+    /// The four dispatches, for a planner that sequences them with the rest of a pass.
+    pub fn into_dispatches(self) -> Vec<Dispatch> {
+        self.dispatches
+    }
 }

@@ -22,7 +22,8 @@ pub(crate) struct Planner<'a> {
     pub params: &'a HashMap<String, Tensor>,
     /// Every ResNet's projected time embedding, side by side: [batch, sum of widths].
     pub temb: &'a Tensor,
-    pub ops: Vec<Op>,
+    /// Every dispatch of the pass, in execution order.
+    pub ops: Vec<Dispatch>,
     /// Tensors that outlive their block (block outputs, skips).
     pub kept: Vec<Tensor>,
     /// Temporaries inside a block, shared by every block with the same shape: dispatches
@@ -69,27 +70,11 @@ impl<'a> Planner<'a> {
     }
 
     pub fn push(&mut self, d: Dispatch) {
-        self.ops.push(Op::Kernel(d));
+        self.ops.push(d);
     }
 
     pub fn name(&mut self, module: impl Into<String>, index: usize) {
         self.named.push((module.into(), index));
-    }
-}
-
-/// One planned step of the forward pass, in execution order.
-pub(crate) enum Op {
-    Kernel(Dispatch),
-    /// A self-attention block: four dispatches.
-    Attention(SelfAttention),
-}
-
-impl Op {
-    pub fn dispatches(&self) -> Box<dyn Iterator<Item = &Dispatch> + '_> {
-        match self {
-            Op::Kernel(d) => Box::new(std::iter::once(d)),
-            Op::Attention(a) => Box::new(a.dispatches()),
-        }
     }
 }
 
@@ -264,7 +249,7 @@ impl Attention {
             heads: p.scratch("attention.heads", &shape)?,
         };
         let block = SelfAttention::with_scratch(p.gpu, &p.kept[x], &weights, &p.kept[out], scratch)?;
-        p.ops.push(Op::Attention(block));
+        p.ops.extend(block.into_dispatches());
         Ok(out)
     }
 }

@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::arena::Arena;
-use super::blocks::{
-    plan_concat, Attention, Downsample2D, Op, ParamList, Planner, ResnetBlock2D, Upsample2D,
-};
+use super::blocks::{plan_concat, Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
@@ -516,7 +514,7 @@ pub struct Forward {
     pub emb: Tensor,
     /// [batch, out_channels, H, W]
     pub output: Tensor,
-    ops: Vec<Op>,
+    ops: Vec<Dispatch>,
     /// Every activation buffer (kept alive here; shared by passes planned with
     /// [`UNet::plan_sharing`]).
     arena: Arena,
@@ -552,7 +550,7 @@ impl Forward {
 
     /// Every dispatch of the pass, in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
-        self.ops.iter().flat_map(|op| op.dispatches())
+        self.ops.iter()
     }
 
     /// Encodes the whole pass into `pass`.
