@@ -234,15 +234,14 @@ fn store(m: u32, op: u32, acc: f32) {
 // Narrow variant, for at most 4 output channels (the U-Net's conv_out, 32 -> 1): `main`'s
 // 64-channel tile would waste up to 63/64 of its multiply-adds there. One invocation per
 // output pixel computes all (<= 4) channels as one vec4; the weights, the same for every
-// invocation, are staged in workgroup memory NARROW_K taps at a time. The input gather is
-// `main`'s (each input value is read once per tap, as there).
+// invocation, are staged in workgroup memory NARROW_WG taps at a time (each invocation
+// stages one). The input gather is `main`'s (each input value is read once per tap, as there).
 
-const NARROW_WG: u32 = 256u;
-const NARROW_K: u32 = 256u;
+const NARROW_WG: u32 = 256u; // = NARROW_WG in conv2d.rs
 
-var<workgroup> w_tile: array<vec4<f32>, 256>; // [NARROW_K]: the <= 4 channels' weights
+var<workgroup> w_tile: array<vec4<f32>, NARROW_WG>; // the <= 4 channels' weights of NARROW_WG taps
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(NARROW_WG, 1, 1)
 fn narrow(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
@@ -256,7 +255,7 @@ fn narrow(
     let g = gather_at(gp);
 
     var acc = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < k_total; k0 += NARROW_K) {
+    for (var k0 = 0u; k0 < k_total; k0 += NARROW_WG) {
         let k = k0 + tid;
         var wv = vec4<f32>(0.0);
         if (k < k_total) {
@@ -269,7 +268,7 @@ fn narrow(
         w_tile[tid] = wv;
         workgroupBarrier();
         if (valid) {
-            let kn = min(NARROW_K, k_total - k0);
+            let kn = min(NARROW_WG, k_total - k0);
             for (var kk = 0u; kk < kn; kk++) {
                 acc += w_tile[kk] * load_tap(g, k0 + kk);
             }

@@ -217,6 +217,9 @@ impl Session {
                 ));
             }
         }
+        if req.first_image.checked_add(n as u32).is_none() {
+            return Err(EngineError::shape("sample", "first_image + image count overflows u32"));
+        }
         let plan = plan(
             sched,
             &SamplerOptions {
@@ -255,10 +258,8 @@ impl Session {
                 part[..hi - lo].copy_from_slice(&x[lo..hi]);
                 shard.state.write(gpu, &part)?;
             }
-            let first_image = u32::try_from(shard.first)
-                .ok()
-                .and_then(|f| req.first_image.checked_add(f))
-                .ok_or_else(|| EngineError::shape("sample", "first_image + image count overflows u32"))?;
+            // Below first_image + n (checked above): Session::new keeps n within u32.
+            let first_image = req.first_image + shard.first as u32;
             let buffers = SamplerBuffers {
                 state: &shard.state,
                 model_out: &shard.forward.output,

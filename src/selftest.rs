@@ -4,7 +4,7 @@
 
 use crate::cpu;
 use crate::error::Result;
-use crate::gpu::attention::{AttentionWeights, SelfAttention};
+use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{conv2d, Conv2dArgs, TembSlice};
 use crate::gpu::group_norm::group_norm;
@@ -139,7 +139,7 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<KernelCheck>> {
     let (gqw, gqb) = (up("qkv_w", &[3 * c, c, 1, 1], &qkv_w)?, up("qkv_b", &[3 * c], &qkv_b)?);
     let (gow, gob) = (up("out_w", &[c, c, 1, 1], &out_w)?, up("out_b", &[c], &out_b)?);
     let out = Tensor::zeros(gpu, "out", &[n, c, h, h])?;
-    let block = SelfAttention::new(
+    let block = self_attention(
         gpu,
         &gx,
         &AttentionWeights {
@@ -155,8 +155,9 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<KernelCheck>> {
             rescale_output_factor: 1.0,
         },
         &out,
+        &AttentionScratch::new(gpu, &gx)?,
     )?;
-    let ds: Vec<&Dispatch> = block.dispatches().collect();
+    let ds: Vec<&Dispatch> = block.iter().collect();
     checks.push(compare(gpu, "self-attention block", &ds, &out, &expect, 2e-5).await?);
 
     let (a, b) = (rng.take(2 * 3 * 9, 1.0), rng.take(2 * 2 * 9, 1.0));

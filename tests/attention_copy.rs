@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use diffusion_playground::cpu;
-use diffusion_playground::gpu::attention::{attention, AttentionWeights, SelfAttention};
+use diffusion_playground::gpu::attention::{attention, self_attention, AttentionScratch, AttentionWeights};
 use diffusion_playground::gpu::concat::concat;
 use diffusion_playground::gpu::upsample::upsample_nearest2x;
 
@@ -114,7 +114,7 @@ fn self_attention_block_matches_cpu() {
     let gow = upload("out_w", &[c, c, 1, 1], &out_w);
     let gob = upload("out_b", &[c], &out_b);
     let out = zeros("out", &[n, c, h, w]);
-    let block = SelfAttention::new(
+    let block = self_attention(
         gpu(),
         &gx,
         &AttentionWeights {
@@ -130,9 +130,10 @@ fn self_attention_block_matches_cpu() {
             rescale_output_factor: 2.0,
         },
         &out,
+        &AttentionScratch::new(gpu(), &gx).expect("scratch"),
     )
     .expect("plan");
-    let dispatches: Vec<_> = block.dispatches().collect();
+    let dispatches: Vec<_> = block.iter().collect();
     let got = run(&dispatches, &out);
     // Four chained ops, each within its own bound (~1e-6); normalised activations of size
     // ~3 pass through two projections, so 2e-5 leaves an order of magnitude of headroom.

@@ -13,9 +13,13 @@ use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
 use safetensors::SafeTensors;
 
 fn load(dir: &str) -> UNet {
+    load_on(common::gpu(), dir)
+}
+
+fn load_on(gpu: &Gpu, dir: &str) -> UNet {
     let config = std::fs::read_to_string(Path::new(dir).join("config.json")).unwrap();
     let weights = std::fs::read(Path::new(dir).join("diffusion_pytorch_model.safetensors")).unwrap();
-    UNet::load(common::gpu(), &config, &weights).expect("model loads")
+    UNet::load(gpu, &config, &weights).expect("model loads")
 }
 
 fn request(kind: SamplerKind, classes: Vec<u32>, seed: u64, first_image: u32) -> SampleRequest {
@@ -83,9 +87,7 @@ fn image_k_of_a_batch_equals_image_0_of_a_run_keyed_at_k() {
 #[test]
 fn a_batch_too_large_for_one_binding_is_split_into_shards() {
     let mut gpu = pollster::block_on(Gpu::new()).unwrap();
-    let config = std::fs::read_to_string("tests/fixtures/unet_small/config.json").unwrap();
-    let weights = std::fs::read("tests/fixtures/unet_small/diffusion_pytorch_model.safetensors").unwrap();
-    let unet = UNet::load(&gpu, &config, &weights).unwrap();
+    let unet = load_on(&gpu, "tests/fixtures/unet_small");
     let sched = SchedulerConfig::default();
     let per_image = unet.bytes_per_image(&gpu).unwrap();
     let full = gpu.limits.max_storage_buffer_binding_size;

@@ -96,13 +96,6 @@ pub struct AttentionWeights<'a> {
     pub rescale_output_factor: f32,
 }
 
-/// A planned self-attention block:
-/// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`.
-/// Its bind groups keep its scratch tensors alive.
-pub struct SelfAttention {
-    dispatches: Vec<Dispatch>,
-}
-
 /// The temporaries of one attention block, [N, C, H, W] except `qkv` [N, 3C, H, W]. They are
 /// dead once the block is done, so a planner may share them between blocks.
 pub struct AttentionScratch {
@@ -111,53 +104,46 @@ pub struct AttentionScratch {
     pub heads: Tensor,
 }
 
-impl SelfAttention {
-    /// A block with scratch tensors of its own.
-    pub fn new(gpu: &Gpu, x: &Tensor, p: &AttentionWeights, out: &Tensor) -> Result<Self> {
+impl AttentionScratch {
+    /// Scratch of its own for one block over `x`.
+    pub fn new(gpu: &Gpu, x: &Tensor) -> Result<Self> {
         let [n, c, h, w] = dims4(OP, "x", x)?;
-        let scratch = AttentionScratch {
+        Ok(AttentionScratch {
             normed: Tensor::zeros(gpu, "attention.normed", &[n, c, h, w])?,
             qkv: Tensor::zeros(gpu, "attention.qkv", &[n, 3 * c, h, w])?,
             heads: Tensor::zeros(gpu, "attention.heads", &[n, c, h, w])?,
-        };
-        Self::with_scratch(gpu, x, p, out, scratch)
+        })
     }
+}
 
-    pub fn with_scratch(
-        gpu: &Gpu,
-        x: &Tensor,
-        p: &AttentionWeights,
-        out: &Tensor,
-        s: AttentionScratch,
-    ) -> Result<Self> {
-        let [n, c, h, w] = dims4(OP, "x", x)?;
-        expect_shape(OP, "out", out, &[n, c, h, w])?;
-        expect_shape(OP, "normed", &s.normed, &[n, c, h, w])?;
-        expect_shape(OP, "qkv", &s.qkv, &[n, 3 * c, h, w])?;
-        expect_shape(OP, "heads", &s.heads, &[n, c, h, w])?;
-        if p.rescale_output_factor == 0.0 {
-            return Err(EngineError::shape(OP, "rescale_output_factor is 0"));
-        }
-        let norm = group_norm(gpu, x, p.norm_gamma, p.norm_beta, &s.normed, p.groups, p.eps, false)?;
-        let project_in = conv2d(gpu, &Conv2dArgs::new(&s.normed, p.qkv_weight, p.qkv_bias, &s.qkv))?;
-        let core = attention(gpu, &s.qkv, &s.heads, p.heads)?;
-        let project_out = conv2d(
-            gpu,
-            &Conv2dArgs {
-                residual: Some(x),
-                out_scale: 1.0 / p.rescale_output_factor,
-                ..Conv2dArgs::new(&s.heads, p.out_weight, p.out_bias, out)
-            },
-        )?;
-        Ok(SelfAttention { dispatches: vec![norm, project_in, core, project_out] })
+/// The four dispatches of a self-attention block:
+/// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`.
+/// Their bind groups keep the scratch tensors alive.
+pub fn self_attention(
+    gpu: &Gpu,
+    x: &Tensor,
+    p: &AttentionWeights,
+    out: &Tensor,
+    s: &AttentionScratch,
+) -> Result<Vec<Dispatch>> {
+    let [n, c, h, w] = dims4(OP, "x", x)?;
+    expect_shape(OP, "out", out, &[n, c, h, w])?;
+    expect_shape(OP, "normed", &s.normed, &[n, c, h, w])?;
+    expect_shape(OP, "qkv", &s.qkv, &[n, 3 * c, h, w])?;
+    expect_shape(OP, "heads", &s.heads, &[n, c, h, w])?;
+    if p.rescale_output_factor == 0.0 {
+        return Err(EngineError::shape(OP, "rescale_output_factor is 0"));
     }
-
-    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
-        self.dispatches.iter()
-    }
-
-    /// The four dispatches, for a planner that sequences them with the rest of a pass.
-    pub fn into_dispatches(self) -> Vec<Dispatch> {
-        self.dispatches
-    }
+    let norm = group_norm(gpu, x, p.norm_gamma, p.norm_beta, &s.normed, p.groups, p.eps, false)?;
+    let project_in = conv2d(gpu, &Conv2dArgs::new(&s.normed, p.qkv_weight, p.qkv_bias, &s.qkv))?;
+    let core = attention(gpu, &s.qkv, &s.heads, p.heads)?;
+    let project_out = conv2d(
+        gpu,
+        &Conv2dArgs {
+            residual: Some(x),
+            out_scale: 1.0 / p.rescale_output_factor,
+            ..Conv2dArgs::new(&s.heads, p.out_weight, p.out_bias, out)
+        },
+    )?;
+    Ok(vec![norm, project_in, core, project_out])
 }

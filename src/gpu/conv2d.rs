@@ -28,7 +28,7 @@ const NARROW: KernelDef = KernelDef { entry: "narrow", ..KERNEL };
 const OP: &str = "conv2d";
 const TILE: usize = 64;
 const NARROW_MAX_COUT: usize = 4;
-const NARROW_WG: usize = 256;
+const NARROW_WG: usize = 256; // = NARROW_WG in conv2d.wgsl
 
 /// The projected time embedding added per (image, channel) in the epilogue: channels
 /// `[offset, offset + cout)` of each row of `tensor` [batch, width]. One linear can project

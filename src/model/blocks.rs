@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::arena::Arena;
 use crate::error::{EngineError, Result};
-use crate::gpu::attention::{AttentionScratch, AttentionWeights, SelfAttention};
+use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{conv2d, Conv2dArgs, TembSlice};
 use crate::gpu::group_norm::group_norm;
@@ -66,7 +66,7 @@ impl<'a> Planner<'a> {
             let t = self.arena.alloc(self.gpu, role, shape)?;
             self.scratch.insert(key.clone(), t);
         }
-        self.scratch[&key].reshape(shape)
+        Ok(self.scratch[&key].clone())
     }
 
     pub fn push(&mut self, d: Dispatch) {
@@ -248,8 +248,8 @@ impl Attention {
             qkv: p.scratch("attention.qkv", &[shape[0], 3 * shape[1], shape[2], shape[3]])?,
             heads: p.scratch("attention.heads", &shape)?,
         };
-        let block = SelfAttention::with_scratch(p.gpu, &p.kept[x], &weights, &p.kept[out], scratch)?;
-        p.ops.extend(block.into_dispatches());
+        let block = self_attention(p.gpu, &p.kept[x], &weights, &p.kept[out], &scratch)?;
+        p.ops.extend(block);
         Ok(out)
     }
 }

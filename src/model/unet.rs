@@ -317,8 +317,9 @@ impl UNet {
 
     /// Plans a pass of the same batch as `other` that runs on `other`'s activation buffers
     /// and has its own input, timesteps and classes: for shards of a batch run one after
-    /// the other (see [`crate::pipeline`]). Only `output` is shared with `other`, so read
-    /// it before the next shard's pass runs.
+    /// the other (see [`crate::pipeline`]). Every other tensor, `output`, `time_proj`,
+    /// `emb` and the [`Forward::activation`]s included, is `other`'s: read it before the
+    /// next shard's pass runs.
     pub fn plan_sharing(&self, gpu: &Gpu, other: &Forward) -> Result<Forward> {
         self.plan_in(gpu, other.batch, Arena::reusing(&other.arena))
     }
@@ -453,12 +454,7 @@ impl UNet {
         )?;
         planner.push(dsp);
 
-        let named = planner
-            .named
-            .iter()
-            .map(|(n, i)| planner.kept[*i].reshape(planner.kept[*i].shape()).map(|t| (n.clone(), t)))
-            .collect::<Result<Vec<_>>>()?;
-        let ops = std::mem::take(&mut planner.ops);
+        let named = planner.named.iter().map(|(n, i)| (n.clone(), planner.kept[*i].clone())).collect();
         Ok(Forward {
             batch,
             input,
@@ -467,7 +463,7 @@ impl UNet {
             time_proj,
             emb,
             output,
-            ops,
+            ops: planner.ops,
             arena: planner.arena,
             named,
         })
@@ -551,13 +547,6 @@ impl Forward {
     /// Every dispatch of the pass, in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.ops.iter()
-    }
-
-    /// Encodes the whole pass into `pass`.
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for d in self.dispatches() {
-            d.encode(pass);
-        }
     }
 
     /// The output of a top-level module (`conv_in`, `down_blocks.1`, `mid_block`,
