@@ -125,81 +125,14 @@ def perturb_(model, seed):
 MU, S = 0.3, 0.5  # data distribution N(MU, S^2) per pixel
 
 
-def analytic_eps(x, t, acp, mu=MU, s=S):
-    """Optimal eps-predictor for N(mu, s^2) data: sigma (x - alpha mu) / (a s^2 + 1 - a)."""
-    a = acp[int(t)].double()
-    xd = x.double()
-    return (torch.sqrt(1 - a) * (xd - torch.sqrt(a) * mu) / (a * s * s + 1 - a)).float()
-
-
 def run_trajectory(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S):
-    sched.set_timesteps(n_steps)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g) * sched.init_noise_sigma
-    x_T = x.clone()
-    acp = sched.alphas_cumprod
-    rec = {k: [] for k in ["t", "x_t", "eps", "x0_pred", "z", "x_prev"]}
-    captured = {}
-
-    if kind == "dpm":
-        orig_convert = sched.convert_model_output
-
-        def conv(model_output, *a, **k):
-            r = orig_convert(model_output, *a, **k)
-            captured["x0"] = r.clone()
-            return r
-        sched.convert_model_output = conv
-
-    for t in sched.timesteps:
-        eps = analytic_eps(x, t, acp, mu, s)
-        z = torch.randn(shape, generator=g)
-        if kind == "ddpm":
-            used = {}
-
-            def fake_randn(shape_, generator=None, device=None, dtype=None, **kw):
-                used["z"] = z.clone()
-                return z.clone()
-            saved = scheduling_ddpm.randn_tensor
-            scheduling_ddpm.randn_tensor = fake_randn
-            try:
-                o = sched.step(eps, t, x)
-            finally:
-                scheduling_ddpm.randn_tensor = saved
-            z_used = used.get("z", torch.zeros(shape))
-            x0 = o.pred_original_sample
-        elif kind == "ddim":
-            if eta > 0:
-                o = sched.step(eps, t, x, eta=eta, variance_noise=z.clone())
-                z_used = z
-            else:
-                o = sched.step(eps, t, x, eta=0.0)
-                z_used = torch.zeros(shape)
-            x0 = o.pred_original_sample
-        elif kind == "dpm":
-            o = sched.step(eps, t, x)
-            z_used = torch.zeros(shape)
-            x0 = captured["x0"]
-        else:
-            raise ValueError(kind)
-        rec["t"].append(float(t))
-        rec["x_t"].append(x.clone())
-        rec["eps"].append(eps.clone())
-        rec["x0_pred"].append(x0.clone())
-        rec["z"].append(z_used.clone())
-        rec["x_prev"].append(o.prev_sample.clone())
-        x = o.prev_sample
-    out = {
-        "timesteps": fnum(sched.timesteps.float()),
-        "alphas_cumprod": fnum(sched.alphas_cumprod),
-        "x_T": fnum(x_T),
-        "x_final": fnum(x),
-        "t": fnum(torch.tensor(rec["t"])),
-    }
-    for k in ["x_t", "eps", "x0_pred", "z", "x_prev"]:
-        out[k] = fnum(torch.stack(rec[k]))
-    if kind == "dpm":
-        out["sigmas"] = fnum(sched.sigmas)
-    return out
+    """An epsilon-predicting sampler's trajectory (run_trajectory_v2) under the small
+    fixtures' names: the model output is "eps", and x_t is the model input."""
+    assert sched.config.prediction_type == "epsilon" and kind != "euler"
+    res = run_trajectory_v2(sched, n_steps, shape, seed, kind, eta, mu, s)
+    res["eps"] = res.pop("model_out")
+    del res["model_in"], res["init_noise_sigma"]
+    return res
 
 
 # The cosine schedule the models train with, with clip_sample on (diffusers' DDPM/DDIM
@@ -340,8 +273,10 @@ def analytic_output(x_in, a, pred, mu=MU, s=S):
 
 
 def run_trajectory_v2(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S):
-    """Like run_trajectory, for any prediction type and for Euler ancestral (whose model
-    input is the scaled sample and whose noise level is its interpolated sigma)."""
+    """A sampler's trajectory on the analytic model output (any prediction type), with the
+    noise each step drew: Euler ancestral's model input is the scaled sample and its noise
+    level the interpolated sigma; DDPM and Euler draw through their module's randn_tensor,
+    patched to hand out (and record) a known z."""
     from diffusers.schedulers import scheduling_euler_ancestral_discrete
     pred = sched.config.prediction_type
     sched.set_timesteps(n_steps)
