@@ -9,9 +9,12 @@
 //   * nearest 2x upsampling of the input (Upsample2D) by halving the input coordinates;
 //   * the epilogue adds the per-(image, channel) time embedding and a residual tensor.
 //
-// Tiling (`main`): a 16x16 workgroup computes a 64 (out channels) x 64 (pixels) tile, 4x4
-// outputs per invocation, stepping through K in slices of 16 held in workgroup memory
-// (8.3 KB, inside WebGPU's 16 KB default). `narrow`, at the end, serves cout <= 4.
+// Tiling (`main`): a workgroup of 256 invocations, WG_X (pixels) x WG_Y (out channels),
+// computes a TILE_M = 4 WG_Y (out channels) x TILE_P = 4 WG_X (pixels) tile, 4x4 outputs per
+// invocation, stepping through K in slices of 16 held in workgroup memory (8.3-10.2 KB,
+// inside WebGPU's 16 KB default). The launcher picks WG_Y by the output width: 16 (a
+// 64 x 64 tile), or 8 (32 x 128) when cout <= 32, where the 64-channel tile would compute
+// half its outputs for nothing. `narrow`, at the end, serves cout <= 4.
 
 struct Params {
     batch: u32,
@@ -44,14 +47,19 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<uniform> params: Params;
 
-const TILE_M: u32 = 64u;
-const TILE_P: u32 = 64u;
+// The launcher's variants replace this line (conv2d.rs, `WG_Y_LINE`).
+const WG_Y: u32 = 16u;
+const WG_X: u32 = 256u / WG_Y;
+const TILE_M: u32 = 4u * WG_Y;
+const TILE_P: u32 = 4u * WG_X;
 const TILE_K: u32 = 16u;
 // +1 column so that the transposed store of the weight tile does not hit one bank 16 times.
-const A_STRIDE: u32 = 65u;
+const A_STRIDE: u32 = TILE_M + 1u;
+// Rows of the input tile that the workgroup gathers at once (256 / TILE_P).
+const B_ROWS: u32 = 256u / TILE_P;
 
-var<workgroup> a_tile: array<f32, 1040>; // [TILE_K][A_STRIDE]: weights, k-major
-var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_P]: gathered inputs
+var<workgroup> a_tile: array<f32, TILE_K * A_STRIDE>; // [TILE_K][A_STRIDE]: weights, k-major
+var<workgroup> b_tile: array<f32, TILE_K * TILE_P>; // [TILE_K][TILE_P]: gathered inputs
 
 // floor(a / b) given 1 / b, for a < 2^22 (the launcher checks K): (a + 0.5) / b is at least
 // 0.5 / b away from an integer, more than the two f32 roundings can move it. Integer
@@ -117,7 +125,7 @@ fn load_tap(g: Gather, k: u32) -> f32 {
     return load_input(g.n, ci, g.iy0 + i32(ky), g.ix0 + i32(kx));
 }
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(WG_X, WG_Y, 1)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -141,7 +149,7 @@ fn main(
     let a_col = tid % TILE_K;
     let a_row = tid / TILE_K;
 
-    // acc_i holds out-channel m0 + lid.y + 16 i at pixels p0 + lid.x + 16 j, j = 0..3. Plain
+    // acc_i holds out-channel m0 + lid.y + WG_Y i at pixels p0 + lid.x + WG_X j, j = 0..3. Plain
     // vec4 registers, never an indexed array: backends that cannot promote an indexed
     // array to registers (lavapipe's LLVM among them) would spill it to memory.
     var acc0 = vec4<f32>(0.0);
@@ -152,7 +160,7 @@ fn main(
     for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
         // Weight tile: consecutive invocations read consecutive k (contiguous in memory).
         let ak = k0 + a_col;
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < TILE_M / 16u; i++) {
             let m = m0 + a_row + 16u * i;
             var v = 0.0;
             if (m < p.cout && ak < k_total) {
@@ -161,8 +169,8 @@ fn main(
             a_tile[a_col * A_STRIDE + a_row + 16u * i] = v;
         }
         // Input tile: consecutive invocations read consecutive pixels.
-        for (var i = 0u; i < 4u; i++) {
-            let kr = b_row + 4u * i;
+        for (var i = 0u; i < TILE_K / B_ROWS; i++) {
+            let kr = b_row + B_ROWS * i;
             let k = k0 + kr;
             var v = 0.0;
             if (gp_valid && k < k_total) {
@@ -175,8 +183,8 @@ fn main(
         for (var kk = 0u; kk < TILE_K; kk++) {
             let ar = kk * A_STRIDE + lid.y;
             let br = kk * TILE_P + lid.x;
-            let a = vec4<f32>(a_tile[ar], a_tile[ar + 16u], a_tile[ar + 32u], a_tile[ar + 48u]);
-            let b = vec4<f32>(b_tile[br], b_tile[br + 16u], b_tile[br + 32u], b_tile[br + 48u]);
+            let a = vec4<f32>(a_tile[ar], a_tile[ar + WG_Y], a_tile[ar + 2u * WG_Y], a_tile[ar + 3u * WG_Y]);
+            let b = vec4<f32>(b_tile[br], b_tile[br + WG_X], b_tile[br + 2u * WG_X], b_tile[br + 3u * WG_X]);
             // Plain multiply-add rather than fma(): GPU compilers contract it anyway, while
             // a backend without hardware FMA (lavapipe on some CPUs) would call a slow
             // exact-fma routine; measured 1.5x slower on this machine's lavapipe.
@@ -189,19 +197,19 @@ fn main(
     }
 
     store_row(m0 + lid.y, p0 + lid.x, acc0);
-    store_row(m0 + lid.y + 16u, p0 + lid.x, acc1);
-    store_row(m0 + lid.y + 32u, p0 + lid.x, acc2);
-    store_row(m0 + lid.y + 48u, p0 + lid.x, acc3);
+    store_row(m0 + lid.y + WG_Y, p0 + lid.x, acc1);
+    store_row(m0 + lid.y + 2u * WG_Y, p0 + lid.x, acc2);
+    store_row(m0 + lid.y + 3u * WG_Y, p0 + lid.x, acc3);
 }
 
-// Epilogue for out-channel m at pixels p, p + 16, p + 32, p + 48.
+// Epilogue for out-channel m at pixels p, p + WG_X, p + 2 WG_X, p + 3 WG_X.
 fn store_row(m: u32, p: u32, acc: vec4<f32>) {
     if (m >= params.cout) {
         return;
     }
     let pixels = params.batch * params.out_h * params.out_w;
     for (var j = 0u; j < 4u; j++) {
-        let op = p + 16u * j;
+        let op = p + WG_X * j;
         if (op >= pixels) {
             return;
         }

@@ -116,6 +116,17 @@ fn conv_narrow_three_k_slices() {
     check_plain(13, Case { n: 2, cin: 70, cout: 2, h: 9, w: 9, k: 3, stride: 1, pad: 1 });
 }
 
+#[test]
+fn conv_slim_tiles_u_net_level0() {
+    // cout <= 32 runs `main` with 32-channel x 128-pixel tiles: the U-Net's level-0 ResNet conv.
+    check_plain(14, Case { n: 3, cin: 32, cout: 32, h: 28, w: 28, k: 3, stride: 1, pad: 1 });
+}
+
+#[test]
+fn conv_slim_tiles_partial_in_both_directions() {
+    check_plain(15, Case { n: 2, cin: 19, cout: 17, h: 11, w: 11, k: 3, stride: 1, pad: 1 });
+}
+
 /// Every fusion at once, as an up-block ResNet uses them: two inputs (skip concat),
 /// nearest-2x upsampling, the time embedding read from a slice of a wider tensor, a
 /// residual, an output scale and SiLU.

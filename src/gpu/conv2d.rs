@@ -2,6 +2,8 @@
 //! 1 or 2, zero padding, bias, with the U-Net's fusions (two-input skip concat, nearest 2x
 //! upsample of the input, time-embedding and residual epilogue, SiLU, output scale).
 
+use std::borrow::Cow;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
@@ -26,7 +28,11 @@ const KERNEL: KernelDef = KernelDef {
 /// The same shader's entry point for at most [`NARROW_MAX_COUT`] output channels.
 const NARROW: KernelDef = KernelDef { entry: "narrow", ..KERNEL };
 const OP: &str = "conv2d";
-const TILE: usize = 64;
+/// `main`'s workgroup is 256 invocations, `256 / wg_y` pixels by `wg_y` output channels,
+/// each computing 4 x 4 outputs. The shader's own value is 16 (64 x 64 tiles); the variant
+/// for outputs of at most 32 channels replaces this line of its source with 8 (32 x 128).
+const WG_Y_LINE: &str = "const WG_Y: u32 = 16u;";
+const SLIM_MAX_COUT: usize = 32;
 const NARROW_MAX_COUT: usize = 4;
 const NARROW_WG: usize = 256; // = NARROW_WG in conv2d.wgsl
 
@@ -193,12 +199,18 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     };
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
-    let (def, grid) = if cout <= NARROW_MAX_COUT {
-        (&NARROW, [groups(pixels, NARROW_WG), 1, 1])
+    let (kernel, grid) = if cout <= NARROW_MAX_COUT {
+        (gpu.kernel(&NARROW, &[])?, [groups(pixels, NARROW_WG), 1, 1])
     } else {
-        (&KERNEL, [groups(pixels, TILE), groups(cout, TILE), 1])
+        let wg_y = if cout <= SLIM_MAX_COUT { 8 } else { 16 };
+        let kernel = if wg_y == 16 {
+            gpu.kernel(&KERNEL, &[])?
+        } else {
+            let source = KERNEL.source.replace(WG_Y_LINE, &format!("const WG_Y: u32 = {wg_y}u;"));
+            gpu.kernel_variant(&KERNEL, &format!("wg_y={wg_y}"), Cow::Owned(source), &[])?
+        };
+        (kernel, [groups(pixels, 4 * (256 / wg_y)), groups(cout, 4 * wg_y), 1])
     };
-    let kernel = gpu.kernel(def, &[])?;
     gpu.dispatch(
         &kernel,
         &[
