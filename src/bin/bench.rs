@@ -5,7 +5,10 @@
 //! 32, and ms per full 20-step DDIM sample of 16 images with classifier-free guidance
 //! (a U-Net batch of 32 per step).
 //!
-//! `cargo run --release --bin bench [-- --quick] [-- --model www/models/fashion]`
+//! `--profile` (with `--model`) also times every dispatch of the batch-32 forward on its
+//! own and sums the times by kernel: where the time of a pass goes.
+//!
+//! `cargo run --release --bin bench [-- --quick] [-- --model www/models/fashion [--profile]]`
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -67,7 +70,8 @@ mod native {
         let gpu = pollster::block_on(Gpu::new())?;
         println!("adapter: {}", gpu.adapter_name());
         if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
-            return bench_model(&gpu, std::path::Path::new(dir), quick);
+            let profile = args.iter().any(|a| a == "--profile");
+            return bench_model(&gpu, std::path::Path::new(dir), quick, profile);
         }
         println!("{:<34} {:>5} {:>11} {:>9}", "kernel", "batch", "ms/call", "GFLOP/s");
         let budget = Duration::from_millis(if quick { 50 } else { 400 });
@@ -103,7 +107,7 @@ mod native {
         Ok(())
     }
 
-    fn bench_model(gpu: &Gpu, dir: &std::path::Path, quick: bool) -> Result<()> {
+    fn bench_model(gpu: &Gpu, dir: &std::path::Path, quick: bool, profile: bool) -> Result<()> {
         use diffusion_playground::model::UNet;
         use diffusion_playground::pipeline::{SampleRequest, Session};
         use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
@@ -129,6 +133,9 @@ mod native {
             pollster::block_on(gpu.sync())?;
             let ms = start.elapsed().as_secs_f64() * 1e3 / reps as f64;
             println!("unet forward, batch {batch:>2}: {ms:>9.1} ms ({} dispatches)", all.len());
+            if profile && batch == 32 {
+                profile_pass(gpu, &all)?;
+            }
         }
         let n = 16;
         let mut session = Session::new(gpu, &unet, n)?;
@@ -203,6 +210,29 @@ mod native {
             }
             reps *= 2;
         }
+    }
+
+    /// Each dispatch timed alone, summed by kernel (pipeline label), largest share first.
+    fn profile_pass(gpu: &Gpu, all: &[&Dispatch]) -> Result<()> {
+        let mut by_kernel: Vec<(String, usize, f64)> = Vec::new();
+        for d in all {
+            let ms = time(gpu, d, Duration::from_millis(30))?;
+            match by_kernel.iter_mut().find(|(label, ..)| label == d.label()) {
+                Some((_, count, total)) => {
+                    *count += 1;
+                    *total += ms;
+                }
+                None => by_kernel.push((d.label().to_string(), 1, ms)),
+            }
+        }
+        by_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let sum: f64 = by_kernel.iter().map(|k| k.2).sum();
+        println!("  {:<40} {:>5} {:>10} {:>6}", "kernel (dispatches timed alone)", "calls", "ms", "share");
+        for (label, count, ms) in &by_kernel {
+            println!("  {label:<40} {count:>5} {ms:>10.1} {:>5.1}%", 100.0 * ms / sum);
+        }
+        println!("  {:<40} {:>5} {sum:>10.1}", "sum", all.len());
+        Ok(())
     }
 
     fn report(name: &str, batch: usize, ms: f64, flops: f64) {
