@@ -8,10 +8,11 @@
 //
 // Prints the page's log and writes target/ort/results.json. See bench.html for what is timed.
 
-import { copyFile, cp, link, mkdir, readdir, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, readdir, rm, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { ROOT, withPage } from "../../tests/e2e/harness.mjs";
+import { linkOrCopy } from "../../tests/e2e/playground-helpers.mjs";
 
 const [batches = "2,32", reps = "3", only = "all"] = process.argv.slice(2);
 const ORT_DIST = path.join(ROOT, "bench/ort/node_modules/onnxruntime-web/dist");
@@ -24,8 +25,6 @@ for (const [p, how] of [
     if (!existsSync(p)) throw new Error(`${path.relative(ROOT, p)} is missing: ${how}`);
 }
 
-// Hard links where the file system allows (the weights and ORT's wasm are tens of MB).
-const linkOrCopy = (from, to) => link(from, to).catch(() => copyFile(from, to));
 const root = path.join(ROOT, "target/tmp/ort-bench-root");
 await rm(root, { recursive: true, force: true });
 await mkdir(path.join(root, "ort"), { recursive: true });
@@ -50,8 +49,8 @@ try {
         if (!results.done) throw new Error(results.error);
         const ratios = Object.keys(results.engine).filter((b) => results.ortWebgpu[b]).map((b) => {
             const e = results.engine[b].msPerStep;
-            const o = results.ortWebgpu[b]?.msPerRun;
-            return `batch ${b}: engine ${e.toFixed(1)} ms, onnxruntime-web (webgpu) ${o?.toFixed(1)} ms -> ${(o / e).toFixed(2)}x`;
+            const o = results.ortWebgpu[b].msPerRun;
+            return `batch ${b}: engine ${e.toFixed(1)} ms, onnxruntime-web (webgpu) ${o.toFixed(1)} ms -> ${(o / e).toFixed(2)}x`;
         });
         console.log(ratios.join("\n"));
     });

@@ -60,7 +60,8 @@ export async function sampleNative(args) {
     }
 }
 
-async function linkOrCopy(from, to) {
+/** Hard-links `from` to `to` (big files, no copy), or copies where links fail. */
+export async function linkOrCopy(from, to) {
     try {
         await link(from, to);
     } catch {
