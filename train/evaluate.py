@@ -7,7 +7,8 @@ a small classifier trained on the real training split.
    accuracy on the real held-out split.
 2. For each row, sample images with diffusers' DDIMScheduler / DDPMScheduler (eta 0 for
    DDIM), classes balanced (n/10 per class), CFG eps = eps_u + w (eps_c - eps_u):
-       ddim20 w=2 (n=1000), ddim20 w=1, ddim20 w=4, ddim50 w=2 (n=1000), ddpm1000 w=2 (n=100)
+       ddim20 w=2 (n=1000), ddim20 w=1, ddim20 w=4, ddim50 w=2 (n=1000), ddpm1000 w=2 (n=100),
+       and ddpm1000 w=2 with clip_sample on (n=100, same seed: an ablation)
    and report (a) the classifier's accuracy against the requested class and (b) the FD between
    the classifier's penultimate (128-d) features of the generated images and of a fixed
    class-stratified reference set R of 1,000 real held-out images.
@@ -32,12 +33,15 @@ import torch.nn.functional as F
 import data
 from sampling import load, make_scheduler, sample
 
-ROWS = [  # name, sampler, steps, guidance, n
+ROWS = [  # name, sampler, steps, guidance, n[, scheduler_config overrides]
     ("ddim20_w2", "ddim", 20, 2.0, 1000),
     ("ddim20_w1", "ddim", 20, 1.0, 1000),
     ("ddim20_w4", "ddim", 20, 4.0, 1000),
     ("ddim50_w2", "ddim", 50, 2.0, 1000),
     ("ddpm1000_w2", "ddpm", 1000, 2.0, 100),
+    # Ablation: DDPM's first step (t = 999, beta = 0.999 under the capped cosine schedule)
+    # divides by sqrt(alpha_bar_999); Improved DDPM clips x0 there. Same seed as the row above.
+    ("ddpm1000_w2_clip", "ddpm", 1000, 2.0, 100, {"clip_sample": True}),
 ]
 
 
@@ -180,15 +184,18 @@ def main():
 
     model = load(a.model)
     wanted = a.rows.split(",")
-    for ri, (name, kind, steps, w, n) in enumerate(ROWS):
+    for name, kind, steps, w, n, *over in ROWS:
         if name not in wanted:
             continue
+        overrides = over[0] if over else {}
+        # Rows that differ only in overrides share a seed, so they compare image by image.
+        ri = next(i for i, r in enumerate(ROWS) if tuple(r[1:5]) == (kind, steps, w, n))
         n = max(10, int(round(n * a.n_scale / 10)) * 10)
         if name in res.get("rows", {}) and res["rows"][name]["n"] == n:
             print("skip", name, flush=True)
             continue
         t1 = time.time()
-        sched = make_scheduler(a.model, kind)
+        sched = make_scheduler(a.model, kind, **overrides)
         g = torch.Generator().manual_seed(1000 + ri)
         classes = torch.arange(10).repeat_interleave(n // 10)
         imgs = []
@@ -201,7 +208,7 @@ def main():
         acc = (pred == classes).float().mean().item()
         per_class = [(pred[classes == c] == c).float().mean().item() for c in range(10)]
         fd = frechet(batched(clf.features, x).numpy(), f_ref)
-        row = dict(sampler=kind, steps=steps, guidance=w, n=n, acc=acc, fd=fd,
+        row = dict(sampler=kind, steps=steps, guidance=w, n=n, overrides=overrides, acc=acc, fd=fd,
                    floor=res["floor_1000"] if n >= 1000 else res["floor_100"] if n == 100 else None,
                    per_class_acc=per_class, seconds=round(time.time() - t1, 1),
                    threads=a.threads)

@@ -42,8 +42,9 @@ ROW_TEXT = {
     "ddim20_w4": "DDIM 20 steps, w = 4",
     "ddim50_w2": "DDIM 50 steps, w = 2",
     "ddpm1000_w2": "DDPM 1000 steps, w = 2",
+    "ddpm1000_w2_clip": "DDPM 1000 steps, w = 2, clip_sample on (ablation)",
 }
-ROW_ORDER = ["ddim20_w1", "ddim20_w2", "ddim20_w4", "ddim50_w2", "ddpm1000_w2"]
+ROW_ORDER = ["ddim20_w1", "ddim20_w2", "ddim20_w4", "ddim50_w2", "ddpm1000_w2", "ddpm1000_w2_clip"]
 
 
 def steps_text(info, targs, ntrain):
@@ -150,7 +151,8 @@ def main():
                 missing.append(ROW_TEXT[k])
                 continue
             r = rows[k]
-            L.append(f"| {r['sampler'].upper()} {r['steps']} steps | {r['guidance']:g} | {r['n']} | "
+            over = "".join(f", {k} = {json.dumps(v)}" for k, v in r.get("overrides", {}).items())
+            L.append(f"| {r['sampler'].upper()} {r['steps']} steps{over} | {r['guidance']:g} | {r['n']} | "
                      f"{100 * r['acc']:.1f}% | {r['fd']:.2f} | {r['floor']:.2f} | "
                      f"{r['seconds'] / 60:.1f} min |")
         L.append("")

@@ -9,11 +9,13 @@ def load(model_dir):
     return model
 
 
-def make_scheduler(model_dir, kind):
+def make_scheduler(model_dir, kind, **overrides):
+    """The model's scheduler_config.json, read by diffusers' own class; `overrides` replace
+    fields of it (e.g. clip_sample=True)."""
     if kind == "ddim":
-        return DDIMScheduler.from_pretrained(model_dir)
+        return DDIMScheduler.from_pretrained(model_dir, **overrides)
     if kind == "ddpm":
-        return DDPMScheduler.from_pretrained(model_dir)
+        return DDPMScheduler.from_pretrained(model_dir, **overrides)
     raise ValueError(kind)
 
 
