@@ -11,7 +11,7 @@
 //
 // Tiling (`main`): a workgroup of 256 invocations, WG_X (pixels) x WG_Y (out channels),
 // computes a TILE_M = 4 WG_Y (out channels) x TILE_P = 4 WG_X (pixels) tile, 4x4 outputs per
-// invocation, stepping through K in slices of 16 held in workgroup memory (8.3-10.2 KB,
+// invocation, stepping through K in slices of 16 held in workgroup memory (8.3 or 10.3 KB,
 // inside WebGPU's 16 KB default). The launcher picks WG_Y by the output width: 16 (a
 // 64 x 64 tile), or 8 (32 x 128) when cout <= 32, where the 64-channel tile would compute
 // half its outputs for nothing. `narrow`, at the end, serves cout <= 4.
