@@ -152,6 +152,8 @@ struct SampleOptions {
     first_image: u32,
     /// Read x_t and x0_hat back after every step and hand them to the callback.
     preview: bool,
+    /// Overrides scheduler_config.json's `clip_sample` for this run (DDPM and DDIM only).
+    clip_sample: Option<bool>,
 }
 
 impl Default for SampleOptions {
@@ -167,6 +169,7 @@ impl Default for SampleOptions {
             seed: 0.0,
             first_image: 0,
             preview: true,
+            clip_sample: None,
         }
     }
 }
@@ -207,7 +210,8 @@ impl Model {
     }
 
     /// Samples `count` images. `options`: `{class | classes, count, steps, guidance, sampler
-    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a"), eta, seed, firstImage, preview}`.
+    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a"), eta, seed, firstImage, preview, clipSample}`
+    /// (`clipSample`, a boolean, overrides the scheduler config's `clip_sample`).
     ///
     /// `on_step({step, steps, timestep, xt, x0})` is called after every step (`xt` and `x0`
     /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent).
@@ -240,7 +244,11 @@ impl Model {
             Some(s) => s,
             None => Session::new(gpu, &self.unet, n).map_err(|e| self.fail(e))?,
         };
-        let run = session.start(gpu, &self.unet, &self.sched, &request).map_err(|e| self.fail(e))?;
+        let sched = match opts.clip_sample {
+            Some(clip) => &SchedulerConfig { clip_sample: clip, ..self.sched.clone() },
+            None => &self.sched,
+        };
+        let run = session.start(gpu, &self.unet, sched, &request).map_err(|e| self.fail(e))?;
         let steps = run.steps();
         let mut last: Option<Vec<f32>> = None;
         for k in 0..steps {

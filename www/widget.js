@@ -11,11 +11,13 @@
 //   class     class index or class name (case-insensitive), or "all" (one class per image)
 //   steps     1..1000 (default 20)      guidance  0..10 (default 2)
 //   sampler   ddim | ddpm | dpmpp2m | euler_a (default ddim)      eta  DDIM's eta, 0..1
+//   clip      auto | on | off: clamp x0_hat in DDPM/DDIM (default auto: on for DDPM, the
+//             model's scheduler_config.json for DDIM)
 //   seed      integer (default 1)
 //   grid      the NUMBER of images, 1..64 (1, 4, 16, 64 make square grids; default 4)
 //   view      xt | x0: what the live preview shows (default xt)
 //   controls  which controls to show: "all", "none", or a list of model, class, steps,
-//             guidance, sampler, eta, seed, grid, view, scrubber, download, forward, run
+//             guidance, sampler, eta, clip, seed, grid, view, scrubber, download, forward, run
 //             (default "class steps guidance sampler seed view run")
 //   autoplay  present (or "true"): sample as soon as the model is loaded; absent or
 //             "false": wait for the Sample button
@@ -29,7 +31,7 @@ import { DEFAULTS, Playground, parseControls, parseSettings } from "./playground
 
 const CSS_URL = new URL("./playground.css", import.meta.url).href;
 const DEFAULT_CONTROLS = ["class", "steps", "guidance", "sampler", "seed", "view", "run"];
-const ATTRIBUTES = ["model", "class", "steps", "guidance", "sampler", "eta", "seed", "grid", "view", "controls", "autoplay"];
+const ATTRIBUTES = ["model", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "controls", "autoplay"];
 
 export class DiffusionPlayground extends HTMLElement {
     static observedAttributes = ATTRIBUTES;

@@ -56,6 +56,10 @@ mod native {
         /// DDIM's eta (0 = deterministic, 1 = DDPM-like noise)
         #[arg(long, default_value_t = 0.0)]
         eta: f32,
+        /// Override scheduler_config.json's clip_sample (DDPM and DDIM clamp x0_hat to
+        /// +-clip_sample_range), as diffusers' `from_pretrained(dir, clip_sample=...)` does
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        clip_sample: Option<bool>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Global index of the first image: image k of a run equals image 0 of a run with
@@ -96,10 +100,13 @@ mod native {
             .ok_or_else(|| format!("{} has no diffusion_pytorch_model.safetensors", a.model.display()))?;
         let weights = std::fs::read(&weights_path).map_err(|e| format!("{}: {e}", weights_path.display()))?;
         let unet = UNet::load(&gpu, &config, &weights).map_err(|e| e.to_string())?;
-        let sched = match read_text("scheduler_config.json")? {
+        let mut sched = match read_text("scheduler_config.json")? {
             Some(t) => SchedulerConfig::from_json(&t).map_err(|e| format!("scheduler_config.json: {e}"))?,
             None => SchedulerConfig::default(),
         };
+        if let Some(clip) = a.clip_sample {
+            sched.clip_sample = clip;
+        }
         let class = resolve_class(a, &unet, read_text("manifest.json")?.as_deref())?;
         let kind: SamplerKind =
             a.sampler.parse().map_err(|e: diffusion_playground::EngineError| e.to_string())?;

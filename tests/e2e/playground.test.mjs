@@ -98,6 +98,42 @@ test("page samples a fixed seed like the native CLI, any grid size; download, fo
     });
 });
 
+test("DDPM clips x0_hat by default (clip=auto) like the CLI's --clip-sample on; the Clip control turns it off", { timeout: 300_000 }, async (t) => {
+    const args = ["--model", "www/models/fashion", "--class", "7", "--n", "1", "--steps", "3", "--guidance", "2", "--seed", "5", "--sampler", "ddpm"];
+    const clipped = await sampleNative([...args, "--clip-sample", "on"]);
+    const unclipped = await sampleNative([...args, "--clip-sample", "off"]);
+    const maxDiff = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+    // t = 999 is the first of the 3 steps: there x0_hat = x / sqrt(alpha_bar) is far outside [-1, 1].
+    const effect = maxDiff(Array.from(clipped.data), unclipped.data);
+    t.diagnostic(`native DDPM 3 steps, clipped vs unclipped: max abs diff ${effect.toFixed(3)}`);
+    assert.ok(effect > 0.05, `clipping changed nothing (${effect})`);
+
+    await withPage(t, {}, async ({ page, url, pageErrors }) => {
+        await page.goto(`${url}?model=fashion&class=7&grid=1&steps=3&guidance=2&seed=5&sampler=ddpm`);
+        const done = await waitForState(page, "done");
+        assert.equal(done.state, "done", done.text);
+        assert.equal(await page.$eval("#clip", (c) => [c.value, c.disabled].join()), "auto,false");
+        const auto = await lastResult(page);
+        const errOn = maxDiff(auto, clipped.data);
+        t.diagnostic(`clip=auto vs native --clip-sample on: max abs err ${errOn.toExponential(2)}`);
+        assert.ok(errOn <= TOLERANCE, `max abs err ${errOn} > ${TOLERANCE}`);
+
+        await page.selectOption("#clip", "off");
+        await page.waitForFunction(() => window.__playground.runs.at(-1).settings.clip === "off", null, { timeout: 10_000 });
+        await waitForState(page, "done", { timeout: 60_000 });
+        assert.equal(await page.evaluate(() => window.__playground.runs.at(-1).status), "done");
+        const errOff = maxDiff(await lastResult(page), unclipped.data);
+        t.diagnostic(`clip=off vs native --clip-sample off: max abs err ${errOff.toExponential(2)}`);
+        assert.ok(errOff <= TOLERANCE, `max abs err ${errOff} > ${TOLERANCE}`);
+        assert.match(page.url(), /clip=off/);
+
+        // Samplers that never clip grey the control out.
+        await page.selectOption("#sampler", "euler_a");
+        assert.equal(await page.isDisabled("#clip"), true);
+        assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+    });
+});
+
 test("moving a slider mid-run cancels it and re-samples; device loss is shown", { timeout: 300_000 }, async (t) => {
     await withPage(t, {}, async ({ page, url, pageErrors }) => {
         await page.goto(`${url}?model=digits&class=3&grid=1&steps=40&guidance=2&seed=2`);
