@@ -39,7 +39,11 @@ const CLIP_MODES = [
     ["on", "On: clamp x̂₀ to [-1, 1]"],
     ["off", "Off"],
 ];
-const clips = (sampler) => sampler === "ddpm" || sampler === "ddim";
+/** The settings a link, a widget attribute or a query parameter carries (besides autoplay). */
+export const SETTING_KEYS = ["model", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view"];
+/** Which samplers read eta (DDIM) and clip (DDPM and DDIM). */
+export const usesEta = (sampler) => sampler === "ddim";
+export const usesClip = (sampler) => sampler === "ddpm" || sampler === "ddim";
 
 export const DEFAULTS = {
     model: "fashion",
@@ -229,10 +233,10 @@ export class Playground {
     /** Greys out the options the sampler ignores (eta: DDIM only; clip: DDPM and DDIM). */
     showSamplerOptions(sampler) {
         const e = this.el;
-        e["eta-field"].classList.toggle("dp-off", sampler !== "ddim");
-        e.eta.disabled = sampler !== "ddim";
-        e["clip-field"].classList.toggle("dp-off", !clips(sampler));
-        e.clip.disabled = !clips(sampler);
+        e["eta-field"].classList.toggle("dp-off", !usesEta(sampler));
+        e.eta.disabled = !usesEta(sampler);
+        e["clip-field"].classList.toggle("dp-off", !usesClip(sampler));
+        e.clip.disabled = !usesClip(sampler);
     }
 
     wire() {
@@ -433,7 +437,7 @@ export class Playground {
             steps: s.steps,
             guidance: s.guidance,
             sampler: s.sampler,
-            eta: s.sampler === "ddim" ? s.eta : 0,
+            eta: usesEta(s.sampler) ? s.eta : 0,
             seed: s.seed,
             preview: true,
         };

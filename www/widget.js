@@ -27,11 +27,11 @@
 // settings}); the element's `data-state` attribute mirrors its status (loading, ready,
 // queued, running, done, error); events `dp-result` and `dp-error` bubble out.
 
-import { DEFAULTS, Playground, parseControls, parseSettings } from "./playground.js";
+import { DEFAULTS, Playground, SETTING_KEYS, parseControls, parseSettings } from "./playground.js";
 
 const CSS_URL = new URL("./playground.css", import.meta.url).href;
 const DEFAULT_CONTROLS = ["class", "steps", "guidance", "sampler", "seed", "view", "run"];
-const ATTRIBUTES = ["model", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "controls", "autoplay"];
+const ATTRIBUTES = [...SETTING_KEYS, "controls", "autoplay"];
 
 export class DiffusionPlayground extends HTMLElement {
     static observedAttributes = ATTRIBUTES;
