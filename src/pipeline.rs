@@ -34,13 +34,91 @@ pub struct SampleRequest {
 
 /// How many U-Net batch halves a guidance scale needs, and which classes they use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Guidance {
+pub(crate) enum Guidance {
     /// Only the requested classes (w = 1, or a model without classes).
     Conditional,
     /// Only the null class (w = 0).
     Unconditional,
     /// Both halves, combined in the sampler kernel.
     Classifier,
+}
+
+/// Checks a request against the model and the image count (both backends): the guidance
+/// mode it implies and its plan.
+pub(crate) fn check_request(
+    null: Option<usize>,
+    n: usize,
+    [c, h, w]: [usize; 3],
+    sched: &SchedulerConfig,
+    req: &SampleRequest,
+) -> Result<(Guidance, Plan)> {
+    let guidance = match null {
+        None => {
+            if !req.classes.is_empty() {
+                return Err(EngineError::Unsupported {
+                    op: "sample",
+                    message: "this model has no classes (num_class_embeds is null)".into(),
+                });
+            }
+            Guidance::Conditional
+        }
+        Some(_) if req.classes.len() != n => {
+            return Err(EngineError::shape(
+                "sample",
+                format!("{} classes for {n} images: give one class per image", req.classes.len()),
+            ))
+        }
+        Some(_) if req.guidance == 1.0 => Guidance::Conditional,
+        Some(_) if req.guidance == 0.0 => Guidance::Unconditional,
+        Some(_) => Guidance::Classifier,
+    };
+    if !req.guidance.is_finite() {
+        return Err(EngineError::shape("sample", format!("guidance {} is not a number", req.guidance)));
+    }
+    let per_image = c * h * w;
+    if let Some(x) = &req.init_noise {
+        if x.len() != n * per_image {
+            return Err(EngineError::shape(
+                "sample",
+                format!("initial noise has {} values; {n} images need {}", x.len(), n * per_image),
+            ));
+        }
+    }
+    if req.first_image.checked_add(n as u32).is_none() {
+        return Err(EngineError::shape("sample", "first_image + image count overflows u32"));
+    }
+    let plan = plan(
+        sched,
+        &SamplerOptions {
+            kind: req.kind,
+            steps: req.steps,
+            eta: req.eta as f64,
+            guidance: if guidance == Guidance::Classifier { req.guidance } else { 1.0 },
+        },
+    )?;
+    Ok((guidance, plan))
+}
+
+/// The U-Net's class labels for `classes` (one per image): the classes, the null class, or
+/// both halves of a guided batch.
+pub(crate) fn model_labels(guidance: Guidance, null: Option<usize>, classes: Vec<u32>, images: usize) -> Vec<u32> {
+    match (guidance, null) {
+        (_, None) => Vec::new(),
+        (Guidance::Conditional, _) => classes,
+        (Guidance::Unconditional, Some(z)) => vec![z as u32; images],
+        (Guidance::Classifier, Some(z)) => classes.into_iter().chain(std::iter::repeat_n(z as u32, images)).collect(),
+    }
+}
+
+/// Checks the images count of a new session (both backends).
+pub(crate) fn check_images(images: usize, [c, h, w]: [usize; 3]) -> Result<()> {
+    if images == 0 {
+        return Err(EngineError::shape("sample", "at least one image is needed"));
+    }
+    if images.checked_mul(c * h * w).and_then(|n| u32::try_from(n).ok()).is_none() {
+        return Err(EngineError::shape("sample", format!("{images} images are too many to index")));
+    }
+    Ok(())
 }
 
 /// Buffers for sampling `images` images of one model, reused across runs.
@@ -140,13 +218,7 @@ impl Layout {
 
 impl Session {
     pub fn new(_gpu: &Gpu, unet: &UNet, images: usize) -> Result<Self> {
-        if images == 0 {
-            return Err(EngineError::shape("sample", "at least one image is needed"));
-        }
-        let [c, h, w] = unet.sample_shape();
-        if images.checked_mul(c * h * w).and_then(|n| u32::try_from(n).ok()).is_none() {
-            return Err(EngineError::shape("sample", format!("{images} images are too many to index")));
-        }
+        check_images(images, unet.sample_shape())?;
         Ok(Session { images, layout: None })
     }
 
@@ -184,51 +256,9 @@ impl Session {
     ) -> Result<Run> {
         let n = self.images;
         let null = unet.config().null_class();
-        let guidance = match null {
-            None => {
-                if !req.classes.is_empty() {
-                    return Err(EngineError::Unsupported {
-                        op: "sample",
-                        message: "this model has no classes (num_class_embeds is null)".into(),
-                    });
-                }
-                Guidance::Conditional
-            }
-            Some(_) if req.classes.len() != n => {
-                return Err(EngineError::shape(
-                    "sample",
-                    format!("{} classes for {n} images: give one class per image", req.classes.len()),
-                ))
-            }
-            Some(_) if req.guidance == 1.0 => Guidance::Conditional,
-            Some(_) if req.guidance == 0.0 => Guidance::Unconditional,
-            Some(_) => Guidance::Classifier,
-        };
-        if !req.guidance.is_finite() {
-            return Err(EngineError::shape("sample", format!("guidance {} is not a number", req.guidance)));
-        }
+        let (guidance, plan) = check_request(null, n, unet.sample_shape(), sched, req)?;
         let [c, h, w] = unet.sample_shape();
         let per_image = c * h * w;
-        if let Some(x) = &req.init_noise {
-            if x.len() != n * per_image {
-                return Err(EngineError::shape(
-                    "sample",
-                    format!("initial noise has {} values; {n} images need {}", x.len(), n * per_image),
-                ));
-            }
-        }
-        if req.first_image.checked_add(n as u32).is_none() {
-            return Err(EngineError::shape("sample", "first_image + image count overflows u32"));
-        }
-        let plan = plan(
-            sched,
-            &SamplerOptions {
-                kind: req.kind,
-                steps: req.steps,
-                eta: req.eta as f64,
-                guidance: if guidance == Guidance::Classifier { req.guidance } else { 1.0 },
-            },
-        )?;
         if self.layout.as_ref().map(|l| l.guidance) != Some(guidance) {
             self.layout = None; // free the old buffers before allocating the new ones
             self.layout = Some(Layout::new(gpu, unet, n, guidance)?);
@@ -242,14 +272,7 @@ impl Session {
             let classes: Vec<u32> = (shard.first..shard.first + per_shard)
                 .map(|i| req.classes.get(i.min(n - 1)).copied().unwrap_or(0))
                 .collect();
-            let labels: Vec<u32> = match (guidance, null) {
-                (_, None) => Vec::new(),
-                (Guidance::Conditional, _) => classes,
-                (Guidance::Unconditional, Some(z)) => vec![z as u32; per_shard],
-                (Guidance::Classifier, Some(z)) => {
-                    classes.into_iter().chain(std::iter::repeat_n(z as u32, per_shard)).collect()
-                }
-            };
+            let labels = model_labels(guidance, null, classes, per_shard);
             shard.forward.set_classes(gpu, unet, &labels)?;
             if let Some(x) = &req.init_noise {
                 let mut part = vec![0.0; per_shard * per_image];
