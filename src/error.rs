@@ -64,7 +64,7 @@ impl EngineError {
         EngineError::Weights { tensor: tensor.to_string(), message: message.into() }
     }
 
-    pub(crate) fn shape(op: &'static str, message: impl Into<String>) -> Self {
+    pub fn shape(op: &'static str, message: impl Into<String>) -> Self {
         EngineError::Shape { op, message: message.into() }
     }
 }

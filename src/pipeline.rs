@@ -101,12 +101,19 @@ pub(crate) fn check_request(
 
 /// The U-Net's class labels for `classes` (one per image): the classes, the null class, or
 /// both halves of a guided batch.
-pub(crate) fn model_labels(guidance: Guidance, null: Option<usize>, classes: Vec<u32>, images: usize) -> Vec<u32> {
+pub(crate) fn model_labels(
+    guidance: Guidance,
+    null: Option<usize>,
+    classes: Vec<u32>,
+    images: usize,
+) -> Vec<u32> {
     match (guidance, null) {
         (_, None) => Vec::new(),
         (Guidance::Conditional, _) => classes,
         (Guidance::Unconditional, Some(z)) => vec![z as u32; images],
-        (Guidance::Classifier, Some(z)) => classes.into_iter().chain(std::iter::repeat_n(z as u32, images)).collect(),
+        (Guidance::Classifier, Some(z)) => {
+            classes.into_iter().chain(std::iter::repeat_n(z as u32, images)).collect()
+        }
     }
 }
 

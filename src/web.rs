@@ -19,6 +19,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::EngineError;
+use crate::fast::{CpuEngine, CpuRun, CpuSession};
 use crate::gpu::Gpu;
 use crate::model::UNet;
 use crate::pipeline::{SampleRequest, Session};
@@ -114,12 +115,7 @@ impl Engine {
         weights: &[u8],
         scheduler_json: Option<String>,
     ) -> Result<Model, JsValue> {
-        let sched = match scheduler_json {
-            Some(text) => SchedulerConfig::from_json(&text)
-                .map_err(|e| js_error("ConfigError", &format!("scheduler_config.json: {}", strip_op(&e))))?,
-            None => SchedulerConfig::default(),
-        };
-        let alphas = alphas_cumprod(&sched).map_err(|e| js_error("ConfigError", &e.to_string()))?;
+        let (sched, alphas) = parse_scheduler(scheduler_json)?;
         let unet = UNet::load(&self.gpu, config_json, weights).map_err(to_js)?;
         Ok(Model { gpu: self.gpu.clone(), unet, sched, alphas, session: RefCell::new(None) })
     }
@@ -203,10 +199,7 @@ impl Model {
 
     /// The timesteps a run of `steps` steps of `sampler` visits, in order.
     pub fn timesteps(&self, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
-        let kind: SamplerKind = sampler.parse().map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
-        let plan = crate::sched::plan(&self.sched, &crate::sched::SamplerOptions::new(kind, steps))
-            .map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
-        Ok(plan.timesteps())
+        timesteps_of(&self.sched, sampler, steps)
     }
 
     /// Samples `count` images. `options`: `{class | classes, count, steps, guidance, sampler
@@ -225,13 +218,8 @@ impl Model {
         on_step: Option<js_sys::Function>,
         signal: JsValue,
     ) -> Result<JsValue, JsValue> {
-        let opts: SampleOptions = if options.is_undefined() || options.is_null() {
-            SampleOptions::default()
-        } else {
-            serde_wasm_bindgen::from_value(options)
-                .map_err(|e| js_error("OptionsError", &format!("sample options: {e}")))?
-        };
-        let request = self.request(&opts)?;
+        let opts = parse_options(options)?;
+        let request = request(&opts, &self.sched, self.classes())?;
         let gpu = &*self.gpu;
         let n = opts.count;
         let [c, h, w] = self.unet.sample_shape();
@@ -296,43 +284,6 @@ impl Model {
 }
 
 impl Model {
-    fn request(&self, o: &SampleOptions) -> Result<SampleRequest, JsValue> {
-        let bad = |m: String| js_error("OptionsError", &m);
-        if !(1..=1024).contains(&o.count) {
-            return Err(bad(format!("count {} is outside 1..=1024", o.count)));
-        }
-        if !(1..=self.sched.num_train_timesteps).contains(&o.steps) {
-            return Err(bad(format!(
-                "steps {} is outside 1..={} (the model's training timesteps)",
-                o.steps, self.sched.num_train_timesteps
-            )));
-        }
-        if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
-            return Err(bad(format!("seed {} is not an integer in 0..2^53", o.seed)));
-        }
-        let kind: SamplerKind = o.sampler.parse().map_err(|e| bad(strip_op(&e)))?;
-        let classes = self.classes();
-        let labels: Vec<u32> = match (&o.classes, o.class, classes) {
-            (_, _, 0) => Vec::new(),
-            (Some(list), _, _) => list.clone(),
-            (None, Some(c), _) => vec![c; o.count],
-            (None, None, _) => return Err(bad("this model is class-conditional: give a class".into())),
-        };
-        if let Some(c) = labels.iter().find(|&&c| c as usize >= classes) {
-            return Err(bad(format!("class {c} is outside the model's classes 0..{}", classes - 1)));
-        }
-        Ok(SampleRequest {
-            classes: labels,
-            guidance: o.guidance,
-            kind,
-            steps: o.steps,
-            eta: o.eta,
-            seed: o.seed as u64,
-            first_image: o.first_image,
-            init_noise: None,
-        })
-    }
-
     /// An error of a run; a lost device wins over whatever it caused.
     fn fail(&self, e: EngineError) -> JsValue {
         match self.gpu.check() {
@@ -340,6 +291,235 @@ impl Model {
             _ => to_js(e),
         }
     }
+}
+
+/// Checks the page's options against the model: a request for either backend.
+fn request(o: &SampleOptions, sched: &SchedulerConfig, classes: usize) -> Result<SampleRequest, JsValue> {
+    let bad = |m: String| js_error("OptionsError", &m);
+    if !(1..=1024).contains(&o.count) {
+        return Err(bad(format!("count {} is outside 1..=1024", o.count)));
+    }
+    if !(1..=sched.num_train_timesteps).contains(&o.steps) {
+        return Err(bad(format!(
+            "steps {} is outside 1..={} (the model's training timesteps)",
+            o.steps, sched.num_train_timesteps
+        )));
+    }
+    if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
+        return Err(bad(format!("seed {} is not an integer in 0..2^53", o.seed)));
+    }
+    let kind: SamplerKind = o.sampler.parse().map_err(|e| bad(strip_op(&e)))?;
+    let labels: Vec<u32> = match (&o.classes, o.class, classes) {
+        (_, _, 0) => Vec::new(),
+        (Some(list), _, _) => list.clone(),
+        (None, Some(c), _) => vec![c; o.count],
+        (None, None, _) => return Err(bad("this model is class-conditional: give a class".into())),
+    };
+    if let Some(c) = labels.iter().find(|&&c| c as usize >= classes) {
+        return Err(bad(format!("class {c} is outside the model's classes 0..{}", classes - 1)));
+    }
+    Ok(SampleRequest {
+        classes: labels,
+        guidance: o.guidance,
+        kind,
+        steps: o.steps,
+        eta: o.eta,
+        seed: o.seed as u64,
+        first_image: o.first_image,
+        init_noise: None,
+    })
+}
+
+fn parse_options(options: JsValue) -> Result<SampleOptions, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(SampleOptions::default());
+    }
+    serde_wasm_bindgen::from_value(options)
+        .map_err(|e| js_error("OptionsError", &format!("sample options: {e}")))
+}
+
+fn parse_scheduler(scheduler_json: Option<String>) -> Result<(SchedulerConfig, Vec<f64>), JsValue> {
+    let sched = match scheduler_json {
+        Some(text) => SchedulerConfig::from_json(&text)
+            .map_err(|e| js_error("ConfigError", &format!("scheduler_config.json: {}", strip_op(&e))))?,
+        None => SchedulerConfig::default(),
+    };
+    let alphas = alphas_cumprod(&sched).map_err(|e| js_error("ConfigError", &e.to_string()))?;
+    Ok((sched, alphas))
+}
+
+fn timesteps_of(sched: &SchedulerConfig, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
+    let kind: SamplerKind = sampler.parse().map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
+    let plan = crate::sched::plan(sched, &crate::sched::SamplerOptions::new(kind, steps))
+        .map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
+    Ok(plan.timesteps())
+}
+
+/// The CPU backend of one model in one wasm instance: the page runs one per Web Worker
+/// (`www/cpu-worker.js`), each on its share of the images, and steps them in lock-step
+/// (`start`, then `step(k)` for every k, `read` for previews), so cancellation between
+/// steps, previews and results behave as on the GPU. `sample` runs a whole request in this
+/// instance, with the GPU `Model::sample`'s interface.
+#[wasm_bindgen]
+pub struct CpuModel {
+    engine: CpuEngine,
+    sched: SchedulerConfig,
+    alphas: Vec<f64>,
+    run: RefCell<Option<(CpuSession, CpuRun, SchedulerConfig)>>,
+}
+
+#[wasm_bindgen]
+impl CpuModel {
+    /// Builds the model from the bytes of `config.json`, the safetensors weights and
+    /// (optionally) `scheduler_config.json`; rejects with `ConfigError` or `WeightsError`
+    /// exactly as `Engine.loadModel` does.
+    pub fn load(
+        config_json: &str,
+        weights: &[u8],
+        scheduler_json: Option<String>,
+    ) -> Result<CpuModel, JsValue> {
+        let (sched, alphas) = parse_scheduler(scheduler_json)?;
+        let engine = CpuEngine::load(config_json, weights, 1).map_err(to_js)?;
+        Ok(CpuModel { engine, sched, alphas, run: RefCell::new(None) })
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn classes(&self) -> usize {
+        self.engine.unet.config().num_class_embeds.map_or(0, |n| n.saturating_sub(1))
+    }
+
+    #[wasm_bindgen(getter, js_name = sampleShape)]
+    pub fn sample_shape(&self) -> Vec<u32> {
+        self.engine.unet.sample_shape().iter().map(|&d| d as u32).collect()
+    }
+
+    #[wasm_bindgen(getter, js_name = numTrainTimesteps)]
+    pub fn num_train_timesteps(&self) -> usize {
+        self.sched.num_train_timesteps
+    }
+
+    #[wasm_bindgen(js_name = alphasCumprod)]
+    pub fn alphas_cumprod(&self) -> Vec<f64> {
+        self.alphas.clone()
+    }
+
+    pub fn timesteps(&self, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
+        timesteps_of(&self.sched, sampler, steps)
+    }
+
+    /// Plans a run of `options` (as `Model.sample` takes them; `count` images from global
+    /// index `firstImage`) and draws x_T; returns the step count.
+    pub fn start(&self, options: JsValue) -> Result<usize, JsValue> {
+        let opts = parse_options(options)?;
+        let req = request(&opts, &self.sched, self.classes())?;
+        let sched = match opts.clip_sample {
+            Some(clip) => SchedulerConfig { clip_sample: clip, ..self.sched.clone() },
+            None => self.sched.clone(),
+        };
+        // Reuse the buffers of the last run when the image count matches.
+        let cached = self.run.borrow_mut().take().map(|(s, ..)| s).filter(|s| s.images() == opts.count);
+        let mut session = match cached {
+            Some(s) => s,
+            None => CpuSession::new(&self.engine, opts.count).map_err(to_js)?,
+        };
+        let run = session.start(&self.engine, &sched, &req).map_err(to_js)?;
+        let steps = run.steps();
+        *self.run.borrow_mut() = Some((session, run, sched));
+        Ok(steps)
+    }
+
+    /// Runs step `k` of the started run; returns its model timestep.
+    pub fn step(&self, k: usize) -> Result<f32, JsValue> {
+        let mut guard = self.run.borrow_mut();
+        let (session, run, _) =
+            guard.as_mut().ok_or_else(|| js_error("EngineError", "step() before start()"))?;
+        session.step(&self.engine, run, k).map_err(to_js)?;
+        Ok(run.plan().steps[k].timestep)
+    }
+
+    /// `{x, x0}`: x_t after the last step and (with `with_x0`) its x0 estimate, [n, C, H, W].
+    pub fn read(&self, with_x0: bool) -> Result<JsValue, JsValue> {
+        let guard = self.run.borrow();
+        let (session, ..) = guard.as_ref().ok_or_else(|| js_error("EngineError", "read() before start()"))?;
+        let r = session.read(with_x0).map_err(to_js)?;
+        let out = object(&[("x", js_sys::Float32Array::from(r.x.as_slice()).into())]);
+        if let Some(x0) = r.x0_hat {
+            set(&out, "x0", js_sys::Float32Array::from(x0.as_slice()).into());
+        }
+        Ok(out)
+    }
+
+    /// One U-Net forward of `batch` images at t = 500 (for benchmarks: `bench/ort/`).
+    #[wasm_bindgen(js_name = benchForward)]
+    pub fn bench_forward(&self, batch: usize) -> Result<(), JsValue> {
+        let unet = &self.engine.unet;
+        let [c, h, w] = unet.sample_shape();
+        let classes = self.classes().max(1) as u32;
+        let labels: Vec<u32> =
+            if self.classes() > 0 { (0..batch as u32).map(|i| i % classes).collect() } else { Vec::new() };
+        let rows = unet.class_rows(&labels).map_err(to_js)?;
+        let input: Vec<f32> =
+            (0..batch * c * h * w).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut out = vec![0.0f32; batch * unet.config().out_channels * h * w];
+        self.engine.forward(&input, 500.0, &rows, &mut out);
+        Ok(())
+    }
+
+    /// A whole run in this instance, with `Model.sample`'s options, callback and result.
+    pub async fn sample(
+        &self,
+        options: JsValue,
+        on_step: Option<js_sys::Function>,
+        signal: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let opts = parse_options(options.clone())?;
+        let steps = self.start(options)?;
+        let [c, h, w] = self.engine.unet.sample_shape();
+        let shape = js_array(&[opts.count as f64, c as f64, h as f64, w as f64]);
+        for k in 0..steps {
+            if is_aborted(&signal) {
+                return Ok(object(&[("cancelled", JsValue::TRUE), ("stepsDone", (k as f64).into())]));
+            }
+            let timestep = self.step(k)?;
+            let info = object(&[
+                ("step", (k as f64).into()),
+                ("steps", (steps as f64).into()),
+                ("timestep", timestep.into()),
+            ]);
+            if opts.preview {
+                let r = self.read(true)?;
+                set(&info, "xt", js_sys::Reflect::get(&r, &"x".into())?);
+                set(&info, "x0", js_sys::Reflect::get(&r, &"x0".into())?);
+            }
+            if let Some(f) = &on_step {
+                f.call1(&JsValue::NULL, &info)?;
+            }
+            // Let the event loop run (the signal's abort, the page's paint) between steps.
+            yield_now().await;
+        }
+        let x = js_sys::Reflect::get(&self.read(false)?, &"x".into())?;
+        Ok(object(&[
+            ("cancelled", JsValue::FALSE),
+            ("stepsDone", (steps as f64).into()),
+            ("x", x),
+            ("shape", shape),
+        ]))
+    }
+}
+
+/// Resolves on the next macrotask (a zero-delay timer), so events queued meanwhile run.
+async fn yield_now() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let global = js_sys::global();
+        if let Ok(f) = js_sys::Reflect::get(&global, &"setTimeout".into()) {
+            if let Ok(f) = f.dyn_into::<js_sys::Function>() {
+                let _ = f.call2(&global, &resolve, &JsValue::from(0));
+                return;
+            }
+        }
+        let _ = resolve.call0(&JsValue::NULL);
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 fn is_aborted(signal: &JsValue) -> bool {

@@ -114,7 +114,14 @@ fn fashion_ddim20_cfg2_trajectory_matches_diffusers() {
     for k in 0..20 {
         session.step(&engine, &run, k).unwrap();
         let x = session.read(false).unwrap().x;
-        common::assert_close(&format!("step {k} x_prev"), &x, &x_prev[k * per_step..(k + 1) * per_step], &shape, 1e-3, 0.0);
+        common::assert_close(
+            &format!("step {k} x_prev"),
+            &x,
+            &x_prev[k * per_step..(k + 1) * per_step],
+            &shape,
+            1e-3,
+            0.0,
+        );
     }
     let x = session.read(false).unwrap().x;
     common::assert_close("x_final (cpu backend)", &x, &f32s(&fx, "x_final"), &shape, 1e-3, 0.0);
@@ -161,7 +168,14 @@ fn cpu_backend_draws_the_gpu_backends_pictures() {
         let c = cs.read(true).unwrap();
         let what = format!("{kind} w={guidance} eta={eta} {steps} steps: x_0 cpu vs gpu");
         common::assert_close(&what, &c.x, &g.x, &[n, 1, 28, 28], 1e-3, 0.0);
-        common::assert_close(&format!("{what} (x0_hat)"), &c.x0_hat.unwrap(), &g.x0_hat.unwrap(), &[n, 1, 28, 28], 1e-3, 0.0);
+        common::assert_close(
+            &format!("{what} (x0_hat)"),
+            &c.x0_hat.unwrap(),
+            &g.x0_hat.unwrap(),
+            &[n, 1, 28, 28],
+            1e-3,
+            0.0,
+        );
     }
 }
 

@@ -1,6 +1,7 @@
-// The shared core of the page, the widget and embed.html: one WebGPU engine per page, one
-// loaded copy of each model, a promise queue so views take turns on the GPU, and the
-// download of weights (progress, Cache API, size/sha256 check against manifest.json).
+// The shared core of the page, the widget and embed.html: the choice of backend (WebGPU on
+// a hardware adapter, else the CPU engine in a pool of Web Workers), one WebGPU engine per
+// page, one loaded copy of each model per backend, a promise queue so views take turns,
+// and the download of weights (progress, Cache API, size/sha256 check against manifest.json).
 //
 // Everything here is plain ES modules; the engine itself is Rust compiled to wasm
 // (src/web.rs), loaded from ./pkg/ next to this file.
@@ -11,7 +12,7 @@ export const WEBGPU_BROWSERS =
     "WebGPU ships in Chrome and Edge 113+ (Windows, macOS, ChromeOS, Android), Safari 26+ and Firefox 141+ (Windows); on Linux, Chrome needs chrome://flags/#enable-unsafe-webgpu.";
 
 /** An error the page can explain: `kind` is one of no-webgpu, not-found, network, http,
- *  size, checksum, config, weights, device-lost, options, engine. */
+ *  size, checksum, config, weights, device-lost, options, worker, engine. */
 export class PlaygroundError extends Error {
     constructor(kind, message, options) {
         super(message, options);
@@ -37,7 +38,7 @@ export function fromEngineError(e, context = "") {
         config: `This model's configuration is not supported by the engine: ${msg}`,
         weights: `The weights file is truncated or corrupt: ${msg}`,
         "device-lost": `The GPU device was lost (${msg}). Reload the page to start a new one.`,
-        "no-webgpu": `WebGPU is not available here: ${msg}. ${WEBGPU_BROWSERS}`,
+        "no-webgpu": `WebGPU is not available here: ${msg}. ${WEBGPU_BROWSERS} Choose the CPU engine (backend: cpu) to sample without it.`,
     }[kind];
     return new PlaygroundError(kind, text ?? (context ? `${context}: ${msg}` : msg), { cause: e });
 }
@@ -87,6 +88,271 @@ export function onDeviceLost(f) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The backend: `auto | webgpu | cpu`.
+
+export const BACKENDS = ["auto", "webgpu", "cpu"];
+const backends = new Map();
+
+/** Names a software (CPU-emulated) WebGPU adapter: Chrome's SwiftShader, Mesa's llvmpipe /
+ *  lavapipe, Windows' WARP ("Microsoft Basic Render Driver"). */
+const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|software|basic render|warp/i;
+
+/** How many CPU workers to run: one per core, at most 8 (the model is small; more workers
+ *  only add memory: each holds its own copy of the weights). */
+export function cpuThreads() {
+    return Math.max(1, Math.min(8, navigator.hardwareConcurrency || 2));
+}
+
+/**
+ * Resolves to the backend a view samples on: `{kind: "webgpu", engine, label, reason}` or
+ * `{kind: "cpu", threads, label, reason}`. `auto` takes WebGPU on a hardware adapter, and the
+ * CPU when the browser has no `navigator.gpu`, no adapter, or only a software (fallback)
+ * one, which is slower than the CPU engine. `webgpu` fails with a no-webgpu error instead.
+ */
+export function chooseBackend(choice = "auto") {
+    if (!BACKENDS.includes(choice)) choice = "auto";
+    let p = backends.get(choice);
+    if (!p) {
+        p = pickBackend(choice);
+        backends.set(choice, p);
+        p.catch(() => backends.delete(choice)); // a failed choice can be retried
+    }
+    return p;
+}
+
+function cpuBackend(reason) {
+    const threads = cpuThreads();
+    return { kind: "cpu", threads, label: `the CPU (${threads} worker${threads > 1 ? "s" : ""})`, reason: `${reason}: sampling on ${threads} CPU thread${threads > 1 ? "s" : ""}.` };
+}
+
+async function pickBackend(choice) {
+    if (choice === "cpu") return cpuBackend("The CPU engine was chosen");
+    if (choice === "auto") {
+        if (!globalThis.navigator?.gpu) return cpuBackend("This browser has no WebGPU");
+        let adapter = null;
+        try {
+            adapter = await navigator.gpu.requestAdapter();
+        } catch {
+            adapter = null;
+        }
+        if (!adapter) return cpuBackend("This browser has WebGPU but offers no GPU adapter");
+        const info = adapter.info ?? {};
+        const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" ");
+        if (info.isFallbackAdapter || adapter.isFallbackAdapter || SOFTWARE_ADAPTER.test(name)) {
+            return cpuBackend(`This browser's WebGPU runs on a software adapter (${name || "fallback"}), which is slower than the CPU engine`);
+        }
+    }
+    try {
+        const engine = await getEngine();
+        return { kind: "webgpu", engine, label: engine.adapterName, reason: `Sampling on the GPU through WebGPU (${engine.adapterName}).` };
+    } catch (e) {
+        if (choice === "auto") return cpuBackend(`WebGPU gave no usable GPU (${e?.message ?? e})`);
+        throw e;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The CPU backend: a pool of Web Workers, each with its own wasm instance and copy of the
+// model (no SharedArrayBuffer, so no COOP/COEP headers: the widget lives on other sites).
+// A run splits the images into contiguous shares, one per worker, and steps all workers in
+// lock-step: previews, cancellation between steps and the result behave as on the GPU, and
+// the images equal the GPU's (noise is keyed by the global image index).
+
+/** Every live pool, for tests (tests/e2e kill a worker through it). */
+export const cpuPools = new Set();
+const WORKER_URL = new URL("./cpu-worker.js", import.meta.url).href;
+// A step that has not answered in this long is treated as a hung worker.
+const STEP_TIMEOUT_MS = 120_000;
+
+function spawnWorker() {
+    try {
+        return new Worker(WORKER_URL, { type: "module" });
+    } catch {
+        // A widget served from another origin than the page: a worker script must be
+        // same-origin, but a same-origin blob module may import the cross-origin one.
+        const blob = new Blob([`import ${JSON.stringify(WORKER_URL)};`], { type: "text/javascript" });
+        return new Worker(URL.createObjectURL(blob), { type: "module" });
+    }
+}
+
+class WorkerCrash extends Error {}
+
+/** One worker and its pending calls. */
+class PoolWorker {
+    constructor(onCrash) {
+        this.onCrash = onCrash;
+        this.pending = new Map();
+        this.next = 1;
+        this.dead = false;
+        this.worker = spawnWorker();
+        this.worker.onmessage = (ev) => {
+            const { id, ok, ...rest } = ev.data;
+            const p = this.pending.get(id);
+            if (!p) return;
+            this.pending.delete(id);
+            clearTimeout(p.timer);
+            if (ok) return p.resolve(rest);
+            const err = new Error(rest.message);
+            err.name = rest.name;
+            // A wasm trap leaves the instance in an unknown state: replace the worker.
+            if (rest.name === "RuntimeError") this.crash(`the engine trapped: ${rest.message}`);
+            p.reject(err);
+        };
+        this.worker.onerror = (ev) => {
+            ev.preventDefault?.();
+            this.crash(ev.message || "it failed to start or threw");
+        };
+        this.worker.onmessageerror = () => this.crash("a message could not be read");
+    }
+
+    call(msg, transfer = [], timeoutMs = 0) {
+        if (this.dead) return Promise.reject(new WorkerCrash("the worker is gone"));
+        return new Promise((resolve, reject) => {
+            const id = this.next++;
+            const timer = timeoutMs ? setTimeout(() => this.crash(`no answer in ${timeoutMs / 1000} s`), timeoutMs) : 0;
+            this.pending.set(id, { resolve, reject, timer });
+            this.worker.postMessage({ ...msg, id }, transfer);
+        });
+    }
+
+    crash(why) {
+        if (this.dead) return;
+        this.dead = true;
+        this.worker.terminate();
+        for (const p of this.pending.values()) {
+            clearTimeout(p.timer);
+            p.reject(new WorkerCrash(why));
+        }
+        this.pending.clear();
+        this.onCrash?.(this, why);
+    }
+}
+
+/** The CPU backend of one model: `sample()` has the wasm `Model.sample` interface. */
+export class CpuPool {
+    constructor(threads) {
+        this.threads = threads;
+        this.workers = [];
+        this.crashes = 0;
+    }
+
+    spawn() {
+        return new PoolWorker((dead, why) => this.replace(dead, why));
+    }
+
+    /** Starts the workers and loads the model into each; resolves to the model's facts. */
+    async load(config, bytes, scheduler) {
+        this.modelMsg = { type: "load", config, weights: bytes, scheduler };
+        this.workers = Array.from({ length: this.threads }, () => this.spawn());
+        let infos;
+        try {
+            infos = await Promise.all(this.workers.map((w) => this.loadInto(w)));
+        } catch (e) {
+            this.dispose();
+            throw e instanceof WorkerCrash ? workerError(e.message) : e;
+        }
+        Object.assign(this, infos[0]);
+        cpuPools.add(this);
+        return infos[0];
+    }
+
+    loadInto(w) {
+        // Each worker gets its own copy of the weights (the page keeps the original).
+        const copy = this.modelMsg.weights.slice().buffer;
+        return w.call({ ...this.modelMsg, weights: copy }, [copy]);
+    }
+
+    /** A crashed or hung worker is terminated, reported by the run it was in, and replaced. */
+    replace(dead, why) {
+        const i = this.workers.indexOf(dead);
+        if (i < 0 || this.disposed) return;
+        this.crashes++;
+        console.warn(`diffusion playground: CPU worker ${i} stopped (${why}); starting a new one`);
+        const fresh = this.spawn();
+        this.workers[i] = fresh;
+        fresh.ready = this.loadInto(fresh).catch(() => {});
+    }
+
+    // The wasm Model's facts, for the page.
+    get sampleShape() {
+        return this.shape;
+    }
+    alphasCumprod() {
+        return this.alphas;
+    }
+
+    /** `Model.sample(options, onStep, signal)` over the pool. */
+    async sample(options, onStep, signal) {
+        await Promise.all(this.workers.map((w) => w.ready));
+        const n = options.count ?? 1;
+        const used = this.workers.slice(0, Math.min(this.workers.length, n));
+        const shares = [];
+        let at = 0;
+        for (let i = 0; i < used.length; i++) {
+            const count = Math.floor(n / used.length) + (i < n % used.length ? 1 : 0);
+            shares.push({ w: used[i], start: at, count });
+            at += count;
+        }
+        const [c, h, w] = this.shape;
+        const per = c * h * w;
+        const run = async (fn) => {
+            try {
+                return await Promise.all(shares.map(fn));
+            } catch (e) {
+                throw e instanceof WorkerCrash ? workerError(e.message) : e;
+            }
+        };
+        const [{ steps }] = await run((s) =>
+            s.w.call({
+                type: "start",
+                options: {
+                    ...options,
+                    count: s.count,
+                    firstImage: (options.firstImage ?? 0) + s.start,
+                    ...(options.classes ? { classes: options.classes.slice(s.start, s.start + s.count) } : {}),
+                },
+            }),
+        );
+        const merge = (parts, key) => {
+            const out = new Float32Array(n * per);
+            parts.forEach((p, i) => out.set(p[key], shares[i].start * per));
+            return out;
+        };
+        const preview = options.preview ?? true;
+        let last = null;
+        for (let k = 0; k < steps; k++) {
+            if (signal?.aborted) return { cancelled: true, stepsDone: k };
+            const parts = await run((s) => s.w.call({ type: "step", k, preview }, [], STEP_TIMEOUT_MS));
+            const info = { step: k, steps, timestep: parts[0].timestep };
+            if (preview) {
+                info.xt = last = merge(parts, "x");
+                info.x0 = merge(parts, "x0");
+            }
+            onStep?.(info);
+        }
+        const x = last ?? merge(await run((s) => s.w.call({ type: "read" })), "x");
+        return { cancelled: false, stepsDone: steps, x, shape: [n, c, h, w] };
+    }
+
+    /** Times `reps` forwards of `batch` images in worker 0 (bench/ort). */
+    async benchForward(batch, reps) {
+        return (await this.workers[0].call({ type: "benchForward", batch, reps })).times;
+    }
+
+    releaseBuffers() {}
+
+    dispose() {
+        this.disposed = true;
+        cpuPools.delete(this);
+        for (const w of this.workers) w.crash("disposed");
+    }
+}
+
+function workerError(why) {
+    return new PlaygroundError("worker", `A CPU worker stopped unexpectedly (${why}). It has been restarted; sample again to retry.`);
+}
+
+// ---------------------------------------------------------------------------------------
 // The GPU queue: every run of every view on the page goes through it, one at a time.
 
 let tail = Promise.resolve();
@@ -133,23 +399,25 @@ export function modelUrl(spec, base = document.baseURI) {
 }
 
 /**
- * Loads the model folder at `url` once per page: resolves to
- * `{url, name, model, classNames, shape, alphas, source, bytes}`. `onProgress({phase, done,
- * total})` hears the download (phase "download" or "cache", then "verify", "upload").
+ * Loads the model folder at `url` once per page and backend (a `chooseBackend` result;
+ * WebGPU when absent): resolves to `{url, name, model, classNames, shape, alphas, source,
+ * bytes, backend}`. `onProgress({phase, done, total})` hears the download (phase "download"
+ * or "cache", then "verify", "upload").
  */
-export function loadModel(url, onProgress) {
-    let entry = models.get(url);
+export function loadModel(url, onProgress, backend = null) {
+    const key = `${backend?.kind ?? "webgpu"} ${url}`;
+    let entry = models.get(key);
     if (!entry) {
         const listeners = new Set();
-        entry = { listeners, promise: fetchModel(url, (p) => listeners.forEach((f) => f(p))) };
-        models.set(url, entry);
-        entry.promise.catch(() => models.delete(url)); // a failed load can be retried
+        entry = { listeners, promise: fetchModel(url, (p) => listeners.forEach((f) => f(p)), backend) };
+        models.set(key, entry);
+        entry.promise.catch(() => models.delete(key)); // a failed load can be retried
     }
     if (onProgress) entry.listeners.add(onProgress);
     return entry.promise.finally(() => onProgress && entry.listeners.delete(onProgress));
 }
 
-async function fetchModel(base, progress) {
+async function fetchModel(base, progress, backend) {
     const manifest = await fetchJson(`${base}manifest.json`, "manifest.json", { optional: true });
     const configText = await fetchText(`${base}config.json`, "config.json");
     const schedText = await fetchText(`${base}scheduler_config.json`, "scheduler_config.json", { optional: true });
@@ -162,10 +430,14 @@ async function fetchModel(base, progress) {
     const { bytes, source, store } = await fetchWeights(new URL(weightsName, base).href, expected, progress);
 
     progress({ phase: "upload", done: bytes.byteLength, total: bytes.byteLength });
-    const engine = await getEngine();
     let model;
     try {
-        model = engine.loadModel(configText, bytes, schedText ?? undefined);
+        if (backend?.kind === "cpu") {
+            model = new CpuPool(backend.threads);
+            await model.load(configText, bytes, schedText ?? undefined);
+        } else {
+            model = (await getEngine()).loadModel(configText, bytes, schedText ?? undefined);
+        }
     } catch (e) {
         if (source === "cache") await dropCached(store.key);
         throw fromEngineError(e);
@@ -185,6 +457,7 @@ async function fetchModel(base, progress) {
         alphas: model.alphasCumprod(),
         source,
         bytes: bytes.byteLength,
+        backend: backend?.kind ?? "webgpu",
     };
 }
 

@@ -5,11 +5,12 @@
 
 import {
     PlaygroundError,
+    BACKENDS,
     Runner,
+    chooseBackend,
     drawGrid,
     fromEngineError,
     gaussian,
-    getEngine,
     gridGeometry,
     loadModel,
     modelUrl,
@@ -29,7 +30,7 @@ export const SHIPPED_MODELS = [
     ["digits", "MNIST digits"],
 ];
 /** Every control a view can show (the widget's `controls` attribute picks among them). */
-export const ALL_CONTROLS = ["model", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "scrubber", "download", "forward", "run"];
+export const ALL_CONTROLS = ["model", "backend", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "scrubber", "download", "forward", "run"];
 /** x0 clipping of DDPM and DDIM: "auto" clips for DDPM and follows the model's
  * scheduler_config.json for DDIM (the shipped models: DDPM 1000 steps is recognised 100 % of
  * the time with clipping, 72-88 % without; diffusers' DDIM clips x0 but not eps, and does
@@ -40,13 +41,20 @@ const CLIP_MODES = [
     ["off", "Off"],
 ];
 /** The settings a link, a widget attribute or a query parameter carries (besides autoplay). */
-export const SETTING_KEYS = ["model", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view"];
+export const SETTING_KEYS = ["model", "backend", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view"];
+/** Where sampling runs: auto picks WebGPU on a hardware GPU, else the CPU engine. */
+const BACKEND_LABELS = {
+    auto: "Auto (GPU if there is one)",
+    webgpu: "WebGPU (GPU)",
+    cpu: "CPU (Web Workers)",
+};
 /** Which samplers read eta (DDIM) and clip (DDPM and DDIM). */
 export const usesEta = (sampler) => sampler === "ddim";
 export const usesClip = (sampler) => sampler === "ddpm" || sampler === "ddim";
 
 export const DEFAULTS = {
     model: "fashion",
+    backend: "auto",
     class: "0",
     steps: 20,
     guidance: 2,
@@ -113,6 +121,11 @@ export class Playground {
     <label for="model">Model</label>
     <select id="model" name="model">${models.map(([v, l]) => `<option value="${esc(v)}">${esc(l)}</option>`).join("")}</select>
   </div>
+  <div class="dp-field"${hide("backend")}>
+    <label for="backend">Engine</label>
+    <select id="backend" name="backend" aria-describedby="backend-help">${BACKENDS.map((v) => `<option value="${v}">${BACKEND_LABELS[v]}</option>`).join("")}</select>
+    <small id="backend-help" class="dp-help">where the images are computed</small>
+  </div>
   <div class="dp-field"${hide("class")}>
     <label for="class">Class</label>
     <select id="class" name="class" disabled><option>loading…</option></select>
@@ -170,7 +183,8 @@ export class Playground {
     <canvas id="canvas" width="30" height="30" role="img" aria-label="Sampled images (none yet)"></canvas>
   </div>
   <progress id="progress" max="1" value="0" aria-label="Progress"></progress>
-  <p id="status" class="dp-status" role="status" aria-live="polite" data-state="loading">Starting the WebGPU engine…</p>
+  <p id="status" class="dp-status" role="status" aria-live="polite" data-state="loading">Starting the engine…</p>
+  <p id="engine" class="dp-engine" aria-live="polite"></p>
   <p id="timing" class="dp-timing" aria-live="off"></p>
   <button type="button" id="reload" hidden>Reload the page</button>
   <div class="dp-field dp-range dp-scrub"${hide("scrubber")}>
@@ -197,7 +211,7 @@ export class Playground {
         const $ = (id) => this.host.querySelector(`#${id}`);
         this.el = Object.fromEntries(
             [
-                "model", "class", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
+                "model", "backend", "engine", "class", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
                 "seed", "randomise", "grid", "run", "download", "canvas", "progress", "status", "timing", "reload",
                 "scrub", "scrub-out", "fwd-x0", "fwd-xt", "fwd-chart", "fwd-t", "fwd-t-out", "fwd-levels",
             ].map((id) => [id, $(id)]),
@@ -215,6 +229,7 @@ export class Playground {
             e.model.append(new Option(s.model.length > 40 ? `…${s.model.slice(-38)}` : s.model, s.model));
         }
         e.model.value = s.model;
+        e.backend.value = s.backend;
         e.steps.value = e["steps-num"].value = s.steps;
         e.guidance.value = s.guidance;
         e["guidance-out"].value = Number(s.guidance).toFixed(1);
@@ -254,6 +269,11 @@ export class Playground {
             this.settings.model = e.model.value;
             this.o.onChange?.(this.settings);
             this.load();
+        });
+        e.backend.addEventListener("change", () => {
+            this.settings.backend = e.backend.value;
+            this.o.onChange?.(this.settings);
+            this.start();
         });
         e.class.addEventListener("change", () => changed("class", e.class.value));
         const setSteps = (v) => {
@@ -305,6 +325,7 @@ export class Playground {
         this.settings[key] = value;
         this.writeControls();
         if (key === "model") this.load();
+        else if (key === "backend") this.start();
         else if (key === "view") this.redraw();
         else this.scheduleSample();
     }
@@ -324,6 +345,7 @@ export class Playground {
         this.el.status.dataset.kind = e.kind;
         this.el.progress.value = 0;
         this.el.run.disabled = e.kind === "no-webgpu" || e.kind === "device-lost" || !this.loaded;
+        if (e.kind === "no-webgpu") this.el.engine.textContent = "Choose Engine: CPU (or Auto) to sample without WebGPU.";
         if (e.kind === "device-lost") {
             this.el.reload.hidden = false;
             this.el.run.disabled = true;
@@ -334,18 +356,29 @@ export class Playground {
     // Engine and model
 
     async start() {
+        const choice = this.settings.backend;
+        this.backend = null;
+        this.engine = null;
+        this.runner.cancel();
+        this.el.engine.textContent = "";
         try {
-            this.setStatus("Starting the WebGPU engine…", "loading");
-            this.engine = await getEngine();
+            this.setStatus(choice === "cpu" ? "Starting the CPU engine…" : "Looking for a GPU (WebGPU)…", "loading");
+            const backend = await chooseBackend(choice);
+            if (this.settings.backend !== choice) return; // the picker moved on meanwhile
+            this.backend = backend;
+            this.engine = backend.engine ?? null;
         } catch (e) {
             this.showError(e instanceof PlaygroundError ? e : fromEngineError(e));
             return;
         }
+        this.el.engine.textContent = this.backend.reason;
+        this.el.engine.dataset.backend = this.backend.kind;
         await this.load();
     }
 
     async load() {
-        if (!this.engine) return;
+        if (!this.backend) return;
+        const backend = this.backend;
         const spec = this.settings.model;
         const url = modelUrl(spec, this.o.base ?? document.baseURI);
         this.runner.cancel();
@@ -354,6 +387,8 @@ export class Playground {
         this.el.class.disabled = true;
         this.el.progress.removeAttribute("value");
         this.setStatus(`Loading the ${spec} model…`, "loading");
+        this.el.status.dataset.kind = "";
+        this.el.reload.hidden = true;
         const started = performance.now();
         let entry;
         try {
@@ -371,14 +406,17 @@ export class Playground {
                 } else if (p.phase === "verify") {
                     this.setStatus(`Checking the ${spec} weights (SHA-256)…`, "loading");
                 } else if (p.phase === "upload") {
-                    this.setStatus(`Uploading the ${spec} weights to the GPU…`, "loading");
+                    this.setStatus(
+                        backend.kind === "cpu" ? `Starting ${backend.threads} CPU worker${backend.threads > 1 ? "s" : ""} with the ${spec} weights…` : `Uploading the ${spec} weights to the GPU…`,
+                        "loading",
+                    );
                 }
-            });
+            }, backend);
         } catch (e) {
-            if (this.settings.model === spec) this.showError(e);
+            if (this.settings.model === spec && this.backend === backend) this.showError(e);
             return;
         }
-        if (this.settings.model !== spec) return; // the picker moved on meanwhile
+        if (this.settings.model !== spec || this.backend !== backend) return; // the pickers moved on meanwhile
         this.loaded = entry;
         this.loadMs = performance.now() - started;
         this.el.progress.max = 1;
@@ -387,7 +425,7 @@ export class Playground {
         this.el.class.disabled = false;
         this.el.run.disabled = false;
         const how = entry.source === "cache" ? "from the browser cache" : `${(entry.bytes / 1048576).toFixed(1)} MB downloaded`;
-        this.setStatus(`Ready on ${this.engine.adapterName}: ${entry.name} model loaded (${how}, ${this.loadMs.toFixed(0)} ms).`, "ready");
+        this.setStatus(`Ready on ${backend.label}: ${entry.name} model loaded (${how}, ${this.loadMs.toFixed(0)} ms).`, "ready");
         this.o.onLoaded?.(entry);
         this.setupForward();
         if (this.settings.autoplay) this.sample();
@@ -448,7 +486,7 @@ export class Playground {
         const shape = [n, c, h, w];
         const record = { id: this.runs.length + 1, settings: s, status: "queued", stepsDone: 0, msPerStep: [], totalMs: 0 };
         this.runs.push(record);
-        this.setStatus(`Waiting for the GPU…`, "queued");
+        this.setStatus(entry.backend === "cpu" ? "Waiting for the CPU engine…" : "Waiting for the GPU…", "queued");
         return this.runner.request(async (signal) => {
             record.status = "running";
             this.frames = [];
@@ -683,6 +721,8 @@ export function parseSettings(get) {
     if (SAMPLERS.some(([v]) => v === sampler)) out.sampler = sampler;
     const clip = get("clip");
     if (CLIP_MODES.some(([v]) => v === clip)) out.clip = clip;
+    const backend = get("backend");
+    if (BACKENDS.includes(backend)) out.backend = backend;
     const view = get("view");
     if (view === "xt" || view === "x0") out.view = view;
     const autoplay = get("autoplay");

@@ -67,6 +67,14 @@ mod native {
         let args: Vec<String> = std::env::args().collect();
         let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
         let wanted = |name: &str| only.as_ref().is_none_or(|o| name.contains(o.as_str()));
+        let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+        if arg("--backend").map(String::as_str) == Some("cpu") {
+            let dir = arg("--model").map_or("www/models/fashion", String::as_str);
+            let threads = arg("--threads")
+                .map_or(Ok(0), |t| t.parse())
+                .map_err(|e| diffusion_playground::EngineError::shape("bench", format!("--threads: {e}")))?;
+            return bench_cpu_model(std::path::Path::new(dir), threads, quick);
+        }
         let gpu = pollster::block_on(Gpu::new())?;
         println!("adapter: {}", gpu.adapter_name());
         if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
@@ -161,6 +169,75 @@ mod native {
             run.model_batch(),
             ms / 20.0
         );
+        Ok(())
+    }
+
+    /// The same model timings on the CPU backend (`--backend cpu [--threads N]`).
+    fn bench_cpu_model(dir: &std::path::Path, threads: usize, quick: bool) -> Result<()> {
+        use diffusion_playground::fast::{CpuEngine, CpuSession};
+        use diffusion_playground::pipeline::SampleRequest;
+        use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+        let config = String::from_utf8_lossy(&read("config.json")).into_owned();
+        let engine = CpuEngine::load(&config, &read("diffusion_pytorch_model.safetensors"), threads)?;
+        let sched = SchedulerConfig::from_json(&String::from_utf8_lossy(&read("scheduler_config.json")))?;
+        println!("backend: cpu, {} thread(s)", engine.threads());
+        let classes = engine.unet.config().num_class_embeds.unwrap_or(1).saturating_sub(1) as u32;
+        let [c, h, w] = engine.unet.sample_shape();
+        let reps = if quick { 2 } else { 5 };
+        for batch in [2usize, 32] {
+            let labels: Vec<u32> =
+                if classes > 0 { (0..batch as u32).map(|i| i % classes).collect() } else { Vec::new() };
+            let rows = engine.unet.class_rows(&labels)?;
+            let input: Vec<f32> =
+                (0..batch * c * h * w).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let mut out = vec![0.0f32; batch * engine.unet.config().out_channels * h * w];
+            engine.forward(&input, 500.0, &rows, &mut out); // warm-up
+            let mut times: Vec<f64> = (0..reps)
+                .map(|_| {
+                    let start = Instant::now();
+                    engine.forward(&input, 500.0, &rows, &mut out);
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            println!(
+                "unet forward, batch {batch:>2}: {:>9.1} ms (median of {reps}; min {:.1})",
+                times[reps / 2],
+                times[0]
+            );
+        }
+        let n = 16;
+        let req = SampleRequest {
+            classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
+            guidance: 2.0,
+            kind: SamplerKind::Ddim,
+            steps: 20,
+            eta: 0.0,
+            seed: 1,
+            first_image: 0,
+            init_noise: None,
+        };
+        let start = Instant::now();
+        let mut session = CpuSession::new(&engine, n)?;
+        let run = session.start(&engine, &sched, &req)?;
+        for k in 0..run.steps() {
+            session.step(&engine, &run, k)?;
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "sample: 16 images, 20 DDIM steps, CFG (U-Net batch {}): {ms:.0} ms total, {:.0} ms/step",
+            session.model_batch(),
+            ms / 20.0
+        );
+        let one = SampleRequest { classes: req.classes[..1].to_vec(), ..req };
+        let start = Instant::now();
+        let mut session = CpuSession::new(&engine, 1)?;
+        let run = session.start(&engine, &sched, &one)?;
+        for k in 0..run.steps() {
+            session.step(&engine, &run, k)?;
+        }
+        println!("sample: 1 image, 20 DDIM steps, CFG: {:.0} ms total", start.elapsed().as_secs_f64() * 1e3);
         Ok(())
     }
 

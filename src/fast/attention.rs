@@ -48,16 +48,7 @@ impl Attention {
             // scores[i, j] = sum_c q[c, i] k[c, j]
             gemm(t, d, t, MatRef::transposed(q, t), MatRef::rows(k, t), 0.0, scores, t);
             for row in scores.chunks_exact_mut(t) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0f32;
-                for v in row.iter_mut() {
-                    *v = exp((*v - max) * scale);
-                    total += *v;
-                }
-                let inv = 1.0 / total;
-                for v in row.iter_mut() {
-                    *v *= inv;
-                }
+                softmax(row, scale);
             }
             // heads[c, i] = sum_j v[c, j] p[i, j]
             let o = &mut s.heads[head * d * t..(head + 1) * d * t];
@@ -71,5 +62,34 @@ impl Attention {
             out,
             Epilogue { residual: Some(x), scale: 1.0 / self.rescale_output_factor, ..Default::default() },
         );
+    }
+}
+
+/// `row = softmax(scale * row)`, in passes LLVM vectorises (lane-wise max and sum).
+fn softmax(row: &mut [f32], scale: f32) {
+    const L: usize = 8;
+    let mut m = [f32::NEG_INFINITY; L];
+    let chunks = row.chunks_exact(L);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..L {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    let max = m.iter().copied().fold(tail, f32::max);
+    for v in row.iter_mut() {
+        *v = exp((*v - max) * scale);
+    }
+    let mut s = [0.0f32; L];
+    let chunks = row.chunks_exact(L);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..L {
+            s[l] += c[l];
+        }
+    }
+    let inv = 1.0 / (s.iter().sum::<f32>() + tail);
+    for v in row.iter_mut() {
+        *v *= inv;
     }
 }

@@ -4,6 +4,7 @@
 //! residual are written into the output first and the GEMM accumulates onto them (beta = 1),
 //! so they cost no extra pass; only a non-unit output scale does.
 
+use super::direct::{self, Packed};
 use super::gemm::{gemm, MatRef};
 
 /// A convolution's weights, kept in PyTorch's [cout, cin, k, k] order, which is already the
@@ -18,6 +19,8 @@ pub struct Conv {
     /// Nearest 2x upsampling of the input in front of the conv (`Upsample2D`), folded into
     /// the im2col gather.
     pub upsample: bool,
+    /// 3x3 stride-1 convs run as the direct kernel over these panels (see [`Conv::pack`]).
+    pub packed: Option<Packed>,
 }
 
 /// What the epilogue adds besides the bias.
@@ -39,8 +42,20 @@ impl Conv {
         ((h + 2 * pad - self.k) / self.stride + 1, (w + 2 * pad - self.k) / self.stride + 1)
     }
 
-    /// Floats of im2col scratch this conv needs for an h x w input.
+    /// Packs the weights for the direct kernel when it applies (3x3, stride 1); the
+    /// others keep the im2col + GEMM path.
+    pub fn pack(mut self) -> Self {
+        if self.k == 3 && self.stride == 1 {
+            self.packed = Some(Packed::new(&self.weight, self.cin, self.cout));
+        }
+        self
+    }
+
+    /// Floats of scratch this conv needs for an h x w input.
     pub fn col_len(&self, h: usize, w: usize) -> usize {
+        if self.packed.is_some() {
+            return direct::scratch_len(self.cin, self.cout, h, w, self.upsample);
+        }
         if self.direct() {
             return 0;
         }
@@ -53,7 +68,18 @@ impl Conv {
     }
 
     /// Runs the conv on `x` [cin, h, w] into `out` [cout, oh, ow]; returns (oh, ow).
-    pub fn run(&self, x: &[f32], h: usize, w: usize, col: &mut [f32], out: &mut [f32], e: Epilogue) -> (usize, usize) {
+    pub fn run(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        col: &mut [f32],
+        out: &mut [f32],
+        e: Epilogue,
+    ) -> (usize, usize) {
+        if let Some(p) = &self.packed {
+            return direct::conv3x3(p, &self.bias, x, h, w, self.upsample, col, out, e);
+        }
         let (oh, ow) = self.out_size(h, w);
         let n = oh * ow;
         let kk = self.cin * self.k * self.k;
@@ -89,7 +115,16 @@ impl Conv {
 /// `col[(ci, ky, kx), (oy, ox)] = x[ci, oy*stride + ky - pad, ox*stride + kx - pad]` (zero
 /// outside), reading the nearest-2x upsampled input when `upsample`.
 #[allow(clippy::too_many_arguments)] // the geometry of one gather
-fn im2col(x: &[f32], cin: usize, h: usize, w: usize, k: usize, stride: usize, upsample: bool, col: &mut [f32]) {
+fn im2col(
+    x: &[f32],
+    cin: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    upsample: bool,
+    col: &mut [f32],
+) {
     let pad = k / 2;
     let (ih, iw) = if upsample { (2 * h, 2 * w) } else { (h, w) };
     let oh = (ih + 2 * pad - k) / stride + 1;

@@ -9,6 +9,7 @@
 
 mod attention;
 mod conv;
+mod direct;
 mod gemm;
 mod norm;
 mod session;
@@ -21,7 +22,9 @@ pub use unet::{CpuUNet, Scratch};
 
 use std::sync::Mutex;
 
-use crate::error::{EngineError, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::EngineError;
+use crate::error::Result;
 
 /// A CPU-loaded model with its threads and their scratch buffers.
 pub struct CpuEngine {
@@ -36,11 +39,14 @@ impl CpuEngine {
     /// `threads` = 0 takes every core natively (one thread in wasm, where workers are the
     /// unit of parallelism).
     pub fn new(unet: CpuUNet, threads: usize) -> Result<Self> {
-        #[cfg(not(target_arch = "wasm32"))]
-        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         #[cfg(target_arch = "wasm32")]
-        let threads = 1;
-        let _ = threads;
+        let threads = {
+            let _ = threads;
+            1
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        let threads =
+            if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         #[cfg(not(target_arch = "wasm32"))]
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -88,7 +94,9 @@ impl CpuEngine {
         #[cfg(not(target_arch = "wasm32"))]
         {
             use rayon::prelude::*;
-            self.pool.install(|| out.par_chunks_mut(per_thread * per_out).enumerate().for_each(|(g, o)| work(g, o)));
+            self.pool.install(|| {
+                out.par_chunks_mut(per_thread * per_out).enumerate().for_each(|(g, o)| work(g, o))
+            });
         }
         #[cfg(target_arch = "wasm32")]
         out.chunks_mut(per_thread * per_out).enumerate().for_each(|(g, o)| work(g, o));

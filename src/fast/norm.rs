@@ -89,7 +89,10 @@ pub fn silu_in_place(v: &mut [f32]) {
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by the 1.5 * 2^23 trick: `f32::round` is a libm call without SSE4.1,
+    // which keeps the loops around it scalar.
+    const SHIFTER: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
     // ln2 split in two so n * ln2 is exact in its high part.
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;

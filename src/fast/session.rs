@@ -63,7 +63,12 @@ impl CpuSession {
     }
 
     /// Plans a run and draws x_T.
-    pub fn start(&mut self, engine: &CpuEngine, sched: &SchedulerConfig, req: &SampleRequest) -> Result<CpuRun> {
+    pub fn start(
+        &mut self,
+        engine: &CpuEngine,
+        sched: &SchedulerConfig,
+        req: &SampleRequest,
+    ) -> Result<CpuRun> {
         let unet = &engine.unet;
         let n = self.images;
         let null = unet.config().null_class();
@@ -112,11 +117,10 @@ impl CpuSession {
     /// Step `k`: the U-Net on the current model input, then the fused update.
     pub fn step(&mut self, engine: &CpuEngine, run: &CpuRun, k: usize) -> Result<()> {
         let l = self.layout.as_mut().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
-        let s = run
-            .plan
-            .steps
-            .get(k)
-            .ok_or_else(|| EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps())))?;
+        let s =
+            run.plan.steps.get(k).ok_or_else(|| {
+                EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps()))
+            })?;
         engine.forward(&l.model_in, s.timestep, &l.class_rows, &mut l.model_out);
         let [c, h, w] = engine.unet.sample_shape();
         let p = StepParams {
@@ -129,7 +133,15 @@ impl CpuSession {
             first_image: run.first_image,
             next_scale: run.plan.input_scale(k + 1),
         };
-        step::step(&p, &mut l.state, &l.model_out, &mut l.x0_hat, &mut l.history, &mut l.model_in, &mut l.noise);
+        step::step(
+            &p,
+            &mut l.state,
+            &l.model_out,
+            &mut l.x0_hat,
+            &mut l.history,
+            &mut l.model_in,
+            &mut l.noise,
+        );
         Ok(())
     }
 

@@ -45,7 +45,16 @@ struct Linear {
 impl Linear {
     fn run(&self, x: &[f32], y: &mut [f32]) {
         y[..self.outputs].copy_from_slice(&self.bias);
-        gemm(self.outputs, self.inputs, 1, MatRef::rows(&self.weight, self.inputs), MatRef::rows(x, 1), 1.0, y, 1);
+        gemm(
+            self.outputs,
+            self.inputs,
+            1,
+            MatRef::rows(&self.weight, self.inputs),
+            MatRef::rows(x, 1),
+            1.0,
+            y,
+            1,
+        );
     }
 }
 
@@ -95,9 +104,7 @@ pub struct Scratch {
 }
 
 fn take(w: &Weights, name: &str) -> Result<Vec<f32>> {
-    w.get(name)
-        .map(|t| t.data.clone())
-        .ok_or_else(|| EngineError::weights(name, "missing (checked above)"))
+    w.get(name).map(|t| t.data.clone()).ok_or_else(|| EngineError::weights(name, "missing (checked above)"))
 }
 
 fn conv(w: &Weights, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Conv> {
@@ -109,11 +116,17 @@ fn conv(w: &Weights, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<
         k,
         stride: 1,
         upsample: false,
+        packed: None,
     })
 }
 
 fn norm(w: &Weights, prefix: &str, groups: usize, eps: f32) -> Result<Norm> {
-    Ok(Norm { gamma: take(w, &format!("{prefix}.weight"))?, beta: take(w, &format!("{prefix}.bias"))?, groups, eps })
+    Ok(Norm {
+        gamma: take(w, &format!("{prefix}.weight"))?,
+        beta: take(w, &format!("{prefix}.bias"))?,
+        groups,
+        eps,
+    })
 }
 
 fn linear(w: &Weights, prefix: &str, inputs: usize, outputs: usize) -> Result<Linear> {
@@ -129,9 +142,9 @@ fn resnet(w: &Weights, r: &ResnetBlock2D) -> Result<Resnet> {
     let p = &r.prefix;
     Ok(Resnet {
         norm1: norm(w, &format!("{p}.norm1"), r.groups, r.eps)?,
-        conv1: conv(w, &format!("{p}.conv1"), r.cin, r.cout, 3)?,
+        conv1: conv(w, &format!("{p}.conv1"), r.cin, r.cout, 3)?.pack(),
         norm2: norm(w, &format!("{p}.norm2"), r.groups, r.eps)?,
-        conv2: conv(w, &format!("{p}.conv2"), r.cout, r.cout, 3)?,
+        conv2: conv(w, &format!("{p}.conv2"), r.cout, r.cout, 3)?.pack(),
         shortcut: (r.cin != r.cout)
             .then(|| conv(w, &format!("{p}.conv_shortcut"), r.cin, r.cout, 1))
             .transpose()?,
@@ -142,7 +155,16 @@ fn resnet(w: &Weights, r: &ResnetBlock2D) -> Result<Resnet> {
 
 fn attention(w: &Weights, a: &AttentionSpec) -> Result<Attention> {
     let (p, c) = (&a.prefix, a.channels);
-    let mut qkv = Conv { weight: Vec::with_capacity(3 * c * c), bias: Vec::with_capacity(3 * c), cin: c, cout: 3 * c, k: 1, stride: 1, upsample: false };
+    let mut qkv = Conv {
+        weight: Vec::with_capacity(3 * c * c),
+        bias: Vec::with_capacity(3 * c),
+        cin: c,
+        cout: 3 * c,
+        k: 1,
+        stride: 1,
+        upsample: false,
+        packed: None,
+    };
     for proj in ["to_q", "to_k", "to_v"] {
         qkv.weight.extend(take(w, &format!("{p}.{proj}.weight"))?);
         qkv.bias.extend(take(w, &format!("{p}.{proj}.bias"))?);
@@ -182,7 +204,9 @@ impl CpuUNet {
             }
             if let Some(ds) = &block.downsampler {
                 let c = ds.channels;
-                ops.push(Op::Resample(Conv { stride: 2, ..conv(w, &format!("{}.conv", ds.prefix), c, c, 3)? }));
+                ops.push(Op::Resample(
+                    Conv { stride: 2, ..conv(w, &format!("{}.conv", ds.prefix), c, c, 3)? }.pack(),
+                ));
                 ops.push(Op::PushSkip);
             }
         }
@@ -203,13 +227,18 @@ impl CpuUNet {
             }
             if let Some(us) = &block.upsampler {
                 let c = us.channels;
-                ops.push(Op::Resample(Conv { upsample: true, ..conv(w, &format!("{}.conv", us.prefix), c, c, 3)? }));
+                ops.push(Op::Resample(
+                    Conv { upsample: true, ..conv(w, &format!("{}.conv", us.prefix), c, c, 3)? }.pack(),
+                ));
             }
         }
 
         let mut proj_w = Vec::with_capacity(spec.temb_proj_width * d);
         let mut proj_b = Vec::with_capacity(spec.temb_proj_width);
-        for r in spec.down_blocks.iter().flat_map(|b| &b.resnets)
+        for r in spec
+            .down_blocks
+            .iter()
+            .flat_map(|b| &b.resnets)
             .chain(spec.mid_block.iter().flat_map(|b| &b.resnets))
             .chain(spec.up_blocks.iter().flat_map(|b| &b.resnets))
         {
@@ -219,10 +248,10 @@ impl CpuUNet {
         let temb_proj = Linear { weight: proj_w, bias: proj_b, inputs: d, outputs: spec.temb_proj_width };
 
         let mut unet = CpuUNet {
-            conv_in: conv(w, "conv_in", cfg.in_channels, c0, 3)?,
+            conv_in: conv(w, "conv_in", cfg.in_channels, c0, 3)?.pack(),
             ops,
             norm_out: norm(w, "conv_norm_out", cfg.norm_num_groups, cfg.norm_eps)?,
-            conv_out: conv(w, "conv_out", c0, cfg.out_channels, 3)?,
+            conv_out: conv(w, "conv_out", c0, cfg.out_channels, 3)?.pack(),
             freqs: crate::cpu::timestep_frequencies(c0, cfg.freq_shift, 10_000.0),
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             linear_1: linear(w, "time_embedding.linear_1", c0, d)?,
@@ -325,7 +354,9 @@ impl CpuUNet {
             } else {
                 Err(EngineError::Unsupported {
                     op: "UNet2DModel",
-                    message: "this model has no class embedding (num_class_embeds is null), so it takes no class".into(),
+                    message:
+                        "this model has no class embedding (num_class_embeds is null), so it takes no class"
+                            .into(),
                 })
             };
         };
@@ -336,7 +367,11 @@ impl CpuUNet {
             if l >= rows {
                 return Err(EngineError::shape(
                     "UNet2DModel",
-                    format!("class {l} is out of range: the model has classes 0..{} and the null class {}", rows - 1, rows - 1),
+                    format!(
+                        "class {l} is out of range: the model has classes 0..{} and the null class {}",
+                        rows - 1,
+                        rows - 1
+                    ),
                 ));
             }
             out.extend_from_slice(&table.data[l * d..(l + 1) * d]);
@@ -432,7 +467,11 @@ impl Resnet {
             }
             None => x,
         };
-        let e = Epilogue { residual: Some(residual), scale: 1.0 / self.output_scale_factor, ..Default::default() };
+        let e = Epilogue {
+            residual: Some(residual),
+            scale: 1.0 / self.output_scale_factor,
+            ..Default::default()
+        };
         self.conv2.run(&s.t1, h, w, &mut s.col, &mut s.next, e);
     }
 }

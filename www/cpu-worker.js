@@ -1,0 +1,66 @@
+// One worker of the CPU backend's pool (engine.js CpuPool): its own wasm instance and its
+// own copy of the model, sampling the share of the images the page gives it, one step per
+// message, so the page can preview, cancel between steps and merge the workers' images.
+//
+// Messages in:  {id, type: "load", config, weights (ArrayBuffer), scheduler}
+//               {id, type: "start", options}   (Model.sample's options for this share)
+//               {id, type: "step", k, preview}
+//               {id, type: "read"}
+// Messages out: {id, ok: true, ...result} or {id, ok: false, name, message}
+
+import init, { CpuModel } from "./pkg/diffusion_playground.js";
+
+let model = null;
+const ready = init();
+
+async function handle(msg) {
+    await ready;
+    switch (msg.type) {
+        case "load": {
+            model?.free();
+            model = null;
+            model = CpuModel.load(msg.config, new Uint8Array(msg.weights), msg.scheduler ?? undefined);
+            return {
+                classes: model.classes,
+                shape: Array.from(model.sampleShape),
+                alphas: model.alphasCumprod(),
+                numTrainTimesteps: model.numTrainTimesteps,
+            };
+        }
+        case "start":
+            return { steps: model.start(msg.options) };
+        case "step": {
+            const timestep = model.step(msg.k);
+            if (!msg.preview) return { timestep };
+            const r = model.read(true);
+            return { timestep, x: r.x, x0: r.x0, transfer: [r.x.buffer, r.x0.buffer] };
+        }
+        case "read": {
+            const r = model.read(false);
+            return { x: r.x, transfer: [r.x.buffer] };
+        }
+        case "timesteps":
+            return { timesteps: Array.from(model.timesteps(msg.sampler, msg.steps)) };
+        case "benchForward": {
+            const times = [];
+            for (let i = 0; i < msg.reps; i++) {
+                const t0 = performance.now();
+                model.benchForward(msg.batch);
+                times.push(performance.now() - t0);
+            }
+            return { times };
+        }
+        default:
+            throw new Error(`unknown message ${msg.type}`);
+    }
+}
+
+self.onmessage = async (ev) => {
+    const msg = ev.data;
+    try {
+        const { transfer = [], ...result } = await handle(msg);
+        self.postMessage({ id: msg.id, ok: true, ...result }, transfer);
+    } catch (e) {
+        self.postMessage({ id: msg.id, ok: false, name: e?.name ?? "Error", message: e?.message ?? String(e) });
+    }
+};
