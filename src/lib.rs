@@ -1,6 +1,7 @@
 //! A class-conditional diffusion U-Net sampler on WebGPU: hand-written WGSL kernels driven
 //! from Rust, natively (Vulkan/Metal/DX12) and in the browser (wasm32 + WebGPU).
 
+pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod fast;

@@ -1,5 +1,6 @@
 //! `sample`: class-conditional images from a diffusers `UNet2DModel` folder, on the native
-//! GPU backend (Vulkan/Metal/DX12), with the same kernels the browser runs.
+//! GPU backend (Vulkan/Metal/DX12, the same kernels the browser runs) or the CPU backend
+//! (`--backend auto|webgpu|cpu`; auto takes the CPU when the only adapter is a software one).
 //!
 //! cargo run --release --bin sample -- --model www/models/fashion --class-name Sneaker \
 //!     --steps 20 --guidance 2 --seed 1 --n 16 --out grid.png
@@ -23,14 +24,16 @@ mod native {
     use std::time::Instant;
 
     use clap::Parser;
-    use diffusion_playground::gpu::Gpu;
+    use diffusion_playground::backend::{Backend, BackendChoice};
     use diffusion_playground::image::{grid_rgba, npy_bytes, parse_npy};
-    use diffusion_playground::model::UNet;
-    use diffusion_playground::pipeline::{SampleRequest, Session};
+    use diffusion_playground::model::UNetConfig;
+    use diffusion_playground::pipeline::SampleRequest;
     use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
 
     #[derive(Parser, Debug)]
-    #[command(about = "Sample class-conditional images from a diffusers UNet2DModel folder on the GPU")]
+    #[command(
+        about = "Sample class-conditional images from a diffusers UNet2DModel folder on the GPU or the CPU"
+    )]
     pub struct Args {
         /// Model folder: config.json, diffusion_pytorch_model.safetensors (or model.safetensors),
         /// optionally scheduler_config.json and manifest.json (class names)
@@ -78,11 +81,22 @@ mod native {
         /// Folder for per-step PNG grids of x_t and x0_hat
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// auto | webgpu | cpu: auto samples on the GPU when there is a hardware adapter and
+        /// on the CPU otherwise (a software adapter such as lavapipe is slower than the CPU)
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// CPU backend threads (0 = one per core)
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     }
 
     pub fn run(a: &Args) -> Result<(), String> {
         let started = Instant::now();
-        let gpu = pollster::block_on(Gpu::new()).map_err(|e| e.to_string())?;
+        let choice: BackendChoice =
+            a.backend.parse().map_err(|e: diffusion_playground::EngineError| e.to_string())?;
+        if a.n == 0 || a.n > 65_536 {
+            return Err(format!("--n {}: give 1 to 65536 images", a.n));
+        }
         let read_text = |name: &str| -> Result<Option<String>, String> {
             let p = a.model.join(name);
             match std::fs::read_to_string(&p) {
@@ -99,7 +113,8 @@ mod native {
             .find(|p| p.exists())
             .ok_or_else(|| format!("{} has no diffusion_pytorch_model.safetensors", a.model.display()))?;
         let weights = std::fs::read(&weights_path).map_err(|e| format!("{}: {e}", weights_path.display()))?;
-        let unet = UNet::load(&gpu, &config, &weights).map_err(|e| e.to_string())?;
+        let (backend, why) =
+            Backend::load(choice, &config, &weights, a.threads).map_err(|e| e.to_string())?;
         let mut sched = match read_text("scheduler_config.json")? {
             Some(t) => SchedulerConfig::from_json(&t).map_err(|e| format!("scheduler_config.json: {e}"))?,
             None => SchedulerConfig::default(),
@@ -107,10 +122,10 @@ mod native {
         if let Some(clip) = a.clip_sample {
             sched.clip_sample = clip;
         }
-        let class = resolve_class(a, &unet, read_text("manifest.json")?.as_deref())?;
+        let class = resolve_class(a, backend.config(), read_text("manifest.json")?.as_deref())?;
         let kind: SamplerKind =
             a.sampler.parse().map_err(|e: diffusion_playground::EngineError| e.to_string())?;
-        let [c, h, w] = unet.sample_shape();
+        let [c, h, w] = backend.sample_shape();
         let init_noise = match &a.init_noise {
             None => None,
             Some(p) => {
@@ -139,8 +154,8 @@ mod native {
         };
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
 
-        let mut session = Session::new(&gpu, &unet, a.n).map_err(|e| e.to_string())?;
-        let run = session.start(&gpu, &unet, &sched, &request).map_err(|e| e.to_string())?;
+        let mut session = backend.session(a.n).map_err(|e| e.to_string())?;
+        let run = session.start(&backend, &sched, &request).map_err(|e| e.to_string())?;
         if let Some(dir) = &a.trace {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
@@ -148,18 +163,17 @@ mod native {
         let sampling = Instant::now();
         for k in 0..run.steps() {
             let t0 = Instant::now();
-            session.step(&gpu, &run, k).map_err(|e| e.to_string())?;
-            pollster::block_on(gpu.sync()).map_err(|e| e.to_string())?;
+            pollster::block_on(session.step(&backend, &run, k)).map_err(|e| e.to_string())?;
             step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             if let Some(dir) = &a.trace {
-                let r = pollster::block_on(session.read(&gpu, true)).map_err(|e| e.to_string())?;
+                let r = pollster::block_on(session.read(&backend, true)).map_err(|e| e.to_string())?;
                 let x0 = r.x0_hat.unwrap_or_default();
                 write_png(&dir.join(format!("step{k:04}_xt.png")), &r.x, [a.n, c, h, w])?;
                 write_png(&dir.join(format!("step{k:04}_x0hat.png")), &x0, [a.n, c, h, w])?;
             }
         }
         let sampling_ms = sampling.elapsed().as_secs_f64() * 1e3;
-        let x = pollster::block_on(session.read(&gpu, false)).map_err(|e| e.to_string())?.x;
+        let x = pollster::block_on(session.read(&backend, false)).map_err(|e| e.to_string())?.x;
         if let Some(p) = &a.out {
             write_png(p, &x, [a.n, c, h, w])?;
         }
@@ -170,16 +184,7 @@ mod native {
         let mut sorted = step_ms.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-        eprintln!(
-            "{} images, {} {} steps, guidance {} ({} U-Net pass(es) of batch {} per step) on {}",
-            a.n,
-            run.steps(),
-            a.sampler,
-            a.guidance,
-            run.shards(),
-            run.model_batch(),
-            gpu.adapter_name()
-        );
+        eprintln!("{} images, {} {} steps, guidance {}; {why}", a.n, run.steps(), a.sampler, a.guidance);
         eprintln!(
             "load {load_ms:.0} ms; sampling {sampling_ms:.0} ms: {:.1} ms/step median, {:.1} min, {:.1} max (step 0 includes pipeline compilation)",
             median,
@@ -189,8 +194,8 @@ mod native {
         Ok(())
     }
 
-    fn resolve_class(a: &Args, unet: &UNet, manifest: Option<&str>) -> Result<Option<u32>, String> {
-        let classes = unet.config().num_class_embeds;
+    fn resolve_class(a: &Args, config: &UNetConfig, manifest: Option<&str>) -> Result<Option<u32>, String> {
+        let classes = config.num_class_embeds;
         match (a.class, &a.class_name, classes) {
             (None, None, None) => Ok(None),
             (Some(_), _, None) | (_, Some(_), None) => {

@@ -155,6 +155,13 @@ fn run_tiles(p: &Packed, xp: &[f32], g: &Geometry, tiles: &mut [f32]) {
             return;
         }
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        simd128::run_tiles(p, xp, g, tiles);
+        #[allow(clippy::needless_return)]
+        return;
+    }
+    #[allow(unreachable_code)]
     run_tiles_generic(p, xp, g, tiles);
 }
 
@@ -234,6 +241,67 @@ mod avx2 {
                 for r in 0..MR {
                     _mm256_storeu_ps(out.add(r * g.pixels + p0), c[2 * r]);
                     _mm256_storeu_ps(out.add(r * g.pixels + p0 + 8), c[2 * r + 1]);
+                }
+            }
+        }
+    }
+}
+
+/// The same tiles with wasm simd128: 4 x 8 outputs in 8 v128 accumulators (no FMA in
+/// baseline simd128: a multiply and an add), two loads and four splats per tap; small enough
+/// that the JIT keeps every accumulator in a register on x86's 16 xmm.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128 {
+    use super::{tap_offsets, Geometry, Packed, MR, NR};
+    use core::arch::wasm32::*;
+
+    const _: () = assert!(MR == 4 && NR == 8);
+
+    pub fn run_tiles(p: &Packed, xp: &[f32], g: &Geometry, tiles: &mut [f32]) {
+        let k = p.cin * 9;
+        let offsets = tap_offsets(g);
+        let last_read = (p.cin - 1) * g.plane + (g.pixels - NR) + offsets[8] + NR;
+        assert!(last_read <= xp.len(), "padded input too short");
+        let tiles_n = p.cout.div_ceil(MR);
+        assert!(p.panels.len() >= tiles_n * k * MR && tiles.len() >= tiles_n * MR * g.pixels);
+        let xp = xp.as_ptr();
+        for (t, panel) in p.panels.chunks_exact(k * MR).enumerate() {
+            // SAFETY (every raw access below): reads stay below `last_read` and inside the
+            // panel (asserted above); writes stay inside tile t's MR rows of `tiles`.
+            unsafe {
+                let out = tiles.as_mut_ptr().add(t * MR * g.pixels);
+                for p0 in (0..g.pixels).step_by(NR) {
+                    let z = f32x4_splat(0.0);
+                    let (mut c00, mut c01, mut c10, mut c11) = (z, z, z, z);
+                    let (mut c20, mut c21, mut c30, mut c31) = (z, z, z, z);
+                    let mut a = panel.as_ptr();
+                    for ci in 0..p.cin {
+                        let plane = xp.add(ci * g.plane + p0);
+                        for &off in &offsets {
+                            let b0 = v128_load(plane.add(off) as *const v128);
+                            let b1 = v128_load(plane.add(off + 4) as *const v128);
+                            let a0 = f32x4_splat(*a);
+                            c00 = f32x4_add(c00, f32x4_mul(a0, b0));
+                            c01 = f32x4_add(c01, f32x4_mul(a0, b1));
+                            let a1 = f32x4_splat(*a.add(1));
+                            c10 = f32x4_add(c10, f32x4_mul(a1, b0));
+                            c11 = f32x4_add(c11, f32x4_mul(a1, b1));
+                            let a2 = f32x4_splat(*a.add(2));
+                            c20 = f32x4_add(c20, f32x4_mul(a2, b0));
+                            c21 = f32x4_add(c21, f32x4_mul(a2, b1));
+                            let a3 = f32x4_splat(*a.add(3));
+                            c30 = f32x4_add(c30, f32x4_mul(a3, b0));
+                            c31 = f32x4_add(c31, f32x4_mul(a3, b1));
+                            a = a.add(MR);
+                        }
+                    }
+                    for (r, (lo, hi)) in
+                        [(c00, c01), (c10, c11), (c20, c21), (c30, c31)].into_iter().enumerate()
+                    {
+                        let o = out.add(r * g.pixels + p0);
+                        v128_store(o as *mut v128, lo);
+                        v128_store(o.add(4) as *mut v128, hi);
+                    }
                 }
             }
         }
