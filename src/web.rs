@@ -437,6 +437,39 @@ impl CpuModel {
         Ok(run.plan().steps[k].timestep)
     }
 
+    /// The U-Net of step `k` on model-batch items `first..first + count` (the batch is
+    /// [images; null-class images] with guidance); returns their outputs.
+    #[wasm_bindgen(js_name = forwardPart)]
+    pub fn forward_part(
+        &self,
+        k: usize,
+        first: usize,
+        count: usize,
+    ) -> Result<js_sys::Float32Array, JsValue> {
+        let mut guard = self.run.borrow_mut();
+        let (session, run, _) =
+            guard.as_mut().ok_or_else(|| js_error("EngineError", "step() before start()"))?;
+        let out = session.forward_part(&self.engine, run, k, first, count).map_err(to_js)?;
+        Ok(js_sys::Float32Array::from(out))
+    }
+
+    /// Step `k`'s update from the whole model output (gathered from `forwardPart` calls,
+    /// possibly in other workers); returns the step's timestep.
+    #[wasm_bindgen(js_name = finishStep)]
+    pub fn finish_step(&self, k: usize, model_out: &[f32]) -> Result<f32, JsValue> {
+        let mut guard = self.run.borrow_mut();
+        let (session, run, _) =
+            guard.as_mut().ok_or_else(|| js_error("EngineError", "step() before start()"))?;
+        session.finish_step(&self.engine, run, k, model_out).map_err(to_js)?;
+        Ok(run.plan().steps[k].timestep)
+    }
+
+    /// The U-Net's batch per step of the started run (2x the images with guidance).
+    #[wasm_bindgen(getter, js_name = modelBatch)]
+    pub fn model_batch(&self) -> usize {
+        self.run.borrow().as_ref().map_or(0, |(s, ..)| s.model_batch())
+    }
+
     /// `{x, x0}`: x_t after the last step and (with `with_x0`) its x0 estimate, [n, C, H, W].
     pub fn read(&self, with_x0: bool) -> Result<JsValue, JsValue> {
         let guard = self.run.borrow();

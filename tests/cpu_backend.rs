@@ -136,17 +136,19 @@ fn cpu_backend_draws_the_gpu_backends_pictures() {
     let unet = UNet::load(gpu, &config, &weights).unwrap();
     let engine = cpu_engine("www/models/fashion", 2);
     let sched = fashion_sched();
+    // Few steps and two images keep lavapipe's share short (~1 s per guided step); the
+    // noisy samplers draw fresh noise at every one of them.
     let cases = [
-        (SamplerKind::Ddim, 2.0, 0.0, 6),
-        (SamplerKind::Ddim, 1.0, 0.5, 5),
-        (SamplerKind::Ddpm, 2.0, 0.0, 8),
-        (SamplerKind::DpmSolverPp2m, 3.0, 0.0, 6),
-        (SamplerKind::EulerAncestral, 0.0, 0.0, 6),
+        (SamplerKind::Ddim, 2.0, 0.0, 3),
+        (SamplerKind::Ddim, 1.0, 0.5, 3),
+        (SamplerKind::Ddpm, 2.0, 0.0, 4),
+        (SamplerKind::DpmSolverPp2m, 3.0, 0.0, 3),
+        (SamplerKind::EulerAncestral, 0.0, 0.0, 3),
     ];
     for (kind, guidance, eta, steps) in cases {
-        let n = 3;
+        let n = 2;
         let req = SampleRequest {
-            classes: vec![7, 1, 9],
+            classes: vec![7, 9],
             guidance,
             kind,
             steps,

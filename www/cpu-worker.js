@@ -5,6 +5,8 @@
 // Messages in:  {id, type: "load", config, weights (ArrayBuffer), scheduler}
 //               {id, type: "start", options}   (Model.sample's options for this share)
 //               {id, type: "step", k, preview}
+//               {id, type: "forwardPart", k, first, count}  (part of the model batch)
+//               {id, type: "finishStep", k, modelOut, preview} (the update on the whole batch)
 //               {id, type: "read"}
 // Messages out: {id, ok: true, ...result} or {id, ok: false, name, message}
 
@@ -28,7 +30,17 @@ async function handle(msg) {
             };
         }
         case "start":
-            return { steps: model.start(msg.options) };
+            return { steps: model.start(msg.options), modelBatch: model.modelBatch };
+        case "forwardPart": {
+            const out = model.forwardPart(msg.k, msg.first, msg.count);
+            return { out, transfer: [out.buffer] };
+        }
+        case "finishStep": {
+            const timestep = model.finishStep(msg.k, msg.modelOut);
+            if (!msg.preview) return { timestep };
+            const r = model.read(true);
+            return { timestep, x: r.x, x0: r.x0, transfer: [r.x.buffer, r.x0.buffer] };
+        }
         case "step": {
             const timestep = model.step(msg.k);
             if (!msg.preview) return { timestep };

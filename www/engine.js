@@ -54,7 +54,7 @@ export function getEngine() {
     enginePromise ??= (async () => {
         await init();
         if (!hasWebGpu()) {
-            throw new PlaygroundError("no-webgpu", `This browser has no WebGPU, which this playground needs to sample on your GPU. ${WEBGPU_BROWSERS}`);
+            throw new PlaygroundError("no-webgpu", `This browser has no WebGPU, which sampling on your GPU needs. ${WEBGPU_BROWSERS} Choose the CPU engine to sample without it.`);
         }
         let engine;
         try {
@@ -62,7 +62,7 @@ export function getEngine() {
         } catch (e) {
             throw new PlaygroundError(
                 "no-webgpu",
-                `WebGPU is present but gave no usable GPU (${e?.message ?? e}). ${WEBGPU_BROWSERS}`,
+                `WebGPU is present but gave no usable GPU (${e?.message ?? e}). ${WEBGPU_BROWSERS} Choose the CPU engine to sample without it.`,
                 { cause: e },
             );
         }
@@ -281,28 +281,38 @@ export class CpuPool {
         return this.alphas;
     }
 
-    /** `Model.sample(options, onStep, signal)` over the pool. */
+    /**
+     * `Model.sample(options, onStep, signal)` over the pool. With at least as many images
+     * as workers, each worker takes a contiguous share of the images. With fewer (one image
+     * is the common case), every worker holds all the images and the U-Net's batch (with
+     * guidance: the images, then their null-class twins) is split instead; the outputs are
+     * gathered and every worker runs the same update, so all keep identical states.
+     */
     async sample(options, onStep, signal) {
         await Promise.all(this.workers.map((w) => w.ready));
         const n = options.count ?? 1;
-        const used = this.workers.slice(0, Math.min(this.workers.length, n));
-        const shares = [];
-        let at = 0;
-        for (let i = 0; i < used.length; i++) {
-            const count = Math.floor(n / used.length) + (i < n % used.length ? 1 : 0);
-            shares.push({ w: used[i], start: at, count });
-            at += count;
-        }
         const [c, h, w] = this.shape;
         const per = c * h * w;
-        const run = async (fn) => {
+        const byImage = n >= this.workers.length;
+        const shares = [];
+        const split = (total, parts, f) => {
+            let at = 0;
+            for (let i = 0; i < parts; i++) {
+                const count = Math.floor(total / parts) + (i < total % parts ? 1 : 0);
+                f(i, at, count);
+                at += count;
+            }
+        };
+        if (byImage) split(n, this.workers.length, (i, start, count) => shares.push({ w: this.workers[i], start, count }));
+        else shares.push(...this.workers.map((w) => ({ w, start: 0, count: n })));
+        const all = async (list, fn) => {
             try {
-                return await Promise.all(shares.map(fn));
+                return await Promise.all(list.map(fn));
             } catch (e) {
                 throw e instanceof WorkerCrash ? workerError(e.message) : e;
             }
         };
-        const [{ steps }] = await run((s) =>
+        const started = await all(shares, (s) =>
             s.w.call({
                 type: "start",
                 options: {
@@ -313,24 +323,35 @@ export class CpuPool {
                 },
             }),
         );
-        const merge = (parts, key) => {
+        const { steps, modelBatch } = started[0];
+        const parts = [];
+        if (!byImage) split(modelBatch, Math.min(shares.length, modelBatch), (i, first, count) => parts.push({ w: shares[i].w, first, count }));
+        const merge = (results, key) => {
             const out = new Float32Array(n * per);
-            parts.forEach((p, i) => out.set(p[key], shares[i].start * per));
+            results.forEach((r, i) => out.set(r[key], shares[i].start * per));
             return out;
         };
         const preview = options.preview ?? true;
         let last = null;
         for (let k = 0; k < steps; k++) {
             if (signal?.aborted) return { cancelled: true, stepsDone: k };
-            const parts = await run((s) => s.w.call({ type: "step", k, preview }, [], STEP_TIMEOUT_MS));
-            const info = { step: k, steps, timestep: parts[0].timestep };
-            if (preview) {
-                info.xt = last = merge(parts, "x");
-                info.x0 = merge(parts, "x0");
+            let info;
+            if (byImage) {
+                const results = await all(shares, (s) => s.w.call({ type: "step", k, preview }, [], STEP_TIMEOUT_MS));
+                info = { step: k, steps, timestep: results[0].timestep };
+                if (preview) [info.xt, info.x0] = [merge(results, "x"), merge(results, "x0")];
+            } else {
+                const outs = await all(parts, (p) => p.w.call({ type: "forwardPart", k, first: p.first, count: p.count }, [], STEP_TIMEOUT_MS));
+                const modelOut = new Float32Array(modelBatch * per);
+                outs.forEach((o, i) => modelOut.set(o.out, parts[i].first * per));
+                const results = await all(parts, (p, i) => p.w.call({ type: "finishStep", k, modelOut, preview: preview && i === 0 }, [], STEP_TIMEOUT_MS));
+                info = { step: k, steps, timestep: results[0].timestep };
+                if (preview) [info.xt, info.x0] = [results[0].x, results[0].x0];
             }
+            if (preview) last = info.xt;
             onStep?.(info);
         }
-        const x = last ?? merge(await run((s) => s.w.call({ type: "read" })), "x");
+        const x = last ?? (byImage ? merge(await all(shares, (s) => s.w.call({ type: "read" })), "x") : (await parts[0].w.call({ type: "read" })).x);
         return { cancelled: false, stepsDone: steps, x, shape: [n, c, h, w] };
     }
 

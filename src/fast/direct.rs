@@ -307,3 +307,22 @@ mod simd128 {
         }
     }
 }
+
+/// The generic kernel's result for `x` (tests compare it with the dispatched one).
+#[cfg(test)]
+pub fn generic_for_tests(p: &Packed, bias: &[f32], x: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let g = geometry(h, w, false);
+    let mut xp = vec![0.0; padded_len(&g, p.cin)];
+    pad(x, p.cin, h, w, false, &g, &mut xp);
+    let mut tiles = vec![0.0; p.cout.next_multiple_of(MR) * g.pixels];
+    run_tiles_generic(p, &xp, &g, &mut tiles);
+    let mut out = vec![0.0; p.cout * h * w];
+    for co in 0..p.cout {
+        for oy in 0..h {
+            for ox in 0..w {
+                out[(co * h + oy) * w + ox] = tiles[co * g.pixels + oy * g.wp + ox] + bias[co];
+            }
+        }
+    }
+    out
+}

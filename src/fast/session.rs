@@ -116,12 +116,77 @@ impl CpuSession {
 
     /// Step `k`: the U-Net on the current model input, then the fused update.
     pub fn step(&mut self, engine: &CpuEngine, run: &CpuRun, k: usize) -> Result<()> {
+        let batch = self.model_batch();
+        self.forward_part(engine, run, k, 0, batch)?;
+        self.update(engine, run, k)
+    }
+
+    /// The U-Net of step `k` on model-batch items `first..first + count` only; returns
+    /// their outputs. With [`CpuSession::finish_step`] this lets several instances (Web
+    /// Workers) share one step of a few images: each runs part of the model batch, all run
+    /// the same update on the gathered outputs and so keep identical states.
+    pub fn forward_part(
+        &mut self,
+        engine: &CpuEngine,
+        run: &CpuRun,
+        k: usize,
+        first: usize,
+        count: usize,
+    ) -> Result<&[f32]> {
+        let batch = self.model_batch();
         let l = self.layout.as_mut().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
         let s =
             run.plan.steps.get(k).ok_or_else(|| {
                 EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps()))
             })?;
-        engine.forward(&l.model_in, s.timestep, &l.class_rows, &mut l.model_out);
+        if first.checked_add(count).is_none_or(|end| end > batch) || count == 0 {
+            return Err(EngineError::shape(
+                "sample",
+                format!("model-batch items {first}..{} of a batch of {batch}", first.saturating_add(count)),
+            ));
+        }
+        let per = l.model_in.len() / batch;
+        let d = l.class_rows.len() / batch;
+        let (lo, hi) = (first * per, (first + count) * per);
+        engine.forward(
+            &l.model_in[lo..hi],
+            s.timestep,
+            &l.class_rows[first * d..(first + count) * d],
+            &mut l.model_out[lo..hi],
+        );
+        Ok(&l.model_out[lo..hi])
+    }
+
+    /// Takes the whole model output of step `k` (gathered from the instances that computed
+    /// its parts) and runs the fused update.
+    pub fn finish_step(
+        &mut self,
+        engine: &CpuEngine,
+        run: &CpuRun,
+        k: usize,
+        model_out: &[f32],
+    ) -> Result<()> {
+        let l = self.layout.as_mut().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
+        if model_out.len() != l.model_out.len() {
+            return Err(EngineError::shape(
+                "sample",
+                format!(
+                    "{} model outputs for a model batch of {} values",
+                    model_out.len(),
+                    l.model_out.len()
+                ),
+            ));
+        }
+        l.model_out.copy_from_slice(model_out);
+        self.update(engine, run, k)
+    }
+
+    fn update(&mut self, engine: &CpuEngine, run: &CpuRun, k: usize) -> Result<()> {
+        let l = self.layout.as_mut().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
+        let s =
+            run.plan.steps.get(k).ok_or_else(|| {
+                EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps()))
+            })?;
         let [c, h, w] = engine.unet.sample_shape();
         let p = StepParams {
             coeffs: &s.coeffs,
