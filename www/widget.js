@@ -5,6 +5,8 @@
 //       seed="1" grid="4" controls="steps,guidance,seed" autoplay></diffusion-playground>
 //
 // Attributes (all optional; README.md "The widget" documents them):
+//   backend   auto | webgpu | cpu (default auto: WebGPU on a hardware GPU, else the CPU
+//             engine in Web Workers, which needs no WebGPU and no special headers)
 //   model     a shipped model name (fashion, digits: next to this script) or the URL of a
 //             model folder (config.json, diffusion_pytorch_model.safetensors, manifest.json,
 //             scheduler_config.json), resolved against the page; default fashion
@@ -16,7 +18,7 @@
 //   seed      integer (default 1)
 //   grid      the NUMBER of images, 1..64 (1, 4, 16, 64 make square grids; default 4)
 //   view      xt | x0: what the live preview shows (default xt)
-//   controls  which controls to show: "all", "none", or a list of model, class, steps,
+//   controls  which controls to show: "all", "none", or a list of model, backend, class, steps,
 //             guidance, sampler, eta, clip, seed, grid, view, scrubber, download, forward, run
 //             (default "class steps guidance sampler seed view run")
 //   autoplay  present (or "true"): sample as soon as the model is loaded; absent or

@@ -1,5 +1,7 @@
-// The playground page (www/index.html) on WebGPU (SwiftShader in headless Chromium, about
-// 0.5-0.7 s per image per U-Net pass here, so every run is 1-4 images and 2-40 steps).
+// The playground page (www/index.html). Headless Chromium's only WebGPU adapter here is
+// SwiftShader, a software one, so `auto` samples on the CPU workers (fast); the last test
+// switches the Engine control to WebGPU (about 0.5-0.7 s per image per U-Net pass on
+// SwiftShader) to check that both backends draw the same picture and that device loss is shown.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { screenshot, withPage } from "./harness.mjs";
@@ -151,6 +153,19 @@ test("moving a slider mid-run cancels it and re-samples; device loss is shown", 
         assert.deepEqual(runs.at(-1), { status: "done", stepsDone: 2, steps: 2 });
         assert.equal(await page.$eval("#scrub", (s) => s.max), "1");
         assert.equal(await page.$eval("#steps-num", (s) => s.value), "2");
+
+        // The same settings on WebGPU (SwiftShader): the same picture as the CPU workers'.
+        const cpuImage = await lastResult(page);
+        assert.match(await page.textContent("#engine"), /software adapter \(.*swiftshader.*\).*sampling on \d+ CPU thread/i);
+        await page.selectOption("#backend", "webgpu");
+        await page.waitForFunction(() => window.__playground.backend?.kind === "webgpu" && window.__playground.runs.at(-1).status === "done" && window.__playground.runs.length >= 3, null, { timeout: 120_000 });
+        const gpuDone = await waitForState(page, "done", { timeout: 60_000 });
+        t.diagnostic(`WebGPU: ${gpuDone.text} · ${await page.textContent("#engine")}`);
+        const gpuImage = await lastResult(page);
+        const cross = gpuImage.reduce((m, v, i) => Math.max(m, Math.abs(v - cpuImage[i])), 0);
+        t.diagnostic(`WebGPU (SwiftShader) vs CPU workers, same settings: max abs err ${cross.toExponential(2)} (tolerance ${TOLERANCE})`);
+        assert.ok(cross <= TOLERANCE, `max abs err ${cross} > ${TOLERANCE}`);
+        assert.match(page.url(), /backend=webgpu/);
 
         // Device loss: the page says so and offers a reload.
         await page.evaluate(() => window.__playground.engine.loseDevice());
