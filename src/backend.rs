@@ -40,6 +40,7 @@ impl FromStr for BackendChoice {
 }
 
 /// A model loaded on one backend.
+#[allow(clippy::large_enum_variant)] // one per loaded model, never in a collection
 pub enum Backend {
     Gpu { gpu: Gpu, unet: UNet },
     Cpu(CpuEngine),

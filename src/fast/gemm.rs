@@ -32,6 +32,7 @@ impl<'a> MatRef<'a> {
 /// `c[m x n] = a[m x k] * b[k x n] + beta * c`, `c` contiguous row-major with row stride
 /// `ldc`. Panics if a view is too short for its shape (an engine bug, never input-driven:
 /// every shape comes from a validated config).
+#[allow(clippy::too_many_arguments)] // BLAS's own signature, minus alpha and c's column stride
 pub fn gemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, beta: f32, c: &mut [f32], ldc: usize) {
     assert!(a.fits(m, k) && b.fits(k, n), "gemm: operand views too short for {m}x{k}x{n}");
     assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(), "gemm: output too short for {m}x{n}");
