@@ -4,7 +4,7 @@
 //   ./build.sh build && cargo build --release --bin serve
 //   train/.venv/bin/python train/export_onnx.py --model www/models/fashion --out target/ort
 //   (cd bench/ort && npm ci)
-//   node bench/ort/run.mjs [batches=2,32] [reps=3] [all|engine|ort]
+//   node bench/ort/run.mjs [batches=2,32] [reps=3] [all|engine|ort|wasm]
 //
 // Prints the page's log and writes target/ort/results.json. See bench.html for what is timed.
 
@@ -52,7 +52,12 @@ try {
             const o = results.ortWebgpu[b].msPerRun;
             return `batch ${b}: engine ${e.toFixed(1)} ms, onnxruntime-web (webgpu) ${o.toFixed(1)} ms -> ${(o / e).toFixed(2)}x`;
         });
-        console.log(ratios.join("\n"));
+        const cpu = Object.keys(results.engineCpu).filter((b) => results.ortWasm[b]).map((b) => {
+            const e = results.engineCpu[b].msPerRun;
+            const o = results.ortWasm[b].msPerRun;
+            return `batch ${b}: engine CPU backend ${e.toFixed(1)} ms, onnxruntime-web (wasm) ${o.toFixed(1)} ms -> engine takes ${(e / o).toFixed(2)}x the time`;
+        });
+        console.log([...ratios, ...cpu].join("\n"));
     });
 } finally {
     await rm(root, { recursive: true, force: true });

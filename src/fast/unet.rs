@@ -348,35 +348,7 @@ impl CpuUNet {
     /// The class-embedding rows of `labels`, [labels.len(), D] (empty for a model without
     /// classes and no labels).
     pub fn class_rows(&self, labels: &[u32]) -> Result<Vec<f32>> {
-        let Some(table) = &self.class_table else {
-            return if labels.is_empty() {
-                Ok(Vec::new())
-            } else {
-                Err(EngineError::Unsupported {
-                    op: "UNet2DModel",
-                    message:
-                        "this model has no class embedding (num_class_embeds is null), so it takes no class"
-                            .into(),
-                })
-            };
-        };
-        let (rows, d) = (table.shape[0], table.shape[1]);
-        let mut out = Vec::with_capacity(labels.len() * d);
-        for &l in labels {
-            let l = l as usize;
-            if l >= rows {
-                return Err(EngineError::shape(
-                    "UNet2DModel",
-                    format!(
-                        "class {l} is out of range: the model has classes 0..{} and the null class {}",
-                        rows - 1,
-                        rows - 1
-                    ),
-                ));
-            }
-            out.extend_from_slice(&table.data[l * d..(l + 1) * d]);
-        }
-        Ok(out)
+        crate::model::unet::class_rows(self.class_table.as_ref(), labels)
     }
 
     /// `out = UNet(x, t, class)` for one image: `x` [C, H, W], `class_row` the image's

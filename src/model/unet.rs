@@ -471,29 +471,41 @@ impl UNet {
 
     /// The class-embedding rows of `labels`, [labels.len(), D].
     fn class_rows(&self, labels: &[u32]) -> Result<Vec<f32>> {
-        let table = self.class_table.as_ref().ok_or_else(|| EngineError::Unsupported {
-            op: "UNet2DModel",
-            message: "this model has no class embedding (num_class_embeds is null), so it takes no class"
-                .into(),
-        })?;
-        let (rows, d) = (table.shape[0], table.shape[1]);
-        let mut out = Vec::with_capacity(labels.len() * d);
-        for &l in labels {
-            let l = l as usize;
-            if l >= rows {
-                return Err(EngineError::shape(
-                    "UNet2DModel",
-                    format!(
-                        "class {l} is out of range: the model has classes 0..{} and the null class {}",
-                        rows - 1,
-                        rows - 1
-                    ),
-                ));
-            }
-            out.extend_from_slice(&table.data[l * d..(l + 1) * d]);
-        }
-        Ok(out)
+        class_rows(self.class_table.as_ref(), labels)
     }
+}
+
+/// The rows of a class-embedding table for `labels`, [labels.len(), D] (both backends look
+/// the rows up once per run). A model without a table takes no labels.
+pub fn class_rows(table: Option<&HostTensor>, labels: &[u32]) -> Result<Vec<f32>> {
+    let Some(table) = table else {
+        return if labels.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(EngineError::Unsupported {
+                op: "UNet2DModel",
+                message: "this model has no class embedding (num_class_embeds is null), so it takes no class"
+                    .into(),
+            })
+        };
+    };
+    let (rows, d) = (table.shape[0], table.shape[1]);
+    let mut out = Vec::with_capacity(labels.len() * d);
+    for &l in labels {
+        let l = l as usize;
+        if l >= rows {
+            return Err(EngineError::shape(
+                "UNet2DModel",
+                format!(
+                    "class {l} is out of range: the model has classes 0..{} and the null class {}",
+                    rows - 1,
+                    rows - 1
+                ),
+            ));
+        }
+        out.extend_from_slice(&table.data[l * d..(l + 1) * d]);
+    }
+    Ok(out)
 }
 
 /// One planned forward pass: `output = UNet(input, timesteps, classes)` for a fixed batch.
