@@ -96,7 +96,7 @@ test_all() {
     cargo clippy --all-targets -- -D warnings
     cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
     log "cargo test (kernels on $(vulkaninfo --summary 2>/dev/null | grep -m1 deviceName | sed 's/.*= //' || echo 'the default Vulkan adapter'))"
-    cargo test --release
+    cargo test --profile test-release
     build
     ensure_browser
     cargo build --release --bin serve
