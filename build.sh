@@ -99,7 +99,8 @@ test_all() {
     cargo test --profile test-release
     build
     ensure_browser
-    cargo build --release --bin serve
+    # The browser tests start `serve` and compare the page with the native CLI (`sample`).
+    cargo build --release --bin serve --bin sample
     log "browser tests (headless Chromium, WebGPU on SwiftShader)"
     # Explicit files: harness.mjs is a helper, and node >= 21 reads arguments as globs.
     node --test tests/e2e/*.test.mjs
