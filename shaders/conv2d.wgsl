@@ -47,16 +47,17 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<uniform> params: Params;
 
-// The launcher's variants replace this line (conv2d.rs, `WG_Y_LINE`).
-const WG_Y: u32 = 16u;
-const WG_X: u32 = 256u / WG_Y;
-const TILE_M: u32 = 4u * WG_Y;
-const TILE_P: u32 = 4u * WG_X;
+// Pipeline-overridable: the launcher sets 8 (32 x 128 tiles) for outputs of at most 32
+// channels.
+override WG_Y: u32 = 16u;
+override WG_X: u32 = 256u / WG_Y;
+override TILE_M: u32 = 4u * WG_Y;
+override TILE_P: u32 = 4u * WG_X;
 const TILE_K: u32 = 16u;
 // +1 column so that the transposed store of the weight tile does not hit one bank 16 times.
-const A_STRIDE: u32 = TILE_M + 1u;
+override A_STRIDE: u32 = TILE_M + 1u;
 // Rows of the input tile that the workgroup gathers at once (256 / TILE_P).
-const B_ROWS: u32 = 256u / TILE_P;
+override B_ROWS: u32 = 256u / TILE_P;
 
 var<workgroup> a_tile: array<f32, TILE_K * A_STRIDE>; // [TILE_K][A_STRIDE]: weights, k-major
 var<workgroup> b_tile: array<f32, TILE_K * TILE_P>; // [TILE_K][TILE_P]: gathered inputs
@@ -290,4 +291,203 @@ fn narrow(
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Direct variants, for stride 1 and a 3x3 (pad 1) or 1x1 (pad 0) kernel: no workgroup
+// memory and no barrier. Each invocation computes 4 output channels x 8 consecutive pixels
+// of one output row (a "run"), as eight vec4 accumulators over the channels. The 4
+// channels are the same for every invocation of a workgroup (grid y), so the weight loads
+// are uniform (one load broadcast to every lane on a GPU); each row of 3 taps reuses a
+// 10-pixel window of the input, so an input channel costs 30 input loads and 36 weight
+// loads for 72 vec4 multiply-adds.
+// What keeps the hot loop short: every column offset, row offset and padding mask is
+// computed once per invocation (they do not depend on the input channel); out-of-range taps
+// read a clamped in-range address and are zeroed by `select`, so the loop has no branch.
+// Why barrier-free: on llvmpipe and SwiftShader every workgroup barrier is a coroutine
+// switch of all invocations, and on a GPU small batches leave too few workgroups for the
+// 64 x 64 tile to fill the machine; here a workgroup is DIRECT_WG runs of one channel
+// block, so a batch-2 7x7 conv with 128 channels still has 32 x 1 workgroups of 14 runs.
+
+override DIRECT_WG: u32 = 64u;
+const DIRECT_PX: u32 = 8u; // = DIRECT_PX in conv2d.rs
+
+// Where an invocation's 8 output pixels are and how it reads its input.
+struct Run {
+    // Whether the run exists (the last workgroup has spare invocations).
+    valid: bool,
+    n: u32,
+    oy: u32,
+    ox0: u32,
+    // Offsets of image n's first channel plane in x1 and x2, and the size of one plane.
+    base1: u32,
+    base2: u32,
+    plane: u32,
+}
+
+fn run_at(q: u32) -> Run {
+    let p = params;
+    let rw = (p.out_w + DIRECT_PX - 1u) / DIRECT_PX;
+    let per_image = p.out_h * rw;
+    let n_raw = q / per_image;
+    let n = min(n_raw, p.batch - 1u);
+    let r = q - n_raw * per_image;
+    let oy = min(r / rw, p.out_h - 1u);
+    let plane = (p.in_h >> p.upsample) * (p.in_w >> p.upsample);
+    return Run(n_raw < p.batch, n, oy, (r - (r / rw) * rw) * DIRECT_PX, n * p.cin1 * plane, n * p.cin2 * plane, plane);
+}
+
+// Stored offset of logical column ix within a row (clamped into the input; the `upsample`
+// shift maps the 2x grid onto the stored one), and whether ix is inside the input.
+fn col_offset(ix: i32) -> u32 {
+    let p = params;
+    return u32(clamp(ix, 0, i32(p.in_w) - 1)) >> p.upsample;
+}
+
+fn col_inside(ix: i32) -> bool {
+    return ix >= 0 && ix < i32(params.in_w);
+}
+
+fn row_offset(iy: i32) -> u32 {
+    let p = params;
+    return (u32(clamp(iy, 0, i32(p.in_h) - 1)) >> p.upsample) * (p.in_w >> p.upsample);
+}
+
+fn row_inside(iy: i32) -> bool {
+    return iy >= 0 && iy < i32(params.in_h);
+}
+
+// Weights of tap k for the invocation's 4 channels (rows w.x..w.w of the [cout, K] matrix).
+fn weights4(w: vec4<u32>, k: u32) -> vec4<f32> {
+    return vec4<f32>(weight[w.x + k], weight[w.y + k], weight[w.z + k], weight[w.w + k]);
+}
+
+// Row starts of the 4 output channels m0.. in the weight matrix of K columns. Channels
+// past cout read channel cout - 1's weights; their outputs are not stored.
+fn weight_rows(m0: u32, k_total: u32) -> vec4<u32> {
+    let last = params.cout - 1u;
+    return vec4<u32>(min(m0, last), min(m0 + 1u, last), min(m0 + 2u, last), min(m0 + 3u, last)) * k_total;
+}
+
+// The run's accumulators, one vec4 over the 4 channels per pixel.
+struct Acc {
+    a: array<vec4<f32>, 8>,
+}
+
+// The 10 columns ix0 - 1 .. ix0 + 8 of a run's window and the 3 rows oy - 1 .. oy + 1:
+// offsets into a channel plane and whether each is inside the input.
+struct Window {
+    c: array<u32, 10>,
+    ci: array<bool, 10>,
+    r: array<u32, 3>,
+    ri: array<bool, 3>,
+}
+
+fn window_of(run: Run, first_col: i32, first_row: i32) -> Window {
+    var w: Window;
+    for (var j = 0; j < 10; j++) {
+        w.c[j] = col_offset(first_col + j);
+        w.ci[j] = col_inside(first_col + j);
+    }
+    for (var j = 0; j < 3; j++) {
+        w.r[j] = row_offset(first_row + j);
+        w.ri[j] = row_inside(first_row + j);
+    }
+    return w;
+}
+
+// One input row (offset `r`, inside the input if `ok`) against one row of 3 taps k0..k2.
+// The x1 and x2 copies differ only in the array they read.
+fn taps_x1(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
+    var v: array<f32, 10>;
+    for (var j = 0; j < 10; j++) {
+        v[j] = select(0.0, x1[r + w.c[j]], ok && w.ci[j]);
+    }
+    for (var j = 0; j < 8; j++) {
+        (*acc).a[j] += k0 * v[j] + k1 * v[j + 1] + k2 * v[j + 2];
+    }
+}
+
+fn taps_x2(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
+    var v: array<f32, 10>;
+    for (var j = 0; j < 10; j++) {
+        v[j] = select(0.0, x2[r + w.c[j]], ok && w.ci[j]);
+    }
+    for (var j = 0; j < 8; j++) {
+        (*acc).a[j] += k0 * v[j] + k1 * v[j + 1] + k2 * v[j + 2];
+    }
+}
+
+// The epilogue for the 4 channels m0.. at the run's pixels.
+fn store_run(run: Run, m0: u32, acc: Acc) {
+    let p = params;
+    if (!run.valid) {
+        return;
+    }
+    let base = (run.n * p.out_h + run.oy) * p.out_w + run.ox0;
+    for (var j = 0u; j < DIRECT_PX; j++) {
+        if (run.ox0 + j >= p.out_w) {
+            return;
+        }
+        let a = acc.a[j];
+        for (var c = 0u; c < 4u; c++) {
+            if (m0 + c < p.cout) {
+                store(m0 + c, base + j, a[c]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(DIRECT_WG, 1, 1)
+fn direct3x3(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p = params;
+    let run = run_at(gid.x);
+    let win = window_of(run, i32(run.ox0) - 1, i32(run.oy) - 1);
+    let m0 = gid.y * 4u;
+    let wr = weight_rows(m0, (p.cin1 + p.cin2) * 9u);
+
+    var acc: Acc;
+    for (var ci = 0u; ci < p.cin1; ci++) {
+        let plane = run.base1 + ci * run.plane;
+        let k = ci * 9u;
+        taps_x1(&acc, win, plane + win.r[0], win.ri[0], weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_x1(&acc, win, plane + win.r[1], win.ri[1], weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_x1(&acc, win, plane + win.r[2], win.ri[2], weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+    }
+    for (var ci = 0u; ci < p.cin2; ci++) {
+        let plane = run.base2 + ci * run.plane;
+        let k = (p.cin1 + ci) * 9u;
+        taps_x2(&acc, win, plane + win.r[0], win.ri[0], weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_x2(&acc, win, plane + win.r[1], win.ri[1], weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_x2(&acc, win, plane + win.r[2], win.ri[2], weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+    }
+    store_run(run, m0, acc);
+}
+
+@compute @workgroup_size(DIRECT_WG, 1, 1)
+fn direct1x1(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p = params;
+    let run = run_at(gid.x);
+    // Columns past the output's width read the last one (their outputs are not stored).
+    let win = window_of(run, i32(run.ox0), i32(run.oy));
+    let m0 = gid.y * 4u;
+    let wr = weight_rows(m0, p.cin1 + p.cin2);
+    let r = win.r[0];
+
+    var acc: Acc;
+    for (var ci = 0u; ci < p.cin1; ci++) {
+        let row = run.base1 + ci * run.plane + r;
+        let k = weights4(wr, ci);
+        for (var j = 0; j < 8; j++) {
+            acc.a[j] += k * x1[row + win.c[j]];
+        }
+    }
+    for (var ci = 0u; ci < p.cin2; ci++) {
+        let row = run.base2 + ci * run.plane + r;
+        let k = weights4(wr, p.cin1 + ci);
+        for (var j = 0; j < 8; j++) {
+            acc.a[j] += k * x2[row + win.c[j]];
+        }
+    }
+    store_run(run, m0, acc);
 }

@@ -4,7 +4,21 @@ mod common;
 
 use common::*;
 use diffusion_playground::cpu::{self, Conv2dSpec};
-use diffusion_playground::gpu::conv2d::{conv2d, out_size, Conv2dArgs, TembSlice};
+use diffusion_playground::gpu::conv2d::{conv2d, out_size, Conv2dArgs, ConvVariant, TembSlice};
+
+/// Every kernel variant that can compute a convolution of this shape: the tiled kernel
+/// always, the direct one for stride 1 with 3x3/pad 1 or 1x1/pad 0, the narrow one for at
+/// most 4 output channels. Each case below is checked against the CPU reference with each.
+fn variants(cout: usize, k: usize, stride: usize, pad: usize) -> Vec<ConvVariant> {
+    let mut v = vec![ConvVariant::Tiled];
+    if ConvVariant::direct_applies(k, stride, pad) {
+        v.push(ConvVariant::Direct);
+    }
+    if cout <= 4 {
+        v.push(ConvVariant::Narrow);
+    }
+    v
+}
 
 struct Case {
     n: usize,
@@ -31,23 +45,32 @@ fn check_plain(seed: u64, c: Case) {
     let gx = upload("x", &[c.n, c.cin, c.h, c.w], &x);
     let gw = upload("w", &[c.cout, c.cin, c.k, c.k], &wt);
     let gb = upload("b", &[c.cout], &b);
-    let out = zeros("out", &[c.n, c.cout, oh, ow]);
-    let d =
-        conv2d(gpu(), &Conv2dArgs { stride: c.stride, pad: c.pad, ..Conv2dArgs::new(&gx, &gw, &gb, &out) })
-            .expect("conv2d launch");
-    let got = run(&[&d], &out);
-    let tol = dot_tolerance(fan_in);
-    assert_close(
-        &format!(
-            "conv2d n{} cin{} cout{} {}x{} k{} s{} p{}",
-            c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad
-        ),
-        &got,
-        &expect,
-        &[c.n, c.cout, oh, ow],
-        tol,
-        tol,
-    );
+    for variant in variants(c.cout, c.k, c.stride, c.pad) {
+        let out = zeros("out", &[c.n, c.cout, oh, ow]);
+        let d = conv2d(
+            gpu(),
+            &Conv2dArgs {
+                stride: c.stride,
+                pad: c.pad,
+                variant: Some(variant),
+                ..Conv2dArgs::new(&gx, &gw, &gb, &out)
+            },
+        )
+        .expect("conv2d launch");
+        let got = run(&[&d], &out);
+        let tol = dot_tolerance(fan_in);
+        assert_close(
+            &format!(
+                "conv2d {variant:?} n{} cin{} cout{} {}x{} k{} s{} p{}",
+                c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad
+            ),
+            &got,
+            &expect,
+            &[c.n, c.cout, oh, ow],
+            tol,
+            tol,
+        );
+    }
 }
 
 #[test]
@@ -139,11 +162,11 @@ fn check_fused(
     cout: usize,
     sh: usize,
     sw: usize,
+    k: usize,
     upsample: bool,
     silu: bool,
 ) {
     let mut r = rng(seed);
-    let k = 3;
     let cin = c1 + c2;
     let fan_in = cin * k * k;
     let x1 = uniform(&mut r, n * c1 * sh * sw, 1.0);
@@ -161,7 +184,7 @@ fn check_fused(
     if upsample {
         input = cpu::upsample_nearest2x(&input, n * cin, sh, sw);
     }
-    let spec = Conv2dSpec { ksize: k, stride: 1, pad: 1 };
+    let spec = Conv2dSpec { ksize: k, stride: 1, pad: k / 2 };
     let mut expect = cpu::conv2d(&input, [n, cin, h, w], &wt, &b, cout, spec);
     for (i, v) in expect.iter_mut().enumerate() {
         let img = i / (cout * h * w);
@@ -176,38 +199,68 @@ fn check_fused(
     let gb = upload("b", &[cout], &b);
     let gt = upload("temb", &[n, temb_width], &temb);
     let gr = upload("res", &[n, cout, h, w], &res);
-    let out = zeros("out", &[n, cout, h, w]);
-    let d = conv2d(
-        gpu(),
-        &Conv2dArgs {
-            x2: Some(&gx2),
-            temb: Some(TembSlice { tensor: &gt, offset: temb_offset }),
-            residual: Some(&gr),
-            upsample,
-            silu,
-            out_scale: scale,
-            ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
-        },
-    )
-    .expect("fused conv2d launch");
-    let got = run(&[&d], &out);
-    let tol = dot_tolerance(fan_in);
-    assert_close("fused conv2d", &got, &expect, &[n, cout, h, w], tol, tol);
+    for variant in variants(cout, k, 1, k / 2) {
+        let out = zeros("out", &[n, cout, h, w]);
+        let d = conv2d(
+            gpu(),
+            &Conv2dArgs {
+                x2: Some(&gx2),
+                temb: Some(TembSlice { tensor: &gt, offset: temb_offset }),
+                residual: Some(&gr),
+                upsample,
+                silu,
+                out_scale: scale,
+                variant: Some(variant),
+                ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
+            },
+        )
+        .expect("fused conv2d launch");
+        let got = run(&[&d], &out);
+        let tol = dot_tolerance(fan_in);
+        assert_close(
+            &format!("fused conv2d {variant:?} n{n} {c1}+{c2}->{cout} {sh}x{sw} k{k}"),
+            &got,
+            &expect,
+            &[n, cout, h, w],
+            tol,
+            tol,
+        );
+    }
 }
 
 #[test]
 fn conv_fused_concat_temb_residual() {
-    check_fused(20, 2, 64, 32, 64, 14, 14, false, false);
+    check_fused(20, 2, 64, 32, 64, 14, 14, 3, false, false);
 }
 
 #[test]
 fn conv_fused_concat_upsample_odd() {
-    check_fused(21, 3, 33, 1, 3, 7, 7, true, true);
+    check_fused(21, 3, 33, 1, 3, 7, 7, 3, true, true);
 }
 
 #[test]
 fn conv_fused_upsample_batch17() {
-    check_fused(22, 17, 16, 16, 32, 7, 7, true, false);
+    check_fused(22, 17, 16, 16, 32, 7, 7, 3, true, false);
+}
+
+#[test]
+fn conv_fused_batch1_partial_runs() {
+    // 13 columns: one full and one partial 8-pixel run per row for the direct kernel; 5
+    // output channels: a partial channel block.
+    check_fused(23, 1, 3, 4, 5, 13, 13, 3, false, true);
+}
+
+#[test]
+fn conv_fused_1x1_two_inputs_upsample() {
+    // The up blocks' shortcut shape (two inputs, 1x1), plus upsampling and odd sizes.
+    check_fused(24, 2, 7, 9, 6, 5, 3, 1, true, false);
+}
+
+#[test]
+fn conv_direct_wide_rows_non_square() {
+    check_plain(25, Case { n: 2, cin: 5, cout: 9, h: 3, w: 21, k: 3, stride: 1, pad: 1 });
+    check_plain(26, Case { n: 1, cin: 6, cout: 7, h: 17, w: 1, k: 3, stride: 1, pad: 1 });
+    check_plain(27, Case { n: 3, cin: 2, cout: 11, h: 2, w: 9, k: 1, stride: 1, pad: 0 });
 }
 
 #[test]

@@ -81,12 +81,14 @@ mod native {
             let profile = args.iter().any(|a| a == "--profile");
             return bench_model(&gpu, std::path::Path::new(dir), quick, profile);
         }
-        println!("{:<34} {:>5} {:>11} {:>9}", "kernel", "batch", "ms/call", "GFLOP/s");
+        println!("{:<44} {:>5} {:>11} {:>9}", "kernel", "batch", "ms/call", "GFLOP/s");
         let budget = Duration::from_millis(if quick { 50 } else { 400 });
         for batch in [2usize, 32] {
             for c in CONVS.iter().filter(|c| wanted(c.name)) {
-                let (ms, flops) = bench_conv(&gpu, c, batch, budget)?;
-                report(c.name, batch, ms, flops);
+                for variant in conv_variants(c, &args) {
+                    let (ms, flops) = bench_conv(&gpu, c, batch, budget, Some(variant))?;
+                    report(&format!("{} [{variant:?}]", c.name), batch, ms, flops);
+                }
             }
             for (name, c, side, heads) in [
                 ("attention core C64 h8 @14", 64usize, 14usize, 8usize),
@@ -241,7 +243,30 @@ mod native {
         Ok(())
     }
 
-    fn bench_conv(gpu: &Gpu, c: &Conv, batch: usize, budget: Duration) -> Result<(f64, f64)> {
+    /// Every variant that applies to `c` (`--variant all`), or the one `conv2d` would pick.
+    fn conv_variants(c: &Conv, args: &[String]) -> Vec<conv2d::ConvVariant> {
+        use conv2d::ConvVariant::*;
+        let auto = conv2d::ConvVariant::auto(c.cout, c.k, c.stride, c.k / 2);
+        if !args.iter().any(|a| a == "--all-variants") {
+            return vec![auto];
+        }
+        let mut v = vec![Tiled];
+        if c.stride == 1 && (c.k == 3 || c.k == 1) {
+            v.push(Direct);
+        }
+        if c.cout <= 4 {
+            v.push(Narrow);
+        }
+        v
+    }
+
+    fn bench_conv(
+        gpu: &Gpu,
+        c: &Conv,
+        batch: usize,
+        budget: Duration,
+        variant: Option<conv2d::ConvVariant>,
+    ) -> Result<(f64, f64)> {
         let x = filled(gpu, &[batch, c.cin1, c.size, c.size])?;
         let x2 = if c.cin2 > 0 { Some(filled(gpu, &[batch, c.cin2, c.size, c.size])?) } else { None };
         let cin = c.cin1 + c.cin2;
@@ -257,6 +282,7 @@ mod native {
                 x2: x2.as_ref(),
                 stride: c.stride,
                 upsample: c.upsample,
+                variant,
                 ..Conv2dArgs::new(&x, &w, &b, &out)
             },
         )?;
@@ -313,6 +339,6 @@ mod native {
     }
 
     fn report(name: &str, batch: usize, ms: f64, flops: f64) {
-        println!("{name:<34} {batch:>5} {ms:>11.3} {:>9.2}", flops / (ms * 1e-3) / 1e9);
+        println!("{name:<44} {batch:>5} {ms:>11.3} {:>9.2}", flops / (ms * 1e-3) / 1e9);
     }
 }

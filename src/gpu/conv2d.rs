@@ -2,8 +2,6 @@
 //! 1 or 2, zero padding, bias, with the U-Net's fusions (two-input skip concat, nearest 2x
 //! upsample of the input, time-embedding and residual epilogue, SiLU, output scale).
 
-use std::borrow::Cow;
-
 use bytemuck::{Pod, Zeroable};
 
 use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
@@ -27,14 +25,55 @@ const KERNEL: KernelDef = KernelDef {
 };
 /// The same shader's entry point for at most [`NARROW_MAX_COUT`] output channels.
 const NARROW: KernelDef = KernelDef { entry: "narrow", ..KERNEL };
+/// The barrier-free entry points (stride 1; 3x3 with pad 1, or 1x1 with pad 0).
+const DIRECT3: KernelDef = KernelDef { entry: "direct3x3", ..KERNEL };
+const DIRECT1: KernelDef = KernelDef { entry: "direct1x1", ..KERNEL };
 const OP: &str = "conv2d";
 /// `main`'s workgroup is 256 invocations, `256 / wg_y` pixels by `wg_y` output channels,
-/// each computing 4 x 4 outputs. The shader's own value is 16 (64 x 64 tiles); the variant
-/// for outputs of at most 32 channels replaces this line of its source with 8 (32 x 128).
-const WG_Y_LINE: &str = "const WG_Y: u32 = 16u;";
+/// each computing 4 x 4 outputs: 16 (64 x 64 tiles), or 8 (32 x 128) for outputs of at
+/// most 32 channels, set through the `WG_Y` override.
 const SLIM_MAX_COUT: usize = 32;
 const NARROW_MAX_COUT: usize = 4;
 const NARROW_WG: usize = 256; // = NARROW_WG in conv2d.wgsl
+/// Invocations per workgroup of the direct kernels (`DIRECT_WG`).
+const DIRECT_WG: usize = 64;
+const DIRECT_MIN_WG: usize = 16;
+/// Output pixels (along a row) and channels one invocation of a direct kernel computes
+/// (= DIRECT_PX and 4 in conv2d.wgsl).
+pub const DIRECT_PX: usize = 8;
+pub const DIRECT_CH: usize = 4;
+
+/// Which of the shader's kernels computes a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvVariant {
+    /// The 64 x 64 (or 32 x 128) workgroup tile through workgroup memory: any kernel size
+    /// and stride.
+    Tiled,
+    /// Barrier-free register tiles, [`DIRECT_CH`] channels x [`DIRECT_PX`] pixels per
+    /// invocation: stride 1, 3x3 with pad 1 or 1x1 with pad 0.
+    Direct,
+    /// One invocation per pixel for all (at most 4) output channels.
+    Narrow,
+}
+
+impl ConvVariant {
+    /// The variant [`conv2d`] picks when none is asked for: direct wherever it applies
+    /// (faster than the tile and than `narrow` at every shape of the shipped models on
+    /// lavapipe, README), and the one with enough workgroups at batch 2.
+    pub fn auto(cout: usize, k: usize, stride: usize, pad: usize) -> Self {
+        if Self::direct_applies(k, stride, pad) {
+            ConvVariant::Direct
+        } else if cout <= NARROW_MAX_COUT {
+            ConvVariant::Narrow
+        } else {
+            ConvVariant::Tiled
+        }
+    }
+
+    pub fn direct_applies(k: usize, stride: usize, pad: usize) -> bool {
+        stride == 1 && ((k == 3 && pad == 1) || (k == 1 && pad == 0))
+    }
+}
 
 /// The projected time embedding added per (image, channel) in the epilogue: channels
 /// `[offset, offset + cout)` of each row of `tensor` [batch, width]. One linear can project
@@ -61,6 +100,8 @@ pub struct Conv2dArgs<'a> {
     pub upsample: bool,
     pub silu: bool,
     pub out_scale: f32,
+    /// `None`: [`ConvVariant::auto`]. Tests and the bench ask for each variant.
+    pub variant: Option<ConvVariant>,
 }
 
 impl<'a> Conv2dArgs<'a> {
@@ -80,6 +121,7 @@ impl<'a> Conv2dArgs<'a> {
             upsample: false,
             silu: false,
             out_scale: 1.0,
+            variant: None,
         }
     }
 }
@@ -199,17 +241,42 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     };
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
-    let (kernel, grid) = if cout <= NARROW_MAX_COUT {
-        (gpu.kernel(&NARROW, &[])?, [groups(pixels, NARROW_WG), 1, 1])
-    } else {
-        let wg_y = if cout <= SLIM_MAX_COUT { 8 } else { 16 };
-        let kernel = if wg_y == 16 {
-            gpu.kernel(&KERNEL, &[])?
-        } else {
-            let source = KERNEL.source.replace(WG_Y_LINE, &format!("const WG_Y: u32 = {wg_y}u;"));
-            gpu.kernel_variant(&KERNEL, &format!("wg_y={wg_y}"), Cow::Owned(source), &[])?
-        };
-        (kernel, [groups(pixels, 4 * (256 / wg_y)), groups(cout, 4 * wg_y), 1])
+    let variant = a.variant.unwrap_or(ConvVariant::auto(cout, k, a.stride, a.pad));
+    let (kernel, grid) = match variant {
+        ConvVariant::Narrow => {
+            if cout > NARROW_MAX_COUT {
+                return Err(EngineError::shape(
+                    OP,
+                    format!("the narrow kernel takes at most 4 channels, not {cout}"),
+                ));
+            }
+            (gpu.kernel(&NARROW, &[])?, [groups(pixels, NARROW_WG), 1, 1])
+        }
+        ConvVariant::Direct => {
+            if !ConvVariant::direct_applies(k, a.stride, a.pad) {
+                return Err(EngineError::shape(
+                    OP,
+                    format!(
+                        "the direct kernel takes stride 1 and 3x3/pad 1 or 1x1/pad 0, not {k}x{k}/stride {}/pad {}",
+                        a.stride, a.pad
+                    ),
+                ));
+            }
+            let def = if k == 3 { &DIRECT3 } else { &DIRECT1 };
+            let runs = n * oh * ow.div_ceil(DIRECT_PX);
+            u32_of(OP, "pixel runs", runs)?;
+            // Small images at small batches have few runs per channel block: a smaller
+            // workgroup then wastes fewer invocations (llvmpipe runs every invocation of a
+            // workgroup, valid or not) and leaves more workgroups.
+            let wg = runs.next_power_of_two().clamp(DIRECT_MIN_WG, DIRECT_WG);
+            let kernel = gpu.kernel(def, &[("DIRECT_WG", wg as f64)])?;
+            (kernel, [groups(runs, wg), groups(cout, DIRECT_CH), 1])
+        }
+        ConvVariant::Tiled => {
+            let wg_y = if cout <= SLIM_MAX_COUT { 8 } else { 16 };
+            let kernel = gpu.kernel(&KERNEL, &[("WG_Y", wg_y as f64)])?;
+            (kernel, [groups(pixels, 4 * (256 / wg_y)), groups(cout, 4 * wg_y), 1])
+        }
     };
     gpu.dispatch(
         &kernel,
