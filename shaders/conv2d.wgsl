@@ -46,6 +46,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read> residual: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<uniform> params: Params;
+// Direct kernels with NORM > 0: GroupNorm statistics of the input, (mean, gamma / std, beta,
+// 0) per (image, input channel) (group_norm.wgsl, `stats`).
+@group(0) @binding(8) var<storage, read> norm: array<f32>;
 
 // Pipeline-overridable: the launcher sets 8 (32 x 128 tiles) for outputs of at most 32
 // channels.
@@ -311,6 +314,30 @@ fn narrow(
 
 override DIRECT_WG: u32 = 64u;
 const DIRECT_PX: u32 = 8u; // = DIRECT_PX in conv2d.rs
+// 0: the input is used as stored; 1: GroupNorm'd as it is read (`norm`), 2: GroupNorm'd and
+// SiLU'd. Zero padding applies after the normalisation, as in the unfused pair. A pipeline
+// constant, so the unused paths compile away.
+override NORM: u32 = 0u;
+
+// How input channel ci of the run's image is normalised (mean, scale, shift).
+fn norm_of(n: u32, ci: u32) -> vec3<f32> {
+    if (NORM == 0u) {
+        return vec3<f32>(0.0, 1.0, 0.0);
+    }
+    let at = (n * (params.cin1 + params.cin2) + ci) * 4u;
+    return vec3<f32>(norm[at], norm[at + 1u], norm[at + 2u]);
+}
+
+fn normalise(v: f32, m: vec3<f32>) -> f32 {
+    if (NORM == 0u) {
+        return v;
+    }
+    let y = (v - m.x) * m.y + m.z;
+    if (NORM == 2u) {
+        return y / (1.0 + exp(-y));
+    }
+    return y;
+}
 
 // Where an invocation's 8 output pixels are and how it reads its input.
 struct Run {
@@ -396,22 +423,22 @@ fn window_of(run: Run, first_col: i32, first_row: i32) -> Window {
     return w;
 }
 
-// One input row (offset `r`, inside the input if `ok`) against one row of 3 taps k0..k2.
-// The x1 and x2 copies differ only in the array they read.
-fn taps_x1(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
+// One input row (offset `r`, inside the input if `ok`, normalised by `m`) against one row
+// of 3 taps k0..k2. The x1 and x2 copies differ only in the array they read.
+fn taps_x1(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, m: vec3<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
     var v: array<f32, 10>;
     for (var j = 0; j < 10; j++) {
-        v[j] = select(0.0, x1[r + w.c[j]], ok && w.ci[j]);
+        v[j] = select(0.0, normalise(x1[r + w.c[j]], m), ok && w.ci[j]);
     }
     for (var j = 0; j < 8; j++) {
         (*acc).a[j] += k0 * v[j] + k1 * v[j + 1] + k2 * v[j + 2];
     }
 }
 
-fn taps_x2(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
+fn taps_x2(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, m: vec3<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
     var v: array<f32, 10>;
     for (var j = 0; j < 10; j++) {
-        v[j] = select(0.0, x2[r + w.c[j]], ok && w.ci[j]);
+        v[j] = select(0.0, normalise(x2[r + w.c[j]], m), ok && w.ci[j]);
     }
     for (var j = 0; j < 8; j++) {
         (*acc).a[j] += k0 * v[j] + k1 * v[j + 1] + k2 * v[j + 2];
@@ -450,16 +477,18 @@ fn direct3x3(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var ci = 0u; ci < p.cin1; ci++) {
         let plane = run.base1 + ci * run.plane;
         let k = ci * 9u;
-        taps_x1(&acc, win, plane + win.r[0], win.ri[0], weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-        taps_x1(&acc, win, plane + win.r[1], win.ri[1], weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        taps_x1(&acc, win, plane + win.r[2], win.ri[2], weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        let m = norm_of(run.n, ci);
+        taps_x1(&acc, win, plane + win.r[0], win.ri[0], m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_x1(&acc, win, plane + win.r[1], win.ri[1], m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_x1(&acc, win, plane + win.r[2], win.ri[2], m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
     for (var ci = 0u; ci < p.cin2; ci++) {
         let plane = run.base2 + ci * run.plane;
         let k = (p.cin1 + ci) * 9u;
-        taps_x2(&acc, win, plane + win.r[0], win.ri[0], weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-        taps_x2(&acc, win, plane + win.r[1], win.ri[1], weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        taps_x2(&acc, win, plane + win.r[2], win.ri[2], weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        let m = norm_of(run.n, p.cin1 + ci);
+        taps_x2(&acc, win, plane + win.r[0], win.ri[0], m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_x2(&acc, win, plane + win.r[1], win.ri[1], m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_x2(&acc, win, plane + win.r[2], win.ri[2], m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
     store_run(run, m0, acc);
 }
@@ -478,15 +507,17 @@ fn direct1x1(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var ci = 0u; ci < p.cin1; ci++) {
         let row = run.base1 + ci * run.plane + r;
         let k = weights4(wr, ci);
+        let m = norm_of(run.n, ci);
         for (var j = 0; j < 8; j++) {
-            acc.a[j] += k * x1[row + win.c[j]];
+            acc.a[j] += k * normalise(x1[row + win.c[j]], m);
         }
     }
     for (var ci = 0u; ci < p.cin2; ci++) {
         let row = run.base2 + ci * run.plane + r;
         let k = weights4(wr, p.cin1 + ci);
+        let m = norm_of(run.n, p.cin1 + ci);
         for (var j = 0; j < 8; j++) {
-            acc.a[j] += k * x2[row + win.c[j]];
+            acc.a[j] += k * normalise(x2[row + win.c[j]], m);
         }
     }
     store_run(run, m0, acc);

@@ -7,7 +7,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::gpu::sampler_step::{SamplerBuffers, SamplerRun};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::{Forward, UNet};
 use crate::sched::{plan, Plan, SamplerKind, SamplerOptions, SchedulerConfig};
 
@@ -318,6 +318,15 @@ impl Session {
     /// fused update that writes x_{t-1}, x0_hat and the next model input. One submit, no
     /// read-back.
     pub fn step(&self, gpu: &Gpu, run: &Run, k: usize) -> Result<()> {
+        let dispatches = self.step_dispatches(gpu, run, k)?;
+        gpu.run(&dispatches)
+    }
+
+    /// The dispatches of step `k`, in order, after queueing its timesteps (what [`step`]
+    /// submits; `bench --plan-stats` lists them).
+    ///
+    /// [`step`]: Session::step
+    pub fn step_dispatches<'s>(&'s self, gpu: &Gpu, run: &'s Run, k: usize) -> Result<Vec<&'s Dispatch>> {
         let layout =
             self.layout.as_ref().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
         if k >= run.steps() || run.samplers.len() != layout.shards.len() {
@@ -329,6 +338,6 @@ impl Session {
             dispatches.extend(shard.forward.dispatches());
             dispatches.push(&sampler.steps()[k]);
         }
-        gpu.run(&dispatches)
+        Ok(dispatches)
     }
 }

@@ -277,3 +277,108 @@ fn conv_rejects_mismatched_shapes() {
     let err = conv2d(gpu(), &Conv2dArgs::new(&x, &w, &b, &wrong_out)).err().expect("must fail");
     assert!(err.to_string().contains("[1, 4, 8, 8]"), "{err}");
 }
+
+/// GroupNorm (+ SiLU) folded into the direct kernels' reads: the statistics pass over the
+/// (concatenated) input, then the conv normalising as it gathers, against the CPU's
+/// group_norm followed by conv2d. Inputs have a mean far from zero, so normalising before
+/// the zero padding (not after) matters at the borders.
+#[allow(clippy::too_many_arguments)] // one per shape parameter of the case
+fn check_norm(
+    seed: u64,
+    n: usize,
+    c1: usize,
+    c2: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    groups: usize,
+    silu: bool,
+) {
+    use diffusion_playground::gpu::conv2d::NormIn;
+    use diffusion_playground::gpu::group_norm::{group_norm_stats, NORM_STATS};
+    let mut r = rng(seed);
+    let cin = c1 + c2;
+    let fan_in = cin * k * k;
+    let x1: Vec<f32> = uniform(&mut r, n * c1 * h * w, 1.0).iter().map(|v| v + 3.0).collect();
+    let x2: Vec<f32> = uniform(&mut r, n * c2 * h * w, 2.0).iter().map(|v| v - 1.0).collect();
+    let gamma = uniform(&mut r, cin, 1.5);
+    let beta = uniform(&mut r, cin, 0.5);
+    let wt = uniform(&mut r, cout * fan_in, 1.0 / (fan_in as f32).sqrt());
+    let b = uniform(&mut r, cout, 0.5);
+    let input = cpu::concat_channels(&x1, &x2, n, c1, c2, h * w);
+    let normed = cpu::group_norm(&input, n, cin, h * w, groups, &gamma, &beta, 1e-5, silu);
+    let spec = Conv2dSpec { ksize: k, stride: 1, pad: k / 2 };
+    let expect = cpu::conv2d(&normed, [n, cin, h, w], &wt, &b, cout, spec);
+
+    let gx1 = upload("x1", &[n, c1, h, w], &x1);
+    let gx2 = (c2 > 0).then(|| upload("x2", &[n, c2, h, w], &x2));
+    let gg = upload("gamma", &[cin], &gamma);
+    let gbeta = upload("beta", &[cin], &beta);
+    let gw = upload("w", &[cout, cin, k, k], &wt);
+    let gb = upload("b", &[cout], &b);
+    let stats = zeros("stats", &[n, cin, NORM_STATS]);
+    let out = zeros("out", &[n, cout, h, w]);
+    let x2_arg = gx2.as_ref();
+    let s = group_norm_stats(gpu(), &gx1, x2_arg, &gg, &gbeta, &stats, groups, 1e-5).expect("stats launch");
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs {
+            x2: x2_arg,
+            norm: Some(NormIn { stats: &stats, silu }),
+            ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
+        },
+    )
+    .expect("normalising conv2d launch");
+    let got = run(&[&s, &d], &out);
+    // The conv's dot-product error, plus the GroupNorm's (normalised values carry ~1e-6).
+    let tol = dot_tolerance(fan_in) + 1e-5;
+    assert_close(
+        &format!("norm conv2d n{n} {c1}+{c2}->{cout} {h}x{w} k{k} g{groups} silu{silu}"),
+        &got,
+        &expect,
+        &[n, cout, h, w],
+        tol,
+        tol,
+    );
+}
+
+#[test]
+fn conv_norm_silu_3x3_concat_odd() {
+    // Groups straddle the two inputs (9 + 6 channels, 5 groups of 3).
+    check_norm(30, 2, 9, 6, 7, 13, 11, 3, 5, true);
+}
+
+#[test]
+fn conv_norm_3x3_batch1_u_net_level0() {
+    check_norm(31, 1, 32, 0, 32, 28, 28, 3, 8, true);
+}
+
+#[test]
+fn conv_norm_1x1_no_silu_attention_qkv() {
+    // The attention block's GroupNorm (no SiLU) feeding its q, k, v projection.
+    check_norm(32, 3, 64, 0, 192, 7, 7, 1, 8, false);
+}
+
+#[test]
+fn conv_norm_needs_the_direct_kernel() {
+    use diffusion_playground::gpu::conv2d::NormIn;
+    use diffusion_playground::gpu::group_norm::NORM_STATS;
+    let x = zeros("x", &[1, 4, 8, 8]);
+    let w = zeros("w", &[4, 4, 3, 3]);
+    let b = zeros("b", &[4]);
+    let stats = zeros("stats", &[1, 4, NORM_STATS]);
+    let out = zeros("out", &[1, 4, 8, 8]);
+    let args = Conv2dArgs {
+        norm: Some(NormIn { stats: &stats, silu: true }),
+        variant: Some(ConvVariant::Tiled),
+        ..Conv2dArgs::new(&x, &w, &b, &out)
+    };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("direct kernel"), "{err}");
+    let wrong = zeros("stats", &[1, 4, 2]);
+    let args =
+        Conv2dArgs { norm: Some(NormIn { stats: &wrong, silu: true }), ..Conv2dArgs::new(&x, &w, &b, &out) };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("norm stats"), "{err}");
+}

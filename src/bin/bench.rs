@@ -8,7 +8,13 @@
 //! `--profile` (with `--model`) also times every dispatch of the batch-32 forward on its
 //! own and sums the times by kernel: where the time of a pass goes.
 //!
-//! `cargo run --release --bin bench [-- --quick] [-- --model www/models/fashion [--profile]]`
+//! `--plan-stats` (with `--model`) prints every dispatch of one guided sampling step (the
+//! U-Net forward and the sampler update) at model batch 2 and 32: kernel, workgroups, FLOPs
+//! and the bytes of the buffers each reads and writes, with totals. It runs nothing.
+//!
+//! `--all-variants` times every conv kernel variant that applies to each shape.
+//!
+//! `cargo run --release --bin bench [-- --quick] [-- --model www/models/fashion [--profile | --plan-stats]]`
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -79,6 +85,9 @@ mod native {
         println!("adapter: {}", gpu.adapter_name());
         if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
             let profile = args.iter().any(|a| a == "--profile");
+            if args.iter().any(|a| a == "--plan-stats") {
+                return plan_stats(&gpu, std::path::Path::new(dir));
+            }
             return bench_model(&gpu, std::path::Path::new(dir), quick, profile);
         }
         println!("{:<44} {:>5} {:>11} {:>9}", "kernel", "batch", "ms/call", "GFLOP/s");
@@ -171,6 +180,69 @@ mod native {
             run.model_batch(),
             ms / 20.0
         );
+        Ok(())
+    }
+
+    /// Every dispatch of one guided step (images = half the model batch), without running it.
+    fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
+        use diffusion_playground::model::UNet;
+        use diffusion_playground::pipeline::{SampleRequest, Session};
+        use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+        let config = String::from_utf8_lossy(&read("config.json")).into_owned();
+        let unet = UNet::load(gpu, &config, &read("diffusion_pytorch_model.safetensors"))?;
+        let sched = SchedulerConfig::from_json(&String::from_utf8_lossy(&read("scheduler_config.json")))?;
+        for images in [1usize, 16] {
+            let mut session = Session::new(gpu, &unet, images)?;
+            let req = SampleRequest {
+                classes: vec![0; images],
+                guidance: 2.0,
+                kind: SamplerKind::Ddim,
+                steps: 20,
+                eta: 0.0,
+                seed: 1,
+                first_image: 0,
+                init_noise: None,
+            };
+            let run = session.start(gpu, &unet, &sched, &req)?;
+            let all = session.step_dispatches(gpu, &run, 0)?;
+            println!(
+                "\n### One guided step, U-Net batch {} ({} shard{})\n",
+                run.model_batch(),
+                run.shards(),
+                if run.shards() == 1 { "" } else { "s" }
+            );
+            println!("| # | kernel | workgroups | MFLOP | KiB read | KiB written |");
+            println!("|---|---|---|---|---|---|");
+            let (mut flops, mut read_b, mut written_b) = (0.0, 0u64, 0u64);
+            let mut few = 0;
+            for (i, d) in all.iter().enumerate() {
+                let c = d.cost();
+                let [x, y, z] = d.workgroups();
+                let wgs = x as u64 * y as u64 * z as u64;
+                // "Heavy": over 1 MFLOP per image of the batch.
+                if c.flops > 1e6 * run.model_batch() as f64 && wgs < 64 {
+                    few += 1;
+                }
+                println!(
+                    "| {i} | {} | {wgs} ({x}x{y}x{z}) | {:.2} | {:.1} | {:.1} |",
+                    d.label(),
+                    c.flops / 1e6,
+                    c.bytes_read as f64 / 1024.0,
+                    c.bytes_written as f64 / 1024.0
+                );
+                flops += c.flops;
+                read_b += c.bytes_read;
+                written_b += c.bytes_written;
+            }
+            println!(
+                "| | **{} dispatches** | {few} heavy with < 64 workgroups | **{:.1}** | **{:.0}** | **{:.0}** |",
+                all.len(),
+                flops / 1e6,
+                read_b as f64 / 1024.0,
+                written_b as f64 / 1024.0
+            );
+        }
         Ok(())
     }
 

@@ -79,6 +79,8 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
         &params,
         [groups(tokens, QUERIES_PER_WORKGROUP), heads as u32, u32_of(OP, "batch", n)?],
     )
+    // QK^T and PV: 2 * tokens^2 * head_dim multiply-adds per head.
+    .map(|d| d.with_flops(4.0 * (n * tokens * tokens * c) as f64))
 }
 
 /// Weights of one spatial attention block, with to_q/to_k/to_v stacked into one

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
 use crate::error::{EngineError, Result};
+use crate::gpu::group_norm::NORM_STATS;
 use crate::gpu::pipeline::Access;
 
 const KERNEL: KernelDef = KernelDef {
@@ -21,6 +22,7 @@ const KERNEL: KernelDef = KernelDef {
         Access::Read,
         Access::ReadWrite,
         Access::Uniform,
+        Access::Read,
     ],
 };
 /// The same shader's entry point for at most [`NARROW_MAX_COUT`] output channels.
@@ -37,7 +39,10 @@ const NARROW_MAX_COUT: usize = 4;
 const NARROW_WG: usize = 256; // = NARROW_WG in conv2d.wgsl
 /// Invocations per workgroup of the direct kernels (`DIRECT_WG`).
 const DIRECT_WG: usize = 64;
-const DIRECT_MIN_WG: usize = 16;
+const DIRECT_MIN_WG: usize = 8;
+/// Workgroups a heavy dispatch should have at least, where its size allows: enough for
+/// every core of a CPU adapter and a fair share of a GPU's SMs at batch 2.
+const MIN_WORKGROUPS: usize = 64;
 /// Output pixels (along a row) and channels one invocation of a direct kernel computes
 /// (= DIRECT_PX and 4 in conv2d.wgsl).
 pub const DIRECT_PX: usize = 8;
@@ -83,6 +88,14 @@ pub struct TembSlice<'a> {
     pub offset: usize,
 }
 
+/// The input of a convolution GroupNorm'd (and SiLU'd) as it is read: `stats` is
+/// `group_norm_stats`' output for the (concatenated) input, [n, cin1 + cin2, NORM_STATS].
+/// Direct kernels only.
+pub struct NormIn<'a> {
+    pub stats: &'a Tensor,
+    pub silu: bool,
+}
+
 /// - `x`: [n, cin1, h, w] (or [n, cin1, h/2, w/2] with `upsample`)
 /// - `x2`: [n, cin2, ..] read as channels after `x`'s, or `None`
 /// - `weight`: [cout, cin1 + cin2, k, k]; `bias`: [cout]
@@ -94,6 +107,8 @@ pub struct Conv2dArgs<'a> {
     pub bias: &'a Tensor,
     pub temb: Option<TembSlice<'a>>,
     pub residual: Option<&'a Tensor>,
+    /// Normalise the input as it is read (the GroupNorm in front of the conv, fused).
+    pub norm: Option<NormIn<'a>>,
     pub out: &'a Tensor,
     pub stride: usize,
     pub pad: usize,
@@ -115,6 +130,7 @@ impl<'a> Conv2dArgs<'a> {
             bias,
             temb: None,
             residual: None,
+            norm: None,
             out,
             stride: 1,
             pad: k / 2,
@@ -219,6 +235,9 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         None => (0, 0),
     };
 
+    if let Some(norm) = &a.norm {
+        expect_shape(OP, "norm stats", norm.stats, &[n, cin1 + cin2, NORM_STATS])?;
+    }
     let pixels = n * oh * ow;
     let flags = a.temb.is_some() as u32 | (a.residual.is_some() as u32) << 1 | (a.silu as u32) << 2;
     let params = Params {
@@ -242,6 +261,13 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
     let variant = a.variant.unwrap_or(ConvVariant::auto(cout, k, a.stride, a.pad));
+    if a.norm.is_some() && variant != ConvVariant::Direct {
+        return Err(EngineError::shape(
+            OP,
+            format!("a normalised input needs the direct kernel, not {variant:?}"),
+        ));
+    }
+    let norm_mode = a.norm.as_ref().map_or(0, |m| 1 + m.silu as u32);
     let (kernel, grid) = match variant {
         ConvVariant::Narrow => {
             if cout > NARROW_MAX_COUT {
@@ -265,11 +291,15 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             let def = if k == 3 { &DIRECT3 } else { &DIRECT1 };
             let runs = n * oh * ow.div_ceil(DIRECT_PX);
             u32_of(OP, "pixel runs", runs)?;
-            // Small images at small batches have few runs per channel block: a smaller
-            // workgroup then wastes fewer invocations (llvmpipe runs every invocation of a
-            // workgroup, valid or not) and leaves more workgroups.
-            let wg = runs.next_power_of_two().clamp(DIRECT_MIN_WG, DIRECT_WG);
-            let kernel = gpu.kernel(def, &[("DIRECT_WG", wg as f64)])?;
+            // Small images at small batches have few runs per channel block: smaller
+            // workgroups then waste fewer invocations (llvmpipe runs every invocation of a
+            // workgroup, valid or not) and spread the work over at least MIN_WORKGROUPS.
+            let blocks = cout.div_ceil(DIRECT_CH);
+            let mut wg = runs.next_power_of_two().clamp(DIRECT_MIN_WG, DIRECT_WG);
+            while wg > DIRECT_MIN_WG && runs.div_ceil(wg) * blocks < MIN_WORKGROUPS {
+                wg /= 2;
+            }
+            let kernel = gpu.kernel(def, &[("DIRECT_WG", wg as f64), ("NORM", norm_mode as f64)])?;
             (kernel, [groups(runs, wg), groups(cout, DIRECT_CH), 1])
         }
         ConvVariant::Tiled => {
@@ -278,7 +308,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             (kernel, [groups(pixels, 4 * (256 / wg_y)), groups(cout, 4 * wg_y), 1])
         }
     };
-    gpu.dispatch(
+    let d = gpu.dispatch(
         &kernel,
         &[
             a.x.buffer(),
@@ -288,10 +318,12 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             a.temb.as_ref().map_or(ph, |t| t.tensor.buffer()),
             a.residual.map_or(ph, |t| t.buffer()),
             a.out.buffer(),
+            a.norm.as_ref().map_or(ph, |m| m.stats.buffer()),
         ],
         &params,
         grid,
-    )
+    )?;
+    Ok(d.with_flops(flops(n, cin1 + cin2, cout, k, oh, ow)))
 }
 
 /// Multiply-adds of one call, for GFLOP/s reports (2 FLOPs each).

@@ -52,4 +52,5 @@ pub fn linear(
         &params,
         [groups(outputs, 64), groups(rows, 16), 1],
     )
+    .map(|d| d.with_flops(2.0 * (rows * inputs * outputs) as f64))
 }

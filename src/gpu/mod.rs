@@ -16,7 +16,7 @@ pub mod timestep_embedding;
 pub mod upsample;
 
 pub use context::Gpu;
-pub use pipeline::{Dispatch, Kernel, KernelDef};
+pub use pipeline::{Cost, Dispatch, Kernel, KernelDef};
 pub use tensor::Tensor;
 
 use crate::error::{EngineError, Result};

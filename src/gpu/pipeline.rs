@@ -68,6 +68,19 @@ pub struct Dispatch {
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    cost: Cost,
+}
+
+/// What one dispatch does, for `bench --plan-stats`: arithmetic (2 per multiply-add; the
+/// launcher's count) and the bytes of the buffers it reads and writes, each counted once
+/// (the traffic of an ideal cache; real kernels re-read inputs, weights above all).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub flops: f64,
+    /// Bytes of every read-only storage binding (activations, weights, biases).
+    pub bytes_read: u64,
+    /// Bytes of every writable binding: the activations the dispatch writes.
+    pub bytes_written: u64,
 }
 
 impl Dispatch {
@@ -84,6 +97,16 @@ impl Dispatch {
 
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups
+    }
+
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    /// Sets the FLOP count (the launcher knows it; bytes are counted when binding).
+    pub fn with_flops(mut self, flops: f64) -> Self {
+        self.cost.flops = flops;
+        self
     }
 }
 
@@ -213,6 +236,17 @@ impl Gpu {
             mapped_at_creation: false,
         });
         self.queue.write_buffer(&uniform, 0, bytemuck::bytes_of(params));
+        let mut cost = Cost::default();
+        for (buffer, access) in buffers.iter().zip(kernel.bindings.iter().filter(|a| **a != Access::Uniform))
+        {
+            if *buffer == &self.placeholder {
+                continue;
+            }
+            match access {
+                Access::Read => cost.bytes_read += buffer.size(),
+                _ => cost.bytes_written += buffer.size(),
+            }
+        }
         let mut storage_iter = buffers.iter();
         let entries: Vec<wgpu::BindGroupEntry> = kernel
             .bindings
@@ -231,7 +265,7 @@ impl Gpu {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Ok(Dispatch { kernel: kernel.clone(), bind_group, workgroups })
+        Ok(Dispatch { kernel: kernel.clone(), bind_group, workgroups, cost })
     }
 }
 

@@ -10,7 +10,7 @@ use crate::error::{EngineError, Result};
 use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{conv2d, Conv2dArgs, TembSlice};
-use crate::gpu::group_norm::group_norm;
+use crate::gpu::group_norm::{group_norm, group_norm_cat};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// (name, shape) of every parameter, in diffusers' naming.
@@ -120,8 +120,16 @@ impl ResnetBlock2D {
         self.cin != self.cout
     }
 
-    /// Plans the block on kept tensor `x`; returns the kept index of its output.
-    pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
+    /// Plans the block on kept tensor `x`, or on the channel concat of `x` and `skip` (an
+    /// up block's input, never copied: norm1 and the shortcut read both); returns the kept
+    /// index of its output.
+    pub(crate) fn plan(&self, p: &mut Planner, x: usize, skip: Option<usize>) -> Result<usize> {
+        // Without a shortcut conv the input itself is the residual, which needs it in one
+        // tensor (diffusers makes no shortcut only when cin == cout; no shipped up block).
+        let (x, skip) = match skip {
+            Some(s) if !self.has_shortcut() => (plan_concat(p, x, s)?, None),
+            other => (x, other),
+        };
         let [n, _, h, w] = shape_of(p, x);
         let pre = &self.prefix;
         let normed_in = p.scratch("resnet.norm1", &[n, self.cin, h, w])?;
@@ -130,9 +138,10 @@ impl ResnetBlock2D {
         let out = p.keep(pre, &[n, self.cout, h, w])?;
         let gpu = p.gpu;
 
-        let d = group_norm(
+        let d = group_norm_cat(
             gpu,
             &p.kept[x],
+            skip.map(|s| &p.kept[s]),
             p.param(&format!("{pre}.norm1.weight"))?,
             p.param(&format!("{pre}.norm1.bias"))?,
             &normed_in,
@@ -169,12 +178,15 @@ impl ResnetBlock2D {
             let s = p.scratch("resnet.shortcut", &[n, self.cout, h, w])?;
             let d = conv2d(
                 gpu,
-                &Conv2dArgs::new(
-                    &p.kept[x],
-                    p.param(&format!("{pre}.conv_shortcut.weight"))?,
-                    p.param(&format!("{pre}.conv_shortcut.bias"))?,
-                    &s,
-                ),
+                &Conv2dArgs {
+                    x2: skip.map(|s| &p.kept[s]),
+                    ..Conv2dArgs::new(
+                        &p.kept[x],
+                        p.param(&format!("{pre}.conv_shortcut.weight"))?,
+                        p.param(&format!("{pre}.conv_shortcut.bias"))?,
+                        &s,
+                    )
+                },
             )?;
             p.push(d);
             Some(s)
@@ -324,7 +336,8 @@ impl Upsample2D {
     }
 }
 
-/// The channel concat of an up block's input with its skip, `torch.cat([x, skip], dim=1)`.
+/// The channel concat of an up block's input with its skip, `torch.cat([x, skip], dim=1)`,
+/// materialised: only for a ResNet without a shortcut conv (see [`ResnetBlock2D::plan`]).
 pub(crate) fn plan_concat(p: &mut Planner, x: usize, skip: usize) -> Result<usize> {
     let [n, ca, h, w] = shape_of(p, x);
     let [_, cb, _, _] = shape_of(p, skip);

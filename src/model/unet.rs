@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::arena::Arena;
-use super::blocks::{plan_concat, Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
+use super::blocks::{Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
@@ -398,7 +398,7 @@ impl UNet {
         let mut x = x;
         for (i, block) in self.spec.down_blocks.iter().enumerate() {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                x = resnet.plan(&mut planner, x)?;
+                x = resnet.plan(&mut planner, x, None)?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.plan(&mut planner, x)?;
                 }
@@ -411,11 +411,11 @@ impl UNet {
             planner.name(format!("down_blocks.{i}"), x);
         }
         if let Some(mid) = &self.spec.mid_block {
-            x = mid.resnets[0].plan(&mut planner, x)?;
+            x = mid.resnets[0].plan(&mut planner, x, None)?;
             if let Some(attn) = mid.attentions.first() {
                 x = attn.plan(&mut planner, x)?;
             }
-            x = mid.resnets[1].plan(&mut planner, x)?;
+            x = mid.resnets[1].plan(&mut planner, x, None)?;
             planner.name("mid_block", x);
         }
         for (i, block) in self.spec.up_blocks.iter().enumerate() {
@@ -423,8 +423,7 @@ impl UNet {
                 let skip = skips
                     .pop()
                     .ok_or_else(|| EngineError::shape("UNet2DModel", "ran out of skip connections"))?;
-                let cat = plan_concat(&mut planner, x, skip)?;
-                x = resnet.plan(&mut planner, cat)?;
+                x = resnet.plan(&mut planner, x, Some(skip))?;
                 if let Some(attn) = block.attentions.get(j) {
                     x = attn.plan(&mut planner, x)?;
                 }
