@@ -32,8 +32,9 @@ mod native {
     use std::time::{Duration, Instant};
 
     use diffusion_playground::gpu::attention::attention;
+    use diffusion_playground::gpu::conv2d::NormIn;
     use diffusion_playground::gpu::conv2d::{self, conv2d, Conv2dArgs};
-    use diffusion_playground::gpu::group_norm::group_norm;
+    use diffusion_playground::gpu::group_norm::{group_norm, group_norm_stats, NORM_STATS};
     use diffusion_playground::gpu::{Dispatch, Gpu, Tensor};
     use diffusion_playground::Result;
 
@@ -122,6 +123,33 @@ mod native {
             let d = group_norm(&gpu, &x, &gamma, &gamma, &out, 8, 1e-5, true)?;
             // Not a FLOP-bound op: report the rate at ~8 FLOPs per element for scale.
             report("group_norm+silu C64 g8 @14", batch, time(&gpu, &d, budget)?, 8.0 * x.numel() as f64);
+            // The same GroupNorm+SiLU in front of a 3x3 conv: as its own pass, or folded into
+            // the conv's reads (a statistics pass, then the conv normalising as it gathers).
+            let w = filled(&gpu, &[64, 64, 3, 3])?;
+            let conv_out = Tensor::zeros(&gpu, "out", &[batch, 64, 14, 14])?;
+            let flops = conv2d::flops(batch, 64, 64, 3, 14, 14);
+            let conv = conv2d(&gpu, &Conv2dArgs::new(&out, &w, &gamma, &conv_out))?;
+            report(
+                "norm+silu, conv 64->64 @14 (two passes)",
+                batch,
+                time_all(&gpu, &[&d, &conv], budget)?,
+                flops,
+            );
+            let stats = Tensor::zeros(&gpu, "stats", &[batch, 64, NORM_STATS])?;
+            let s = group_norm_stats(&gpu, &x, None, &gamma, &gamma, &stats, 8, 1e-5)?;
+            let folded = conv2d(
+                &gpu,
+                &Conv2dArgs {
+                    norm: Some(NormIn { stats: &stats, silu: true }),
+                    ..Conv2dArgs::new(&x, &w, &gamma, &conv_out)
+                },
+            )?;
+            report(
+                "norm+silu, conv 64->64 @14 (folded)",
+                batch,
+                time_all(&gpu, &[&s, &folded], budget)?,
+                flops,
+            );
         }
         Ok(())
     }
@@ -155,6 +183,9 @@ mod native {
             if profile && batch == 32 {
                 profile_pass(gpu, &all)?;
             }
+        }
+        if std::env::args().any(|a| a == "--no-sample") {
+            return Ok(());
         }
         let n = 16;
         let mut session = Session::new(gpu, &unet, n)?;
@@ -371,11 +402,16 @@ mod native {
     /// Milliseconds per call: after a warm-up, repeat the dispatch in batches of one
     /// submission until `budget` has passed, and divide.
     fn time(gpu: &Gpu, d: &Dispatch, budget: Duration) -> Result<f64> {
-        gpu.run(&[d])?;
+        time_all(gpu, &[d], budget)
+    }
+
+    /// [`time`] for a sequence of dispatches run in order.
+    fn time_all(gpu: &Gpu, seq: &[&Dispatch], budget: Duration) -> Result<f64> {
+        gpu.run(seq)?;
         pollster::block_on(gpu.sync())?;
         let mut reps = 1usize;
         loop {
-            let batch: Vec<&Dispatch> = vec![d; reps];
+            let batch: Vec<&Dispatch> = (0..reps).flat_map(|_| seq.iter().copied()).collect();
             let start = Instant::now();
             gpu.run(&batch)?;
             pollster::block_on(gpu.sync())?;

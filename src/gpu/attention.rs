@@ -7,8 +7,8 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::conv2d::{conv2d, Conv2dArgs};
-use super::group_norm::group_norm;
+use super::conv2d::{conv2d, Conv2dArgs, NormIn};
+use super::group_norm::{group_norm_stats, NORM_STATS};
 use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
 use crate::error::{EngineError, Result};
 use crate::gpu::pipeline::Access;
@@ -101,7 +101,8 @@ pub struct AttentionWeights<'a> {
 /// The temporaries of one attention block, [N, C, H, W] except `qkv` [N, 3C, H, W]. They are
 /// dead once the block is done, so a planner may share them between blocks.
 pub struct AttentionScratch {
-    pub normed: Tensor,
+    /// The GroupNorm's statistics, [n, c, NORM_STATS] (folded into the q, k, v projection).
+    pub stats: Tensor,
     pub qkv: Tensor,
     pub heads: Tensor,
 }
@@ -111,7 +112,7 @@ impl AttentionScratch {
     pub fn new(gpu: &Gpu, x: &Tensor) -> Result<Self> {
         let [n, c, h, w] = dims4(OP, "x", x)?;
         Ok(AttentionScratch {
-            normed: Tensor::zeros(gpu, "attention.normed", &[n, c, h, w])?,
+            stats: Tensor::zeros(gpu, "attention.norm", &[n, c, NORM_STATS])?,
             qkv: Tensor::zeros(gpu, "attention.qkv", &[n, 3 * c, h, w])?,
             heads: Tensor::zeros(gpu, "attention.heads", &[n, c, h, w])?,
         })
@@ -130,14 +131,20 @@ pub fn self_attention(
 ) -> Result<Vec<Dispatch>> {
     let [n, c, h, w] = dims4(OP, "x", x)?;
     expect_shape(OP, "out", out, &[n, c, h, w])?;
-    expect_shape(OP, "normed", &s.normed, &[n, c, h, w])?;
+    expect_shape(OP, "stats", &s.stats, &[n, c, NORM_STATS])?;
     expect_shape(OP, "qkv", &s.qkv, &[n, 3 * c, h, w])?;
     expect_shape(OP, "heads", &s.heads, &[n, c, h, w])?;
     if p.rescale_output_factor == 0.0 {
         return Err(EngineError::shape(OP, "rescale_output_factor is 0"));
     }
-    let norm = group_norm(gpu, x, p.norm_gamma, p.norm_beta, &s.normed, p.groups, p.eps, false)?;
-    let project_in = conv2d(gpu, &Conv2dArgs::new(&s.normed, p.qkv_weight, p.qkv_bias, &s.qkv))?;
+    let norm = group_norm_stats(gpu, x, None, p.norm_gamma, p.norm_beta, &s.stats, p.groups, p.eps)?;
+    let project_in = conv2d(
+        gpu,
+        &Conv2dArgs {
+            norm: Some(NormIn { stats: &s.stats, silu: false }),
+            ..Conv2dArgs::new(x, p.qkv_weight, p.qkv_bias, &s.qkv)
+        },
+    )?;
     let core = attention(gpu, &s.qkv, &s.heads, p.heads)?;
     let project_out = conv2d(
         gpu,

@@ -9,8 +9,8 @@ use super::arena::Arena;
 use crate::error::{EngineError, Result};
 use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
 use crate::gpu::concat::concat;
-use crate::gpu::conv2d::{conv2d, Conv2dArgs, TembSlice};
-use crate::gpu::group_norm::{group_norm, group_norm_cat};
+use crate::gpu::conv2d::{conv2d, Conv2dArgs, NormIn, TembSlice};
+use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// (name, shape) of every parameter, in diffusers' naming.
@@ -130,32 +130,40 @@ impl ResnetBlock2D {
             Some(s) if !self.has_shortcut() => (plan_concat(p, x, s)?, None),
             other => (x, other),
         };
-        let [n, _, h, w] = shape_of(p, x);
+        let [n, cx, h, w] = shape_of(p, x);
         let pre = &self.prefix;
-        let normed_in = p.scratch("resnet.norm1", &[n, self.cin, h, w])?;
+        // norm1 and norm2 are folded into conv1's and conv2's reads: only their statistics
+        // are computed, and the normalised tensors never exist.
+        let stats1 = p.scratch("resnet.norm1", &[n, self.cin, NORM_STATS])?;
         let hidden = p.scratch("resnet.conv1", &[n, self.cout, h, w])?;
-        let normed_hidden = p.scratch("resnet.norm2", &[n, self.cout, h, w])?;
+        let stats2 = p.scratch("resnet.norm2", &[n, self.cout, NORM_STATS])?;
         let out = p.keep(pre, &[n, self.cout, h, w])?;
         let gpu = p.gpu;
+        let skip_t: Option<Tensor> = skip.map(|s| p.kept[s].clone());
+        let skip_t = skip_t.as_ref();
+        if cx + skip_t.map_or(0, |t| t.shape()[1]) != self.cin {
+            return Err(EngineError::shape("ResnetBlock2D", format!("{pre} takes {} channels", self.cin)));
+        }
 
-        let d = group_norm_cat(
+        let d = group_norm_stats(
             gpu,
             &p.kept[x],
-            skip.map(|s| &p.kept[s]),
+            skip_t,
             p.param(&format!("{pre}.norm1.weight"))?,
             p.param(&format!("{pre}.norm1.bias"))?,
-            &normed_in,
+            &stats1,
             self.groups,
             self.eps,
-            true,
         )?;
         p.push(d);
         let d = conv2d(
             gpu,
             &Conv2dArgs {
+                x2: skip_t,
+                norm: Some(NormIn { stats: &stats1, silu: true }),
                 temb: Some(TembSlice { tensor: p.temb, offset: self.temb_offset }),
                 ..Conv2dArgs::new(
-                    &normed_in,
+                    &p.kept[x],
                     p.param(&format!("{pre}.conv1.weight"))?,
                     p.param(&format!("{pre}.conv1.bias"))?,
                     &hidden,
@@ -163,15 +171,15 @@ impl ResnetBlock2D {
             },
         )?;
         p.push(d);
-        let d = group_norm(
+        let d = group_norm_stats(
             gpu,
             &hidden,
+            None,
             p.param(&format!("{pre}.norm2.weight"))?,
             p.param(&format!("{pre}.norm2.bias"))?,
-            &normed_hidden,
+            &stats2,
             self.groups,
             self.eps,
-            true,
         )?;
         p.push(d);
         let shortcut = if self.has_shortcut() {
@@ -179,7 +187,7 @@ impl ResnetBlock2D {
             let d = conv2d(
                 gpu,
                 &Conv2dArgs {
-                    x2: skip.map(|s| &p.kept[s]),
+                    x2: skip_t,
                     ..Conv2dArgs::new(
                         &p.kept[x],
                         p.param(&format!("{pre}.conv_shortcut.weight"))?,
@@ -197,9 +205,10 @@ impl ResnetBlock2D {
             gpu,
             &Conv2dArgs {
                 residual: Some(shortcut.as_ref().unwrap_or(&p.kept[x])),
+                norm: Some(NormIn { stats: &stats2, silu: true }),
                 out_scale: 1.0 / self.output_scale_factor,
                 ..Conv2dArgs::new(
-                    &normed_hidden,
+                    &hidden,
                     p.param(&format!("{pre}.conv2.weight"))?,
                     p.param(&format!("{pre}.conv2.bias"))?,
                     &p.kept[out],
@@ -256,7 +265,7 @@ impl Attention {
             rescale_output_factor: self.rescale_output_factor,
         };
         let scratch = AttentionScratch {
-            normed: p.scratch("attention.normed", &shape)?,
+            stats: p.scratch("attention.norm", &[shape[0], shape[1], NORM_STATS])?,
             qkv: p.scratch("attention.qkv", &[shape[0], 3 * shape[1], shape[2], shape[3]])?,
             heads: p.scratch("attention.heads", &shape)?,
         };

@@ -10,8 +10,8 @@ use super::blocks::{Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, 
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
-use crate::gpu::conv2d::{conv2d, Conv2dArgs};
-use crate::gpu::group_norm::group_norm;
+use crate::gpu::conv2d::{conv2d, Conv2dArgs, NormIn};
+use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::linear::linear;
 use crate::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
 use crate::gpu::{Dispatch, Gpu, Tensor};
@@ -434,22 +434,25 @@ impl UNet {
             planner.name(format!("up_blocks.{i}"), x);
         }
 
-        let act = planner.keep("conv_act", &[batch, c0, h, w])?;
-        let dsp = group_norm(
+        // conv_norm_out + SiLU folded into conv_out's reads.
+        let stats = planner.scratch("conv_norm_out", &[batch, c0, NORM_STATS])?;
+        let dsp = group_norm_stats(
             gpu,
             &planner.kept[x],
+            None,
             p("conv_norm_out.weight")?,
             p("conv_norm_out.bias")?,
-            &planner.kept[act],
+            &stats,
             cfg.norm_num_groups,
             cfg.norm_eps,
-            true,
         )?;
         planner.push(dsp);
-        planner.name("conv_act", act);
         let dsp = conv2d(
             gpu,
-            &Conv2dArgs::new(&planner.kept[act], p("conv_out.weight")?, p("conv_out.bias")?, &output),
+            &Conv2dArgs {
+                norm: Some(NormIn { stats: &stats, silu: true }),
+                ..Conv2dArgs::new(&planner.kept[x], p("conv_out.weight")?, p("conv_out.bias")?, &output)
+            },
         )?;
         planner.push(dsp);
 
@@ -561,7 +564,7 @@ impl Forward {
     }
 
     /// The output of a top-level module (`conv_in`, `down_blocks.1`, `mid_block`,
-    /// `up_blocks.0`, `conv_act`), for tests and traces.
+    /// `up_blocks.0`), for tests and traces.
     pub fn activation(&self, module: &str) -> Option<&Tensor> {
         self.named.iter().find(|(n, _)| n == module).map(|(_, t)| t)
     }
