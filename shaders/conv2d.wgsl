@@ -396,99 +396,184 @@ fn weight_rows(m0: u32, k_total: u32) -> vec4<u32> {
     return vec4<u32>(min(m0, last), min(m0 + 1u, last), min(m0 + 2u, last), min(m0 + 3u, last)) * k_total;
 }
 
-// The run's accumulators, one vec4 over the 4 channels per pixel.
+// The run's accumulators, one vec4 over the 4 channels per pixel. Every per-pixel value in
+// these kernels is a named variable, never an indexed array: SwiftShader (Chromium's
+// software WebGPU) neither unrolls loops nor promotes indexed arrays to registers, so an
+// array here would live in memory. The repetition is written out on purpose.
 struct Acc {
-    a: array<vec4<f32>, 8>,
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
 }
 
 // The 10 columns ix0 - 1 .. ix0 + 8 of a run's window and the 3 rows oy - 1 .. oy + 1:
 // offsets into a channel plane and whether each is inside the input.
 struct Window {
-    c: array<u32, 10>,
-    ci: array<bool, 10>,
-    r: array<u32, 3>,
-    ri: array<bool, 3>,
+    c0: u32,
+    c1: u32,
+    c2: u32,
+    c3: u32,
+    c4: u32,
+    c5: u32,
+    c6: u32,
+    c7: u32,
+    c8: u32,
+    c9: u32,
+    i0: bool,
+    i1: bool,
+    i2: bool,
+    i3: bool,
+    i4: bool,
+    i5: bool,
+    i6: bool,
+    i7: bool,
+    i8: bool,
+    i9: bool,
+    r0: u32,
+    r1: u32,
+    r2: u32,
+    j0: bool,
+    j1: bool,
+    j2: bool,
 }
 
-fn window_of(run: Run, first_col: i32, first_row: i32) -> Window {
-    var w: Window;
-    for (var j = 0; j < 10; j++) {
-        w.c[j] = col_offset(first_col + j);
-        w.ci[j] = col_inside(first_col + j);
-    }
-    for (var j = 0; j < 3; j++) {
-        w.r[j] = row_offset(first_row + j);
-        w.ri[j] = row_inside(first_row + j);
-    }
-    return w;
+fn window_of(first_col: i32, first_row: i32) -> Window {
+    let x = first_col;
+    return Window(
+        col_offset(x + 0), col_offset(x + 1), col_offset(x + 2), col_offset(x + 3), col_offset(x + 4), col_offset(x + 5), col_offset(x + 6), col_offset(x + 7), col_offset(x + 8), col_offset(x + 9),
+        col_inside(x + 0), col_inside(x + 1), col_inside(x + 2), col_inside(x + 3), col_inside(x + 4), col_inside(x + 5), col_inside(x + 6), col_inside(x + 7), col_inside(x + 8), col_inside(x + 9),
+        row_offset(first_row), row_offset(first_row + 1), row_offset(first_row + 2),
+        row_inside(first_row), row_inside(first_row + 1), row_inside(first_row + 2),
+    );
 }
 
 // One input row (offset `r`, inside the input if `ok`, normalised by `m`) against one row
 // of 3 taps k0..k2. The x1 and x2 copies differ only in the array they read.
 fn taps_x1(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, m: vec3<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
-    var v: array<f32, 10>;
-    for (var j = 0; j < 10; j++) {
-        v[j] = select(0.0, normalise(x1[r + w.c[j]], m), ok && w.ci[j]);
-    }
-    for (var j = 0; j < 8; j++) {
-        (*acc).a[j] += k0 * v[j] + k1 * v[j + 1] + k2 * v[j + 2];
-    }
+    let v0 = select(0.0, normalise(x1[r + w.c0], m), ok && w.i0);
+    let v1 = select(0.0, normalise(x1[r + w.c1], m), ok && w.i1);
+    let v2 = select(0.0, normalise(x1[r + w.c2], m), ok && w.i2);
+    let v3 = select(0.0, normalise(x1[r + w.c3], m), ok && w.i3);
+    let v4 = select(0.0, normalise(x1[r + w.c4], m), ok && w.i4);
+    let v5 = select(0.0, normalise(x1[r + w.c5], m), ok && w.i5);
+    let v6 = select(0.0, normalise(x1[r + w.c6], m), ok && w.i6);
+    let v7 = select(0.0, normalise(x1[r + w.c7], m), ok && w.i7);
+    let v8 = select(0.0, normalise(x1[r + w.c8], m), ok && w.i8);
+    let v9 = select(0.0, normalise(x1[r + w.c9], m), ok && w.i9);
+    (*acc).a0 += k0 * v0 + k1 * v1 + k2 * v2;
+    (*acc).a1 += k0 * v1 + k1 * v2 + k2 * v3;
+    (*acc).a2 += k0 * v2 + k1 * v3 + k2 * v4;
+    (*acc).a3 += k0 * v3 + k1 * v4 + k2 * v5;
+    (*acc).a4 += k0 * v4 + k1 * v5 + k2 * v6;
+    (*acc).a5 += k0 * v5 + k1 * v6 + k2 * v7;
+    (*acc).a6 += k0 * v6 + k1 * v7 + k2 * v8;
+    (*acc).a7 += k0 * v7 + k1 * v8 + k2 * v9;
 }
 
 fn taps_x2(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, m: vec3<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
-    var v: array<f32, 10>;
-    for (var j = 0; j < 10; j++) {
-        v[j] = select(0.0, normalise(x2[r + w.c[j]], m), ok && w.ci[j]);
+    let v0 = select(0.0, normalise(x2[r + w.c0], m), ok && w.i0);
+    let v1 = select(0.0, normalise(x2[r + w.c1], m), ok && w.i1);
+    let v2 = select(0.0, normalise(x2[r + w.c2], m), ok && w.i2);
+    let v3 = select(0.0, normalise(x2[r + w.c3], m), ok && w.i3);
+    let v4 = select(0.0, normalise(x2[r + w.c4], m), ok && w.i4);
+    let v5 = select(0.0, normalise(x2[r + w.c5], m), ok && w.i5);
+    let v6 = select(0.0, normalise(x2[r + w.c6], m), ok && w.i6);
+    let v7 = select(0.0, normalise(x2[r + w.c7], m), ok && w.i7);
+    let v8 = select(0.0, normalise(x2[r + w.c8], m), ok && w.i8);
+    let v9 = select(0.0, normalise(x2[r + w.c9], m), ok && w.i9);
+    (*acc).a0 += k0 * v0 + k1 * v1 + k2 * v2;
+    (*acc).a1 += k0 * v1 + k1 * v2 + k2 * v3;
+    (*acc).a2 += k0 * v2 + k1 * v3 + k2 * v4;
+    (*acc).a3 += k0 * v3 + k1 * v4 + k2 * v5;
+    (*acc).a4 += k0 * v4 + k1 * v5 + k2 * v6;
+    (*acc).a5 += k0 * v5 + k1 * v6 + k2 * v7;
+    (*acc).a6 += k0 * v6 + k1 * v7 + k2 * v8;
+    (*acc).a7 += k0 * v7 + k1 * v8 + k2 * v9;
+}
+
+// One input channel of a 1x1 conv: the run's 8 pixels in the row at `row`.
+fn pointwise_x1(acc: ptr<function, Acc>, w: Window, row: u32, m: vec3<f32>, k: vec4<f32>) {
+    (*acc).a0 += k * normalise(x1[row + w.c0], m);
+    (*acc).a1 += k * normalise(x1[row + w.c1], m);
+    (*acc).a2 += k * normalise(x1[row + w.c2], m);
+    (*acc).a3 += k * normalise(x1[row + w.c3], m);
+    (*acc).a4 += k * normalise(x1[row + w.c4], m);
+    (*acc).a5 += k * normalise(x1[row + w.c5], m);
+    (*acc).a6 += k * normalise(x1[row + w.c6], m);
+    (*acc).a7 += k * normalise(x1[row + w.c7], m);
+}
+
+fn pointwise_x2(acc: ptr<function, Acc>, w: Window, row: u32, m: vec3<f32>, k: vec4<f32>) {
+    (*acc).a0 += k * normalise(x2[row + w.c0], m);
+    (*acc).a1 += k * normalise(x2[row + w.c1], m);
+    (*acc).a2 += k * normalise(x2[row + w.c2], m);
+    (*acc).a3 += k * normalise(x2[row + w.c3], m);
+    (*acc).a4 += k * normalise(x2[row + w.c4], m);
+    (*acc).a5 += k * normalise(x2[row + w.c5], m);
+    (*acc).a6 += k * normalise(x2[row + w.c6], m);
+    (*acc).a7 += k * normalise(x2[row + w.c7], m);
+}
+
+// The epilogue for the 4 channels m0.. at pixel j of the run.
+fn store4(run: Run, m0: u32, base: u32, j: u32, a: vec4<f32>) {
+    let p = params;
+    if (!run.valid || run.ox0 + j >= p.out_w) {
+        return;
     }
-    for (var j = 0; j < 8; j++) {
-        (*acc).a[j] += k0 * v[j] + k1 * v[j + 1] + k2 * v[j + 2];
+    for (var c = 0u; c < 4u; c++) {
+        if (m0 + c < p.cout) {
+            store(m0 + c, base + j, a[c]);
+        }
     }
 }
 
 // The epilogue for the 4 channels m0.. at the run's pixels.
 fn store_run(run: Run, m0: u32, acc: Acc) {
-    let p = params;
-    if (!run.valid) {
-        return;
-    }
-    let base = (run.n * p.out_h + run.oy) * p.out_w + run.ox0;
-    for (var j = 0u; j < DIRECT_PX; j++) {
-        if (run.ox0 + j >= p.out_w) {
-            return;
-        }
-        let a = acc.a[j];
-        for (var c = 0u; c < 4u; c++) {
-            if (m0 + c < p.cout) {
-                store(m0 + c, base + j, a[c]);
-            }
-        }
-    }
+    let base = (run.n * params.out_h + run.oy) * params.out_w + run.ox0;
+    store4(run, m0, base, 0u, acc.a0);
+    store4(run, m0, base, 1u, acc.a1);
+    store4(run, m0, base, 2u, acc.a2);
+    store4(run, m0, base, 3u, acc.a3);
+    store4(run, m0, base, 4u, acc.a4);
+    store4(run, m0, base, 5u, acc.a5);
+    store4(run, m0, base, 6u, acc.a6);
+    store4(run, m0, base, 7u, acc.a7);
+}
+
+fn zero_acc() -> Acc {
+    let z = vec4<f32>(0.0);
+    return Acc(z, z, z, z, z, z, z, z);
 }
 
 @compute @workgroup_size(DIRECT_WG, 1, 1)
 fn direct3x3(@builtin(global_invocation_id) gid: vec3<u32>) {
     let p = params;
     let run = run_at(gid.x);
-    let win = window_of(run, i32(run.ox0) - 1, i32(run.oy) - 1);
+    let win = window_of(i32(run.ox0) - 1, i32(run.oy) - 1);
     let m0 = gid.y * 4u;
     let wr = weight_rows(m0, (p.cin1 + p.cin2) * 9u);
 
-    var acc: Acc;
+    var acc = zero_acc();
     for (var ci = 0u; ci < p.cin1; ci++) {
         let plane = run.base1 + ci * run.plane;
         let k = ci * 9u;
         let m = norm_of(run.n, ci);
-        taps_x1(&acc, win, plane + win.r[0], win.ri[0], m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-        taps_x1(&acc, win, plane + win.r[1], win.ri[1], m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        taps_x1(&acc, win, plane + win.r[2], win.ri[2], m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        taps_x1(&acc, win, plane + win.r0, win.j0, m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_x1(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_x1(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
     for (var ci = 0u; ci < p.cin2; ci++) {
         let plane = run.base2 + ci * run.plane;
         let k = (p.cin1 + ci) * 9u;
         let m = norm_of(run.n, p.cin1 + ci);
-        taps_x2(&acc, win, plane + win.r[0], win.ri[0], m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-        taps_x2(&acc, win, plane + win.r[1], win.ri[1], m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        taps_x2(&acc, win, plane + win.r[2], win.ri[2], m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        taps_x2(&acc, win, plane + win.r0, win.j0, m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_x2(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_x2(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
     store_run(run, m0, acc);
 }
@@ -498,27 +583,17 @@ fn direct1x1(@builtin(global_invocation_id) gid: vec3<u32>) {
     let p = params;
     let run = run_at(gid.x);
     // Columns past the output's width read the last one (their outputs are not stored).
-    let win = window_of(run, i32(run.ox0), i32(run.oy));
+    let win = window_of(i32(run.ox0), i32(run.oy));
     let m0 = gid.y * 4u;
     let wr = weight_rows(m0, p.cin1 + p.cin2);
-    let r = win.r[0];
 
-    var acc: Acc;
+    var acc = zero_acc();
     for (var ci = 0u; ci < p.cin1; ci++) {
-        let row = run.base1 + ci * run.plane + r;
-        let k = weights4(wr, ci);
-        let m = norm_of(run.n, ci);
-        for (var j = 0; j < 8; j++) {
-            acc.a[j] += k * normalise(x1[row + win.c[j]], m);
-        }
+        pointwise_x1(&acc, win, run.base1 + ci * run.plane + win.r0, norm_of(run.n, ci), weights4(wr, ci));
     }
     for (var ci = 0u; ci < p.cin2; ci++) {
-        let row = run.base2 + ci * run.plane + r;
-        let k = weights4(wr, p.cin1 + ci);
-        let m = norm_of(run.n, p.cin1 + ci);
-        for (var j = 0; j < 8; j++) {
-            acc.a[j] += k * normalise(x2[row + win.c[j]], m);
-        }
+        let c = p.cin1 + ci;
+        pointwise_x2(&acc, win, run.base2 + ci * run.plane + win.r0, norm_of(run.n, c), weights4(wr, c));
     }
     store_run(run, m0, acc);
 }

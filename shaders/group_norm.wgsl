@@ -31,21 +31,21 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<uniform> params: Params;
 
-override WG: u32 = 256u;
+override WG: u32 = 64u;
 
 var<workgroup> partial: array<f32, WG>;
 
-// Sum of `v` over the workgroup, visible to every invocation.
+// Sum of `v` over the workgroup, visible to every invocation. Two barriers, not a log2(WG)
+// tree of them: every invocation adds up all WG partials itself (in the same order, so all
+// see the same total). On llvmpipe and SwiftShader each barrier switches every invocation
+// of the workgroup, which made the tree cost more than the whole pass over the data.
 fn workgroup_sum(v: f32, tid: u32) -> f32 {
     partial[tid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            partial[tid] += partial[tid + s];
-        }
-        workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < WG; i++) {
+        total += partial[i];
     }
-    let total = partial[0];
     workgroupBarrier();
     return total;
 }

@@ -180,38 +180,55 @@ mod native {
             pollster::block_on(gpu.sync())?;
             let ms = start.elapsed().as_secs_f64() * 1e3 / reps as f64;
             println!("unet forward, batch {batch:>2}: {ms:>9.1} ms ({} dispatches)", all.len());
-            if profile && batch == 32 {
+            if profile && batch == profile_batch() {
                 profile_pass(gpu, &all)?;
             }
         }
         if std::env::args().any(|a| a == "--no-sample") {
             return Ok(());
         }
-        let n = 16;
-        let mut session = Session::new(gpu, &unet, n)?;
-        let req = SampleRequest {
-            classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
-            guidance: 2.0,
-            kind: SamplerKind::Ddim,
-            steps: 20,
-            eta: 0.0,
-            seed: 1,
-            first_image: 0,
-            init_noise: None,
-        };
-        let start = Instant::now();
-        let run = session.start(gpu, &unet, &sched, &req)?;
-        for k in 0..run.steps() {
-            session.step(gpu, &run, k)?;
+        for n in [16usize, 1] {
+            let mut session = Session::new(gpu, &unet, n)?;
+            let req = SampleRequest {
+                classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
+                guidance: 2.0,
+                kind: SamplerKind::Ddim,
+                steps: 20,
+                eta: 0.0,
+                seed: 1,
+                first_image: 0,
+                init_noise: None,
+            };
+            // One warm-up run for the 1-image session's pipelines and buffers.
+            if n == 1 {
+                let run = session.start(gpu, &unet, &sched, &req)?;
+                session.step(gpu, &run, 0)?;
+                pollster::block_on(gpu.sync())?;
+            }
+            let start = Instant::now();
+            let run = session.start(gpu, &unet, &sched, &req)?;
+            for k in 0..run.steps() {
+                session.step(gpu, &run, k)?;
+            }
+            pollster::block_on(gpu.sync())?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "sample: {n} image{}, 20 DDIM steps, CFG (U-Net batch {}): {ms:.0} ms total, {:.1} ms/step",
+                if n == 1 { "" } else { "s" },
+                run.model_batch(),
+                ms / 20.0
+            );
         }
-        pollster::block_on(gpu.sync())?;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        println!(
-            "sample: 16 images, 20 DDIM steps, CFG (U-Net batch {}): {ms:.0} ms total, {:.0} ms/step",
-            run.model_batch(),
-            ms / 20.0
-        );
         Ok(())
+    }
+
+    /// The batch `--profile` times (`--profile-batch N`, 2 or 32; default 32).
+    fn profile_batch() -> usize {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--profile-batch")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(32)
     }
 
     /// Every dispatch of one guided step (images = half the model batch), without running it.

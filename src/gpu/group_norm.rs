@@ -18,7 +18,7 @@ const STATS: KernelDef = KernelDef { entry: "stats", ..KERNEL };
 const OP: &str = "group_norm";
 /// Floats per (image, channel) that [`group_norm_stats`] writes: mean, gamma / std, beta, 0.
 pub const NORM_STATS: usize = 4;
-const WORKGROUP: f64 = 256.0;
+const WORKGROUP: f64 = 64.0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
