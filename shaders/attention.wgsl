@@ -25,9 +25,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> params: Params;
 
-// Capacity of the per-invocation registers in vec4s (head_dim <= 4 * D4). The launcher
-// rewrites this line for larger heads: a function-scope array cannot be sized by an
-// override constant.
+// The head's channels in vec4s, ceil(head_dim / 4), a compile-time constant: the launcher
+// rewrites this line per head size (a function-scope array cannot be sized by an override
+// constant). With a constant trip count every loop over q and acc unrolls, so the arrays
+// live in registers rather than memory (lavapipe's LLVM); with a runtime bound they did not.
 const D4: u32 = 4u;
 const KV_CAPACITY: u32 = 480u;
 
@@ -53,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let h = wid.y;
     let i = wid.x * 64u + tid;
     let valid = i < p.tokens;
-    let d4 = (p.head_dim + 3u) / 4u;
+    let d4 = D4;
     let image = b * 3u * p.channels * p.tokens;
     let q_base = image + h * p.head_dim * p.tokens;
     let k_base = image + (p.channels + h * p.head_dim) * p.tokens;
@@ -61,7 +62,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     var q: array<vec4<f32>, D4>;
     var acc: array<vec4<f32>, D4>;
-    for (var c = 0u; c < d4; c++) {
+    for (var c = 0u; c < D4; c++) {
         acc[c] = vec4<f32>(0.0);
         q[c] = vec4<f32>(0.0);
         if (valid) {
@@ -84,21 +85,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (valid) {
             for (var j = 0u; j < nk; j++) {
                 var s = 0.0;
-                for (var c = 0u; c < d4; c++) {
+                for (var c = 0u; c < D4; c++) {
                     s += dot(q[c], k_tile[j * d4 + c]);
                 }
                 if (s > m) {
                     // New running max: rescale what was accumulated under the old one.
                     let correction = exp(m - s);
                     l *= correction;
-                    for (var c = 0u; c < d4; c++) {
+                    for (var c = 0u; c < D4; c++) {
                         acc[c] *= correction;
                     }
                     m = s;
                 }
                 let w = exp(s - m);
                 l += w;
-                for (var c = 0u; c < d4; c++) {
+                for (var c = 0u; c < D4; c++) {
                     acc[c] += w * v_tile[j * d4 + c];
                 }
             }
@@ -111,7 +112,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let o_base = (b * p.channels + h * p.head_dim) * p.tokens + i;
     let inv_l = 1.0 / l;
-    for (var c = 0u; c < p.head_dim; c++) {
-        out[o_base + c * p.tokens] = acc[c / 4u][c % 4u] * inv_l;
+    for (var c = 0u; c < D4; c++) {
+        let a = acc[c] * inv_l;
+        for (var e = 0u; e < 4u; e++) {
+            if (4u * c + e < p.head_dim) {
+                out[o_base + (4u * c + e) * p.tokens] = a[e];
+            }
+        }
     }
 }

@@ -58,8 +58,9 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
         });
     }
     let d4 = head_dim.div_ceil(4);
-    // Register capacity in power-of-two buckets: a handful of pipelines, never one per shape.
-    let capacity = d4.next_power_of_two().max(2);
+    // One pipeline per head size (ceil(head_dim / 4) vec4s), so the kernel's loops over the
+    // head have a constant trip count.
+    let capacity = d4;
     let source = KERNEL.source.replace("const D4: u32 = 4u;", &format!("const D4: u32 = {capacity}u;"));
     let kernel = gpu.kernel_variant(&KERNEL, &format!("d4={capacity}"), Cow::Owned(source), &[])?;
     let tokens = h * w;
