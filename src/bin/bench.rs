@@ -156,8 +156,8 @@ mod native {
 
     fn bench_model(gpu: &Gpu, dir: &std::path::Path, quick: bool, profile: bool) -> Result<()> {
         use diffusion_playground::model::UNet;
-        use diffusion_playground::pipeline::{SampleRequest, Session};
-        use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+        use diffusion_playground::pipeline::Session;
+        use diffusion_playground::sched::SchedulerConfig;
         let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
         let config = String::from_utf8_lossy(&read("config.json")).into_owned();
         let unet = UNet::load(gpu, &config, &read("diffusion_pytorch_model.safetensors"))?;
@@ -189,16 +189,7 @@ mod native {
         }
         for n in [16usize, 1] {
             let mut session = Session::new(gpu, &unet, n)?;
-            let req = SampleRequest {
-                classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
-                guidance: 2.0,
-                kind: SamplerKind::Ddim,
-                steps: 20,
-                eta: 0.0,
-                seed: 1,
-                first_image: 0,
-                init_noise: None,
-            };
+            let req = guided_request(n, classes);
             // One warm-up run for the 1-image session's pipelines and buffers.
             if n == 1 {
                 let run = session.start(gpu, &unet, &sched, &req)?;
@@ -222,6 +213,21 @@ mod native {
         Ok(())
     }
 
+    /// The benchmarks' run: `n` images of classes 0, 1, .. (mod `classes`; none if 0), 20
+    /// DDIM steps, guidance 2, seed 1.
+    fn guided_request(n: usize, classes: u32) -> diffusion_playground::pipeline::SampleRequest {
+        diffusion_playground::pipeline::SampleRequest {
+            classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
+            guidance: 2.0,
+            kind: diffusion_playground::sched::SamplerKind::Ddim,
+            steps: 20,
+            eta: 0.0,
+            seed: 1,
+            first_image: 0,
+            init_noise: None,
+        }
+    }
+
     /// The batch `--profile` times (`--profile-batch N`, 2 or 32; default 32).
     fn profile_batch() -> usize {
         let args: Vec<String> = std::env::args().collect();
@@ -234,24 +240,15 @@ mod native {
     /// Every dispatch of one guided step (images = half the model batch), without running it.
     fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
         use diffusion_playground::model::UNet;
-        use diffusion_playground::pipeline::{SampleRequest, Session};
-        use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+        use diffusion_playground::pipeline::Session;
+        use diffusion_playground::sched::SchedulerConfig;
         let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
         let config = String::from_utf8_lossy(&read("config.json")).into_owned();
         let unet = UNet::load(gpu, &config, &read("diffusion_pytorch_model.safetensors"))?;
         let sched = SchedulerConfig::from_json(&String::from_utf8_lossy(&read("scheduler_config.json")))?;
         for images in [1usize, 16] {
             let mut session = Session::new(gpu, &unet, images)?;
-            let req = SampleRequest {
-                classes: vec![0; images],
-                guidance: 2.0,
-                kind: SamplerKind::Ddim,
-                steps: 20,
-                eta: 0.0,
-                seed: 1,
-                first_image: 0,
-                init_noise: None,
-            };
+            let req = guided_request(images, 1);
             let run = session.start(gpu, &unet, &sched, &req)?;
             let all = session.step_dispatches(gpu, &run, 0)?;
             println!(
@@ -298,7 +295,7 @@ mod native {
     fn bench_cpu_model(dir: &std::path::Path, threads: usize, quick: bool) -> Result<()> {
         use diffusion_playground::fast::{CpuEngine, CpuSession};
         use diffusion_playground::pipeline::SampleRequest;
-        use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+        use diffusion_playground::sched::SchedulerConfig;
         let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
         let config = String::from_utf8_lossy(&read("config.json")).into_owned();
         let engine = CpuEngine::load(&config, &read("diffusion_pytorch_model.safetensors"), threads)?;
@@ -330,16 +327,7 @@ mod native {
             );
         }
         let n = 16;
-        let req = SampleRequest {
-            classes: if classes > 0 { (0..n as u32).map(|i| i % classes).collect() } else { Vec::new() },
-            guidance: 2.0,
-            kind: SamplerKind::Ddim,
-            steps: 20,
-            eta: 0.0,
-            seed: 1,
-            first_image: 0,
-            init_noise: None,
-        };
+        let req = guided_request(n, classes);
         let start = Instant::now();
         let mut session = CpuSession::new(&engine, n)?;
         let run = session.start(&engine, &sched, &req)?;
