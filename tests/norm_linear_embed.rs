@@ -163,3 +163,58 @@ fn timestep_embedding_sin_first_shift1_batch33() {
 fn timestep_embedding_odd_dim_pads_zero() {
     check_embedding(22, 5, 33, true, 0.0);
 }
+
+/// The one-dispatch time-embedding MLP (time_mlp.wgsl) against the CPU chain it replaces:
+/// sinusoid, linear_1 + SiLU, linear_2 + class rows, then SiLU and the stacked projection.
+fn check_time_mlp(seed: u64, batch: usize, c0: usize, d: usize, width: usize, with_class: bool) {
+    use diffusion_playground::gpu::time_mlp::{pack, time_mlp, TimeMlpOut};
+    let mut r = rng(seed);
+    let t: Vec<f32> = (0..batch).map(|i| [0.0, 999.0, 123.456, 500.0][i % 4]).collect();
+    let w1 = uniform(&mut r, d * c0, 1.0 / (c0 as f32).sqrt());
+    let b1 = uniform(&mut r, d, 0.3);
+    let w2 = uniform(&mut r, d * d, 1.0 / (d as f32).sqrt());
+    let b2 = uniform(&mut r, d, 0.3);
+    let wp = uniform(&mut r, width * d, 1.0 / (d as f32).sqrt());
+    let bp = uniform(&mut r, width, 0.3);
+    let class = uniform(&mut r, batch * d, 1.0);
+
+    let proj = cpu::timestep_embedding(&t, c0, true, 0.0);
+    let hidden = cpu::linear(&proj, batch, c0, &w1, &b1, d, false, true);
+    let mut emb = cpu::linear(&hidden, batch, d, &w2, &b2, d, false, false);
+    if with_class {
+        emb.iter_mut().zip(&class).for_each(|(e, c)| *e += c);
+    }
+    let temb = cpu::linear(&emb, batch, d, &wp, &bp, width, true, false);
+
+    let freqs = TimestepFrequencies::new(gpu(), c0, true, 0.0).expect("freqs");
+    let gt = upload("t", &[batch], &t);
+    let packed = pack(&w1, &b1, &w2, &b2, &wp, &bp);
+    let gw = upload("weights", &[packed.len()], &packed);
+    let gc = upload("class", &[batch, d], &class);
+    let out = TimeMlpOut {
+        time_proj: &zeros("time_proj", &[batch, c0]),
+        emb: &zeros("emb", &[batch, d]),
+        temb: &zeros("temb", &[batch, width]),
+    };
+    let dsp = time_mlp(gpu(), &freqs, &gt, &gw, with_class.then_some(&gc), &out).expect("launch");
+    let case = format!("time_mlp n{batch} c0{c0} d{d} width{width} class{with_class}");
+    // The sinusoid as in check_embedding; each linear adds a dot product's rounding.
+    let tol = 1e-6 + dot_tolerance(d.max(c0)) * 3.0;
+    let got = run(&[&dsp], out.time_proj);
+    assert_close(&format!("{case} time_proj"), &got, &proj, &[batch, c0], 1e-6, 0.0);
+    let got = pollster::block_on(out.emb.read(gpu())).unwrap();
+    assert_close(&format!("{case} emb"), &got, &emb, &[batch, d], tol, tol);
+    let got = pollster::block_on(out.temb.read(gpu())).unwrap();
+    assert_close(&format!("{case} temb"), &got, &temb, &[batch, width], tol, tol);
+}
+
+#[test]
+fn time_mlp_u_net_shapes_with_classes() {
+    check_time_mlp(40, 3, 32, 128, 1056, true);
+}
+
+#[test]
+fn time_mlp_odd_widths_batch1_no_class() {
+    // Odd c0 (a zero-padded sinusoid column), d and width past one workgroup's 256.
+    check_time_mlp(41, 1, 33, 300, 517, false);
+}

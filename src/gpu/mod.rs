@@ -12,6 +12,7 @@ pub mod linear;
 pub mod pipeline;
 pub mod sampler_step;
 pub mod tensor;
+pub mod time_mlp;
 pub mod timestep_embedding;
 pub mod upsample;
 

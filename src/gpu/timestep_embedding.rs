@@ -10,7 +10,10 @@ use crate::gpu::pipeline::Access;
 
 const KERNEL: KernelDef = KernelDef {
     name: "timestep_embedding",
-    source: include_str!("../../shaders/timestep_embedding.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/sincos.wgsl"),
+        include_str!("../../shaders/timestep_embedding.wgsl")
+    ),
     entry: "main",
     bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
 };
@@ -46,6 +49,20 @@ impl TimestepFrequencies {
             dim,
             flip_sin_to_cos,
         })
+    }
+}
+
+impl TimestepFrequencies {
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn flip_sin_to_cos(&self) -> bool {
+        self.flip_sin_to_cos
+    }
+
+    pub(crate) fn table(&self) -> &Tensor {
+        &self.table
     }
 }
 

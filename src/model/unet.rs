@@ -13,7 +13,11 @@ use crate::error::{EngineError, Result};
 use crate::gpu::conv2d::{conv2d, Conv2dArgs, NormIn};
 use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::linear::linear;
+use crate::gpu::time_mlp::{self, TimeMlpOut};
 use crate::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
+
+/// The packed weights of the one-dispatch time-embedding MLP (see [`time_mlp::pack`]).
+const TIME_MLP: &str = "time_mlp.weights";
 use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// `DownBlock2D` / `AttnDownBlock2D`.
@@ -250,6 +254,22 @@ impl UNet {
             proj_b.extend_from_slice(&get(&format!("{}.time_emb_proj.bias", r.prefix))?.data);
         }
         let stacked = |data: Vec<f32>, shape: Vec<usize>| HostTensor { shape, data };
+        // The whole time-embedding MLP runs as one dispatch from one packed buffer, where
+        // its widths fit the kernel's workgroup memory.
+        let c0 = config.block_out_channels[0];
+        if c0 <= time_mlp::MAX_D && d <= time_mlp::MAX_D {
+            let w = |n: &str| get(n).map(|t| t.data.as_slice());
+            let packed = time_mlp::pack(
+                w("time_embedding.linear_1.weight")?,
+                w("time_embedding.linear_1.bias")?,
+                w("time_embedding.linear_2.weight")?,
+                w("time_embedding.linear_2.bias")?,
+                &proj_w,
+                &proj_b,
+            );
+            let len = packed.len();
+            upload(TIME_MLP.into(), &stacked(packed, vec![len]), &[len])?;
+        }
         upload(
             "temb_proj.weight".into(),
             &stacked(proj_w, vec![spec.temb_proj_width, d]),
@@ -356,31 +376,44 @@ impl UNet {
             self.params.get(n).ok_or_else(|| EngineError::weights(n, "was not uploaded (an engine bug)"))
         };
 
-        // emb = linear_2(silu(linear_1(time_proj(t)))) + class_embedding[label]; linear_2 runs
-        // as a 1x1 convolution so the class rows can ride in its residual epilogue.
-        let mut head: Vec<Dispatch> = vec![
-            timestep_embedding(gpu, &self.freqs, &timesteps, &time_proj)?,
-            linear(
-                gpu,
-                &time_proj,
-                p("time_embedding.linear_1.weight")?,
-                p("time_embedding.linear_1.bias")?,
-                &time_hidden,
-                false,
-                true,
-            )?,
-        ];
-        let hidden4 = time_hidden.reshape(&[batch, d, 1, 1])?;
-        let w2 = p("time_embedding.linear_2.weight")?.reshape(&[d, d, 1, 1])?;
-        head.push(conv2d(
-            gpu,
-            &Conv2dArgs {
-                residual: self.class_table.as_ref().map(|_| &class_emb),
-                ..Conv2dArgs::new(&hidden4, &w2, p("time_embedding.linear_2.bias")?, &emb)
-            },
-        )?);
         let emb2 = emb.reshape(&[batch, d])?;
-        head.push(linear(gpu, &emb2, p("temb_proj.weight")?, p("temb_proj.bias")?, &temb, true, false)?);
+        let head: Vec<Dispatch> = if let Some(weights) = self.params.get(TIME_MLP) {
+            let class2 = class_emb.reshape(&[batch, d])?;
+            let out = TimeMlpOut { time_proj: &time_proj, emb: &emb2, temb: &temb };
+            vec![time_mlp::time_mlp(
+                gpu,
+                &self.freqs,
+                &timesteps,
+                weights,
+                self.class_table.as_ref().map(|_| &class2),
+                &out,
+            )?]
+        } else {
+            // emb = linear_2(silu(linear_1(time_proj(t)))) + class_embedding[label]; linear_2
+            // runs as a 1x1 convolution so the class rows can ride in its residual epilogue.
+            let hidden4 = time_hidden.reshape(&[batch, d, 1, 1])?;
+            let w2 = p("time_embedding.linear_2.weight")?.reshape(&[d, d, 1, 1])?;
+            vec![
+                timestep_embedding(gpu, &self.freqs, &timesteps, &time_proj)?,
+                linear(
+                    gpu,
+                    &time_proj,
+                    p("time_embedding.linear_1.weight")?,
+                    p("time_embedding.linear_1.bias")?,
+                    &time_hidden,
+                    false,
+                    true,
+                )?,
+                conv2d(
+                    gpu,
+                    &Conv2dArgs {
+                        residual: self.class_table.as_ref().map(|_| &class_emb),
+                        ..Conv2dArgs::new(&hidden4, &w2, p("time_embedding.linear_2.bias")?, &emb)
+                    },
+                )?,
+                linear(gpu, &emb2, p("temb_proj.weight")?, p("temb_proj.bias")?, &temb, true, false)?,
+            ]
+        };
 
         let mut planner = Planner::new(gpu, &self.params, &temb, arena);
         for dsp in head {
