@@ -54,7 +54,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let h = wid.y;
     let i = wid.x * 64u + tid;
     let valid = i < p.tokens;
-    let d4 = D4;
     let image = b * 3u * p.channels * p.tokens;
     let q_base = image + h * p.head_dim * p.tokens;
     let k_base = image + (p.channels + h * p.head_dim) * p.tokens;
@@ -75,18 +74,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var j0 = 0u; j0 < p.tokens; j0 += p.kv_tile) {
         let nk = min(p.kv_tile, p.tokens - j0);
         // Token-fastest order keeps the global reads of each channel row coalesced.
-        for (var e = tid; e < nk * d4; e += 64u) {
+        for (var e = tid; e < nk * D4; e += 64u) {
             let c = e / nk;
             let j = e - c * nk;
-            k_tile[j * d4 + c] = load4(k_base, 4u * c, j0 + j);
-            v_tile[j * d4 + c] = load4(v_base, 4u * c, j0 + j);
+            k_tile[j * D4 + c] = load4(k_base, 4u * c, j0 + j);
+            v_tile[j * D4 + c] = load4(v_base, 4u * c, j0 + j);
         }
         workgroupBarrier();
         if (valid) {
             for (var j = 0u; j < nk; j++) {
                 var s = 0.0;
                 for (var c = 0u; c < D4; c++) {
-                    s += dot(q[c], k_tile[j * d4 + c]);
+                    s += dot(q[c], k_tile[j * D4 + c]);
                 }
                 if (s > m) {
                     // New running max: rescale what was accumulated under the old one.
@@ -100,7 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let w = exp(s - m);
                 l += w;
                 for (var c = 0u; c < D4; c++) {
-                    acc[c] += w * v_tile[j * d4 + c];
+                    acc[c] += w * v_tile[j * D4 + c];
                 }
             }
         }

@@ -155,13 +155,8 @@ mod native {
     }
 
     fn bench_model(gpu: &Gpu, dir: &std::path::Path, quick: bool, profile: bool) -> Result<()> {
-        use diffusion_playground::model::UNet;
         use diffusion_playground::pipeline::Session;
-        use diffusion_playground::sched::SchedulerConfig;
-        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
-        let config = String::from_utf8_lossy(&read("config.json")).into_owned();
-        let unet = UNet::load(gpu, &config, &read("diffusion_pytorch_model.safetensors"))?;
-        let sched = SchedulerConfig::from_json(&String::from_utf8_lossy(&read("scheduler_config.json")))?;
+        let (unet, sched) = load_gpu_model(gpu, dir)?;
         let classes = unet.config().num_class_embeds.unwrap_or(1).saturating_sub(1) as u32;
         let reps = if quick { 1 } else { 3 };
         for batch in [2usize, 32] {
@@ -237,15 +232,28 @@ mod native {
             .unwrap_or(32)
     }
 
-    /// Every dispatch of one guided step (images = half the model batch), without running it.
-    fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
-        use diffusion_playground::model::UNet;
-        use diffusion_playground::pipeline::Session;
-        use diffusion_playground::sched::SchedulerConfig;
+    /// The model in `dir` on the GPU, and its scheduler config.
+    fn load_gpu_model(
+        gpu: &Gpu,
+        dir: &std::path::Path,
+    ) -> Result<(diffusion_playground::model::UNet, diffusion_playground::sched::SchedulerConfig)> {
         let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
         let config = String::from_utf8_lossy(&read("config.json")).into_owned();
-        let unet = UNet::load(gpu, &config, &read("diffusion_pytorch_model.safetensors"))?;
-        let sched = SchedulerConfig::from_json(&String::from_utf8_lossy(&read("scheduler_config.json")))?;
+        let unet = diffusion_playground::model::UNet::load(
+            gpu,
+            &config,
+            &read("diffusion_pytorch_model.safetensors"),
+        )?;
+        let sched = diffusion_playground::sched::SchedulerConfig::from_json(&String::from_utf8_lossy(
+            &read("scheduler_config.json"),
+        ))?;
+        Ok((unet, sched))
+    }
+
+    /// Every dispatch of one guided step (images = half the model batch), without running it.
+    fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
+        use diffusion_playground::pipeline::Session;
+        let (unet, sched) = load_gpu_model(gpu, dir)?;
         for images in [1usize, 16] {
             let mut session = Session::new(gpu, &unet, images)?;
             let req = guided_request(images, 1);

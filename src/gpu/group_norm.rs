@@ -65,7 +65,7 @@ pub fn group_norm_cat(
 ) -> Result<Dispatch> {
     let mut out_shape = x.shape().to_vec();
     if out_shape.len() >= 2 {
-        out_shape[1] += x2.map_or(0, |t| t.shape().get(1).copied().unwrap_or(0));
+        out_shape[1] = cat_channels(x, x2);
     }
     expect_shape(OP, "out", out, &out_shape)?;
     launch(gpu, &KERNEL, x, x2, gamma, beta, out, groups, eps, silu)
@@ -86,9 +86,14 @@ pub fn group_norm_stats(
     eps: f32,
 ) -> Result<Dispatch> {
     let n = x.shape().first().copied().unwrap_or(0);
-    let c = x.shape().get(1).copied().unwrap_or(0) + x2.map_or(0, |t| t.shape().get(1).copied().unwrap_or(0));
-    expect_shape(OP, "stats", stats, &[n, c, NORM_STATS])?;
+    expect_shape(OP, "stats", stats, &[n, cat_channels(x, x2), NORM_STATS])?;
     launch(gpu, &STATS, x, x2, gamma, beta, stats, groups, eps, false)
+}
+
+/// Channels of the concat of `x` and `x2` (`launch` checks that the rest of the shapes agree).
+fn cat_channels(x: &Tensor, x2: Option<&Tensor>) -> usize {
+    let channels = |t: &Tensor| t.shape().get(1).copied().unwrap_or(0);
+    channels(x) + x2.map_or(0, channels)
 }
 
 #[allow(clippy::too_many_arguments)]

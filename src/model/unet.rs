@@ -15,10 +15,10 @@ use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::linear::linear;
 use crate::gpu::time_mlp::{self, TimeMlpOut};
 use crate::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
+use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// The packed weights of the one-dispatch time-embedding MLP (see [`time_mlp::pack`]).
 const TIME_MLP: &str = "time_mlp.weights";
-use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// `DownBlock2D` / `AttnDownBlock2D`.
 pub struct DownBlock {
@@ -255,9 +255,10 @@ impl UNet {
         }
         let stacked = |data: Vec<f32>, shape: Vec<usize>| HostTensor { shape, data };
         // The whole time-embedding MLP runs as one dispatch from one packed buffer, where
-        // its widths fit the kernel's workgroup memory.
-        let c0 = config.block_out_channels[0];
-        if c0 <= time_mlp::MAX_D && d <= time_mlp::MAX_D {
+        // its widths fit the kernel's workgroup memory; only the four-dispatch path needs
+        // linear_1, linear_2 and the stacked projection as tensors of their own.
+        let fused_time_mlp = config.block_out_channels[0] <= time_mlp::MAX_D && d <= time_mlp::MAX_D;
+        if fused_time_mlp {
             let w = |n: &str| get(n).map(|t| t.data.as_slice());
             let packed = time_mlp::pack(
                 w("time_embedding.linear_1.weight")?,
@@ -269,17 +270,18 @@ impl UNet {
             );
             let len = packed.len();
             upload(TIME_MLP.into(), &stacked(packed, vec![len]), &[len])?;
+        } else {
+            upload(
+                "temb_proj.weight".into(),
+                &stacked(proj_w, vec![spec.temb_proj_width, d]),
+                &[spec.temb_proj_width, d],
+            )?;
+            upload(
+                "temb_proj.bias".into(),
+                &stacked(proj_b, vec![spec.temb_proj_width]),
+                &[spec.temb_proj_width],
+            )?;
         }
-        upload(
-            "temb_proj.weight".into(),
-            &stacked(proj_w, vec![spec.temb_proj_width, d]),
-            &[spec.temb_proj_width, d],
-        )?;
-        upload(
-            "temb_proj.bias".into(),
-            &stacked(proj_b, vec![spec.temb_proj_width]),
-            &[spec.temb_proj_width],
-        )?;
 
         // q, k and v become one [3c, c, 1, 1] convolution; to_out a [c, c, 1, 1] one.
         for a in spec.attentions() {
@@ -299,6 +301,7 @@ impl UNet {
 
         for (name, shape) in spec.parameters() {
             let derived = name.contains(".time_emb_proj.")
+                || (fused_time_mlp && name.starts_with("time_embedding."))
                 || name.contains(".to_q.")
                 || name.contains(".to_k.")
                 || name.contains(".to_v.")
@@ -368,7 +371,6 @@ impl UNet {
         let timesteps = Tensor::zeros(gpu, "unet.timesteps", &[batch])?;
         let class_emb = Tensor::zeros(gpu, "class_embedding", &[batch, d, 1, 1])?;
         let time_proj = arena.alloc(gpu, "time_proj", &[batch, c0])?;
-        let time_hidden = arena.alloc(gpu, "time_embedding.linear_1", &[batch, d])?;
         let emb = arena.alloc(gpu, "emb", &[batch, d, 1, 1])?;
         let temb = arena.alloc(gpu, "temb_proj", &[batch, self.spec.temb_proj_width])?;
         let output = arena.alloc(gpu, "unet.output", &[batch, cfg.out_channels, h, w])?;
@@ -391,6 +393,7 @@ impl UNet {
         } else {
             // emb = linear_2(silu(linear_1(time_proj(t)))) + class_embedding[label]; linear_2
             // runs as a 1x1 convolution so the class rows can ride in its residual epilogue.
+            let time_hidden = arena.alloc(gpu, "time_embedding.linear_1", &[batch, d])?;
             let hidden4 = time_hidden.reshape(&[batch, d, 1, 1])?;
             let w2 = p("time_embedding.linear_2.weight")?.reshape(&[d, d, 1, 1])?;
             vec![
