@@ -14,4 +14,4 @@ pub mod selftest;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
-pub use error::{EngineError, Result};
+pub use error::{EngineError, ErrorKind, Result};

@@ -8,9 +8,11 @@
 //!   small [n, C, H, W] tensors + `putImageData` in JS) and cancellation between steps
 //!   through an `AbortSignal`.
 //!
-//! Errors cross the boundary as JS `Error`s carrying the engine's message, with a `name`
-//! that says which kind of failure it was (`ConfigError`, `WeightsError`, `DeviceLostError`,
-//! `GpuUnavailableError`, `OptionsError`, `EngineError`), so the page can explain it.
+//! Errors cross the boundary as JS `Error`s named `EngineError` carrying the engine's
+//! message plus the taxonomy of `src/error.rs` as properties: `kind` (`config`, `weights`,
+//! `scheduler`, `input`, `limits`, `numeric`, `gpu-unavailable`, `gpu-oom`, `gpu-lost`,
+//! `checksum`, `internal`) and, where there is one, `field` or `tensor`. The page reads
+//! those properties; it never parses the message.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -81,7 +83,7 @@ impl Engine {
     #[wasm_bindgen(js_name = selfTest)]
     pub async fn self_test(&self) -> Result<JsValue, JsValue> {
         let checks = crate::selftest::run(&self.gpu).await.map_err(to_js)?;
-        serde_wasm_bindgen::to_value(&checks).map_err(|e| js_error("EngineError", &e.to_string()))
+        serde_wasm_bindgen::to_value(&checks).map_err(|e| to_js(EngineError::Internal(format!("self-test report: {e}"))))
     }
 
     /// The first device error or loss since creation, if any (the page polls this after
@@ -295,28 +297,28 @@ impl Model {
 
 /// Checks the page's options against the model: a request for either backend.
 fn request(o: &SampleOptions, sched: &SchedulerConfig, classes: usize) -> Result<SampleRequest, JsValue> {
-    let bad = |m: String| js_error("OptionsError", &m);
+    let bad = |field: &str, m: String| to_js(EngineError::input(field, m));
     if !(1..=1024).contains(&o.count) {
-        return Err(bad(format!("count {} is outside 1..=1024", o.count)));
+        return Err(bad("count", format!("count {} is outside 1..=1024", o.count)));
     }
     if !(1..=sched.num_train_timesteps).contains(&o.steps) {
-        return Err(bad(format!(
+        return Err(bad("steps", format!(
             "steps {} is outside 1..={} (the model's training timesteps)",
             o.steps, sched.num_train_timesteps
         )));
     }
     if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
-        return Err(bad(format!("seed {} is not an integer in 0..2^53", o.seed)));
+        return Err(bad("seed", format!("seed {} is not an integer in 0..2^53", o.seed)));
     }
-    let kind: SamplerKind = o.sampler.parse().map_err(|e| bad(strip_op(&e)))?;
+    let kind: SamplerKind = o.sampler.parse().map_err(to_js)?;
     let labels: Vec<u32> = match (&o.classes, o.class, classes) {
         (_, _, 0) => Vec::new(),
         (Some(list), _, _) => list.clone(),
         (None, Some(c), _) => vec![c; o.count],
-        (None, None, _) => return Err(bad("this model is class-conditional: give a class".into())),
+        (None, None, _) => return Err(bad("class", "this model is class-conditional: give a class".into())),
     };
     if let Some(c) = labels.iter().find(|&&c| c as usize >= classes) {
-        return Err(bad(format!("class {c} is outside the model's classes 0..{}", classes - 1)));
+        return Err(bad("class", format!("class {c} is outside the model's classes 0..{}", classes - 1)));
     }
     Ok(SampleRequest {
         classes: labels,
@@ -335,23 +337,23 @@ fn parse_options(options: JsValue) -> Result<SampleOptions, JsValue> {
         return Ok(SampleOptions::default());
     }
     serde_wasm_bindgen::from_value(options)
-        .map_err(|e| js_error("OptionsError", &format!("sample options: {e}")))
+        .map_err(|e| to_js(EngineError::input("options", format!("sample options: {e}"))))
 }
 
 fn parse_scheduler(scheduler_json: Option<String>) -> Result<(SchedulerConfig, Vec<f64>), JsValue> {
     let sched = match scheduler_json {
         Some(text) => SchedulerConfig::from_json(&text)
-            .map_err(|e| js_error("ConfigError", &format!("scheduler_config.json: {}", strip_op(&e))))?,
+            .map_err(to_js)?,
         None => SchedulerConfig::default(),
     };
-    let alphas = alphas_cumprod(&sched).map_err(|e| js_error("ConfigError", &e.to_string()))?;
+    let alphas = alphas_cumprod(&sched).map_err(to_js)?;
     Ok((sched, alphas))
 }
 
 fn timesteps_of(sched: &SchedulerConfig, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
-    let kind: SamplerKind = sampler.parse().map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
+    let kind: SamplerKind = sampler.parse().map_err(to_js)?;
     let plan = crate::sched::plan(sched, &crate::sched::SamplerOptions::new(kind, steps))
-        .map_err(|e| js_error("OptionsError", &strip_op(&e)))?;
+        .map_err(to_js)?;
     Ok(plan.timesteps())
 }
 
@@ -432,7 +434,7 @@ impl CpuModel {
     pub fn step(&self, k: usize) -> Result<f32, JsValue> {
         let mut guard = self.run.borrow_mut();
         let (session, run, _) =
-            guard.as_mut().ok_or_else(|| js_error("EngineError", "step() before start()"))?;
+            guard.as_mut().ok_or_else(|| to_js(EngineError::Internal("step() before start()".into())))?;
         session.step(&self.engine, run, k).map_err(to_js)?;
         Ok(run.plan().steps[k].timestep)
     }
@@ -448,7 +450,7 @@ impl CpuModel {
     ) -> Result<js_sys::Float32Array, JsValue> {
         let mut guard = self.run.borrow_mut();
         let (session, run, _) =
-            guard.as_mut().ok_or_else(|| js_error("EngineError", "step() before start()"))?;
+            guard.as_mut().ok_or_else(|| to_js(EngineError::Internal("step() before start()".into())))?;
         let out = session.forward_part(&self.engine, run, k, first, count).map_err(to_js)?;
         Ok(js_sys::Float32Array::from(out))
     }
@@ -459,7 +461,7 @@ impl CpuModel {
     pub fn finish_step(&self, k: usize, model_out: &[f32]) -> Result<f32, JsValue> {
         let mut guard = self.run.borrow_mut();
         let (session, run, _) =
-            guard.as_mut().ok_or_else(|| js_error("EngineError", "step() before start()"))?;
+            guard.as_mut().ok_or_else(|| to_js(EngineError::Internal("step() before start()".into())))?;
         session.finish_step(&self.engine, run, k, model_out).map_err(to_js)?;
         Ok(run.plan().steps[k].timestep)
     }
@@ -473,7 +475,7 @@ impl CpuModel {
     /// `{x, x0}`: x_t after the last step and (with `with_x0`) its x0 estimate, [n, C, H, W].
     pub fn read(&self, with_x0: bool) -> Result<JsValue, JsValue> {
         let guard = self.run.borrow();
-        let (session, ..) = guard.as_ref().ok_or_else(|| js_error("EngineError", "read() before start()"))?;
+        let (session, ..) = guard.as_ref().ok_or_else(|| to_js(EngineError::Internal("read() before start()".into())))?;
         let r = session.read(with_x0).map_err(to_js)?;
         let out = object(&[("x", js_sys::Float32Array::from(r.x.as_slice()).into())]);
         if let Some(x0) = r.x0_hat {
@@ -578,30 +580,17 @@ fn js_array(values: &[f64]) -> JsValue {
     values.iter().map(|&v| JsValue::from(v)).collect::<js_sys::Array>().into()
 }
 
-/// The message without the `op: unsupported:` prefix of option errors.
-fn strip_op(e: &EngineError) -> String {
-    match e {
-        EngineError::Unsupported { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
 
-fn js_error(name: &str, message: &str) -> JsValue {
-    let e = js_sys::Error::new(message);
-    e.set_name(name);
-    e.into()
-}
-
+/// The error as a JS `Error` named `EngineError` with `kind`, and `field` / `tensor` where
+/// the error names one (see the module docs).
 fn to_js(e: EngineError) -> JsValue {
-    let name = match &e {
-        EngineError::Config { .. } => "ConfigError",
-        EngineError::Unsupported { op, .. } if op.ends_with(".json") => "ConfigError",
-        EngineError::WeightsFile(_) | EngineError::Weights { .. } => "WeightsError",
-        EngineError::DeviceLost(_) => "DeviceLostError",
-        EngineError::NoAdapter(_) | EngineError::RequestDevice(_) | EngineError::LimitTooLow { .. } => {
-            "GpuUnavailableError"
+    let err = js_sys::Error::new(&e.to_string());
+    err.set_name("EngineError");
+    let props = [("kind", Some(e.kind().as_str())), ("field", e.field()), ("tensor", e.tensor())];
+    for (key, value) in props {
+        if let Some(value) = value {
+            let _ = js_sys::Reflect::set(&err, &key.into(), &value.into());
         }
-        _ => "EngineError",
-    };
-    js_error(name, &e.to_string())
+    }
+    err.into()
 }

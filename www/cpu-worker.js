@@ -8,7 +8,7 @@
 //               {id, type: "forwardPart", k, first, count}  (part of the model batch)
 //               {id, type: "finishStep", k, modelOut, preview} (the update on the whole batch)
 //               {id, type: "read"}
-// Messages out: {id, ok: true, ...result} or {id, ok: false, name, message}
+// Messages out: {id, ok: true, ...result} or {id, ok: false, name, message, kind, field, tensor}
 
 import init, { CpuModel } from "./pkg/diffusion_playground.js";
 
@@ -73,6 +73,6 @@ self.onmessage = async (ev) => {
         const { transfer = [], ...result } = await handle(msg);
         self.postMessage({ id: msg.id, ok: true, ...result }, transfer);
     } catch (e) {
-        self.postMessage({ id: msg.id, ok: false, name: e?.name ?? "Error", message: e?.message ?? String(e) });
+        self.postMessage({ id: msg.id, ok: false, name: e?.name ?? "Error", message: e?.message ?? String(e), kind: e?.kind, field: e?.field, tensor: e?.tensor });
     }
 };

@@ -21,19 +21,20 @@ export class PlaygroundError extends Error {
     }
 }
 
-/** Classifies an error thrown by the wasm engine (src/web.rs names them). */
+/** Classifies an error thrown by the wasm engine: src/web.rs gives it a `kind` from the
+ *  engine's taxonomy (src/error.rs), which maps onto the page's kinds here. */
 export function fromEngineError(e, context = "") {
     if (e instanceof PlaygroundError) return e;
     const kind =
         {
-            ConfigError: "config",
-            WeightsError: "weights",
-            DeviceLostError: "device-lost",
-            GpuUnavailableError: "no-webgpu",
-            OptionsError: "options",
-        }[e?.name] ?? "engine";
-    // The engine's own device-loss text already says "reload": keep only its reason.
-    const msg = (e?.message ?? String(e)).replace(/^the GPU device was lost \((.*)\); reload to start a new one$/s, "$1");
+            config: "config",
+            scheduler: "config",
+            weights: "weights",
+            "gpu-lost": "device-lost",
+            "gpu-unavailable": "no-webgpu",
+            input: "options",
+        }[e?.kind] ?? "engine";
+    const msg = e?.message ?? String(e);
     const text = {
         config: `This model's configuration is not supported by the engine: ${msg}`,
         weights: `The weights file is truncated or corrupt: ${msg}`,
@@ -76,7 +77,7 @@ function watchDevice(engine) {
     const timer = setInterval(() => {
         if (!engine.isLost) return;
         clearInterval(timer);
-        const err = fromEngineError({ name: "DeviceLostError", message: engine.deviceError() ?? "unknown reason" });
+        const err = fromEngineError({ kind: "gpu-lost", message: engine.deviceError() ?? "unknown reason" });
         for (const f of lostListeners) f(err);
     }, 500);
 }
@@ -192,8 +193,7 @@ class PoolWorker {
             this.pending.delete(id);
             clearTimeout(p.timer);
             if (ok) return p.resolve(rest);
-            const err = new Error(rest.message);
-            err.name = rest.name;
+            const err = Object.assign(new Error(rest.message), { name: rest.name, kind: rest.kind, field: rest.field, tensor: rest.tensor });
             // A wasm trap leaves the instance in an unknown state: replace the worker.
             if (rest.name === "RuntimeError") this.crash(`the engine trapped: ${rest.message}`);
             p.reject(err);

@@ -520,7 +520,7 @@ export class Playground {
             } catch (e) {
                 record.status = "error";
                 const err = fromEngineError(e);
-                if (this.engine?.isLost) this.showError(fromEngineError({ name: "DeviceLostError", message: this.engine.deviceError() }));
+                if (this.engine?.isLost) this.showError(fromEngineError({ kind: "gpu-lost", message: this.engine.deviceError() }));
                 else this.showError(err);
                 return null;
             }

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use super::{invalid, BetaSchedule, PredictionType, TimestepSpacing, VarianceType};
 use crate::error::{EngineError, Result};
 
-const FILE: &str = "scheduler_config.json";
+pub(crate) const FILE: &str = "scheduler_config.json";
 
 /// The schedule a model was trained with and the options diffusers' schedulers read from
 /// it. Fields missing from the file take diffusers' defaults (those of `DDPMScheduler`,
@@ -63,12 +63,9 @@ impl SchedulerConfig {
     /// and other sigma schedules) are refused with an error naming the field.
     pub fn from_json(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(&quote_non_finite(text))
-            .map_err(|e| EngineError::Unsupported { op: FILE, message: format!("not valid JSON: {e}") })?;
+            .map_err(|e| EngineError::scheduler("(file)", "…", format!("not valid JSON: {e}")))?;
         let Value::Object(mut map) = value else {
-            return Err(EngineError::Unsupported {
-                op: FILE,
-                message: "the top level is not a JSON object".into(),
-            });
+            return Err(EngineError::scheduler("(file)", "…", "the top level is not a JSON object"));
         };
         if let Some(Value::Array(names)) = map.remove("_use_default_values") {
             for n in names.iter().filter_map(Value::as_str) {
@@ -230,9 +227,13 @@ fn uint_field(v: &Value, field: &str) -> Result<usize> {
 
 fn parse_str<T: std::str::FromStr<Err = EngineError>>(v: &Value, field: &str) -> Result<T> {
     let s = v.as_str().ok_or_else(|| invalid(FILE, field, short(v), "expected a string"))?;
-    // Re-issue the enum's error under this file's name.
+    // Re-issue the enum's option error (`` `f` = "value": expected one of ... ``) as this
+    // file's, keeping its list of accepted spellings.
     s.parse().map_err(|e| match e {
-        EngineError::Unsupported { message, .. } => EngineError::Unsupported { op: FILE, message },
+        EngineError::Input { message, .. } => {
+            let expected = message.rsplit_once("\": ").map_or(message.as_str(), |(_, m)| m);
+            invalid(FILE, field, short(v), expected)
+        }
         other => other,
     })
 }

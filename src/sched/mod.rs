@@ -27,9 +27,14 @@ pub use timesteps::timesteps;
 use crate::error::{EngineError, Result};
 
 /// The error every invalid option or config field turns into: it names the field and the
-/// value, and says what would have been accepted.
+/// value, and says what would have been accepted. A field of `scheduler_config.json` is a
+/// [`EngineError::Scheduler`] error; anything else is a sampling option, an `Input` error.
 pub(crate) fn invalid(op: &'static str, field: &str, value: impl fmt::Display, message: &str) -> EngineError {
-    EngineError::Unsupported { op, message: format!("`{field}` = {value}: {message}") }
+    if op == config::FILE {
+        EngineError::scheduler(field, value, message)
+    } else {
+        EngineError::input(field, format!("`{field}` = {value}: {message}"))
+    }
 }
 
 /// Implements `FromStr` (with an error naming the field and the accepted spellings) and
