@@ -155,9 +155,12 @@ impl EngineError {
             BufferTooLarge { .. } | TooManyWorkgroups { .. } | Limit { .. } => ErrorKind::Limits,
             OutOfMemory { .. } => ErrorKind::GpuOom,
             DeviceLost(_) => ErrorKind::GpuLost,
-            ShaderCompile { .. } | Validation(_) | ReadBack(_) | Shape { .. } | Unsupported { .. } | Internal(_) => {
-                ErrorKind::Internal
-            }
+            ShaderCompile { .. }
+            | Validation(_)
+            | ReadBack(_)
+            | Shape { .. }
+            | Unsupported { .. }
+            | Internal(_) => ErrorKind::Internal,
             Config { .. } => ErrorKind::Config,
             Scheduler { .. } => ErrorKind::Scheduler,
             Input { .. } => ErrorKind::Input,
@@ -222,7 +225,10 @@ mod tests {
         assert_eq!((e.kind().as_str(), e.field()), ("config", Some("layers_per_block")));
         let e = EngineError::weights("conv_in.weight", "holds NaN");
         assert_eq!((e.kind().as_str(), e.tensor()), ("weights", Some("conv_in.weight")));
-        assert_eq!(EngineError::OutOfMemory { what: "64 images".into(), bytes: 0 }.kind().as_str(), "gpu-oom");
+        assert_eq!(
+            EngineError::OutOfMemory { what: "64 images".into(), bytes: 0 }.kind().as_str(),
+            "gpu-oom"
+        );
         assert_eq!(EngineError::DeviceLost("destroyed".into()).kind().as_str(), "gpu-lost");
         assert_eq!(EngineError::Validation("x".into()).kind(), ErrorKind::Internal);
         let e = EngineError::NonFinite { step: 3, steps: 20, what: "x_t".into() };

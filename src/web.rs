@@ -83,7 +83,8 @@ impl Engine {
     #[wasm_bindgen(js_name = selfTest)]
     pub async fn self_test(&self) -> Result<JsValue, JsValue> {
         let checks = crate::selftest::run(&self.gpu).await.map_err(to_js)?;
-        serde_wasm_bindgen::to_value(&checks).map_err(|e| to_js(EngineError::Internal(format!("self-test report: {e}"))))
+        serde_wasm_bindgen::to_value(&checks)
+            .map_err(|e| to_js(EngineError::Internal(format!("self-test report: {e}"))))
     }
 
     /// The first device error or loss since creation, if any (the page polls this after
@@ -302,10 +303,13 @@ fn request(o: &SampleOptions, sched: &SchedulerConfig, classes: usize) -> Result
         return Err(bad("count", format!("count {} is outside 1..=1024", o.count)));
     }
     if !(1..=sched.num_train_timesteps).contains(&o.steps) {
-        return Err(bad("steps", format!(
-            "steps {} is outside 1..={} (the model's training timesteps)",
-            o.steps, sched.num_train_timesteps
-        )));
+        return Err(bad(
+            "steps",
+            format!(
+                "steps {} is outside 1..={} (the model's training timesteps)",
+                o.steps, sched.num_train_timesteps
+            ),
+        ));
     }
     if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
         return Err(bad("seed", format!("seed {} is not an integer in 0..2^53", o.seed)));
@@ -342,8 +346,7 @@ fn parse_options(options: JsValue) -> Result<SampleOptions, JsValue> {
 
 fn parse_scheduler(scheduler_json: Option<String>) -> Result<(SchedulerConfig, Vec<f64>), JsValue> {
     let sched = match scheduler_json {
-        Some(text) => SchedulerConfig::from_json(&text)
-            .map_err(to_js)?,
+        Some(text) => SchedulerConfig::from_json(&text).map_err(to_js)?,
         None => SchedulerConfig::default(),
     };
     let alphas = alphas_cumprod(&sched).map_err(to_js)?;
@@ -352,8 +355,7 @@ fn parse_scheduler(scheduler_json: Option<String>) -> Result<(SchedulerConfig, V
 
 fn timesteps_of(sched: &SchedulerConfig, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
     let kind: SamplerKind = sampler.parse().map_err(to_js)?;
-    let plan = crate::sched::plan(sched, &crate::sched::SamplerOptions::new(kind, steps))
-        .map_err(to_js)?;
+    let plan = crate::sched::plan(sched, &crate::sched::SamplerOptions::new(kind, steps)).map_err(to_js)?;
     Ok(plan.timesteps())
 }
 
@@ -475,7 +477,8 @@ impl CpuModel {
     /// `{x, x0}`: x_t after the last step and (with `with_x0`) its x0 estimate, [n, C, H, W].
     pub fn read(&self, with_x0: bool) -> Result<JsValue, JsValue> {
         let guard = self.run.borrow();
-        let (session, ..) = guard.as_ref().ok_or_else(|| to_js(EngineError::Internal("read() before start()".into())))?;
+        let (session, ..) =
+            guard.as_ref().ok_or_else(|| to_js(EngineError::Internal("read() before start()".into())))?;
         let r = session.read(with_x0).map_err(to_js)?;
         let out = object(&[("x", js_sys::Float32Array::from(r.x.as_slice()).into())]);
         if let Some(x0) = r.x0_hat {
@@ -579,7 +582,6 @@ fn set(o: &JsValue, key: &str, value: JsValue) {
 fn js_array(values: &[f64]) -> JsValue {
     values.iter().map(|&v| JsValue::from(v)).collect::<js_sys::Array>().into()
 }
-
 
 /// The error as a JS `Error` named `EngineError` with `kind`, and `field` / `tensor` where
 /// the error names one (see the module docs).

@@ -1,7 +1,15 @@
-//! A minimal static file server for the playground: `serve [DIR] [PORT]` serves DIR
-//! (default `www`) on 127.0.0.1:PORT (default 8080), with the MIME types browsers insist on
-//! (`application/wasm` for streaming compilation, `text/javascript` for modules).
-//! GET and HEAD only; no directory listings; nothing outside DIR is reachable.
+//! The playground's static file server: `serve [DIR] [PORT]` serves DIR (default `www`) on
+//! 127.0.0.1:PORT (default 8080; 0 picks a free port, printed on stdout).
+//!
+//! Files are served by tower-http's `ServeDir` (MIME types, HEAD, `Range`,
+//! `If-Modified-Since`, 405 for other methods, no directory listings) on hyper's HTTP/1
+//! server. What this file adds is only policy:
+//! - nothing outside DIR is reachable, symbolic links included (`ServeDir` refuses `..` but
+//!   follows links);
+//! - bounded requests: a header must arrive within [`HEADER_TIMEOUT`], a response start
+//!   within [`RESPONSE_TIMEOUT`], a request body is at most [`MAX_BODY`] bytes (GET and HEAD
+//!   carry none), and at most [`MAX_CONNECTIONS`] connections are served at once;
+//! - `Cache-Control: no-cache`, so a rebuilt `www/pkg/` is never shadowed by a stale copy.
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -18,7 +26,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = native::serve(&root, port) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let result = runtime.and_then(|rt| rt.block_on(native::serve(&root, port)));
+    if let Err(e) = result {
         eprintln!("serve: {e}");
         std::process::exit(1);
     }
@@ -26,125 +36,94 @@ fn main() {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::path::{Component, Path, PathBuf};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::Duration;
 
-    pub fn serve(root: &Path, port: u16) -> std::io::Result<()> {
+    use axum::extract::{Request, State};
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use axum::Router;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
+    use tower_http::limit::RequestBodyLimitLayer;
+    use tower_http::services::ServeDir;
+    use tower_http::set_header::SetResponseHeaderLayer;
+    use tower_http::timeout::TimeoutLayer;
+
+    /// A client that has not sent its whole request head by then is dropped (slowloris).
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Time to start a response; streaming the body afterwards is not limited, so a slow
+    /// visitor can still download the weights.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// GET and HEAD have no body; anything bigger than this is refused with 413.
+    pub const MAX_BODY: usize = 4096;
+    /// Connections served at once; later ones wait in the listen backlog.
+    pub const MAX_CONNECTIONS: usize = 256;
+
+    pub async fn serve(root: &Path, port: u16) -> std::io::Result<()> {
         let root = root.canonicalize()?;
-        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         println!("serving {} at http://127.0.0.1:{}/", root.display(), listener.local_addr()?.port());
-        for stream in listener.incoming() {
-            let root = root.clone();
-            match stream {
-                Ok(s) => {
-                    std::thread::spawn(move || {
-                        if let Err(e) = handle(s, &root) {
-                            eprintln!("serve: {e}");
-                        }
-                    });
-                }
-                Err(e) => eprintln!("serve: {e}"),
-            }
-        }
-        Ok(())
-    }
-
-    fn handle(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut request = String::new();
-        reader.read_line(&mut request)?;
-        // Drain the headers; nothing in them changes the answer.
-        let mut line = String::new();
-        while reader.read_line(&mut line)? > 2 {
-            line.clear();
-        }
-        let mut parts = request.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-        if method != "GET" && method != "HEAD" {
-            return respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                b"method not allowed\n",
-                true,
-            );
-        }
-        let path = target.split(['?', '#']).next().unwrap_or("/");
-        let Some(file) = resolve(root, &percent_decode(path)) else {
-            return respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", true);
-        };
-        match std::fs::read(&file) {
-            Ok(body) => respond(&mut stream, "200 OK", mime(&file), &body, method == "GET"),
-            Err(_) => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", true),
-        }
-    }
-
-    /// Maps a URL path to a file under `root`, refusing `..` and anything outside it.
-    fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
-        let mut out = root.to_path_buf();
-        for c in Path::new(path.trim_start_matches('/')).components() {
-            match c {
-                Component::Normal(p) => out.push(p),
-                Component::CurDir => {}
-                _ => return None,
-            }
-        }
-        if out.is_dir() {
-            out.push("index.html");
-        }
-        let real = out.canonicalize().ok()?;
-        (real.starts_with(root) && real.is_file()).then_some(real)
-    }
-
-    fn percent_decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                if let Ok(v) = u8::from_str_radix(hex, 16) {
-                    out.push(v);
-                    i += 3;
+        let app = router(root);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // E.g. out of file descriptors: wait instead of spinning.
+                    eprintln!("serve: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    // A client may shut down its sending side right after its request (as
+                    // `curl` and raw sockets do); without this hyper drops the answer.
+                    .half_close(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                // Broken connections are the client's business; nothing to report.
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn router(root: PathBuf) -> Router {
+        let files = ServeDir::new(&root).append_index_html_on_directories(true);
+        Router::new()
+            .fallback_service(files)
+            .layer(middleware::from_fn_with_state(Arc::new(root), confine))
+            .layer(RequestBodyLimitLayer::new(MAX_BODY))
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, RESPONSE_TIMEOUT))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            ))
+    }
+
+    /// Answers 404 unless the request's path, with every symbolic link resolved, stays under
+    /// `root`. `ServeDir` does the rest of the path checks (`..`, encoded separators).
+    async fn confine(State(root): State<Arc<PathBuf>>, request: Request, next: Next) -> Response {
+        let decoded = percent_encoding::percent_decode_str(request.uri().path()).decode_utf8();
+        let Ok(path) = decoded else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let relative = path.trim_start_matches('/');
+        // A path that does not exist is left to ServeDir, which answers 404 for it.
+        if let Ok(real) = root.join(relative).canonicalize() {
+            if !real.starts_with(root.as_path()) {
+                return StatusCode::NOT_FOUND.into_response();
             }
-            out.push(bytes[i]);
-            i += 1;
         }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    fn mime(path: &Path) -> &'static str {
-        match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-            "html" => "text/html; charset=utf-8",
-            "js" | "mjs" => "text/javascript; charset=utf-8",
-            "wasm" => "application/wasm",
-            "json" => "application/json",
-            "css" => "text/css; charset=utf-8",
-            "png" => "image/png",
-            "svg" => "image/svg+xml",
-            "md" => "text/markdown; charset=utf-8",
-            _ => "application/octet-stream",
-        }
-    }
-
-    fn respond(
-        stream: &mut TcpStream,
-        status: &str,
-        mime: &str,
-        body: &[u8],
-        with_body: bool,
-    ) -> std::io::Result<()> {
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-            body.len()
-        )?;
-        if with_body {
-            stream.write_all(body)?;
-        }
-        stream.flush()
+        next.run(request).await
     }
 }
