@@ -182,6 +182,7 @@ async function reupload(rec, engine) {
     } catch (e) {
         throw fromEngineError(e);
     }
+    builtModels++;
     const stale = rec.entry.model;
     rec.entry.model = fresh;
     stale.free();
@@ -526,11 +527,14 @@ export const MAX_WEIGHTS_BYTES = 512 * 1024 * 1024;
 const models = new Map();
 const recordOf = new WeakMap(); // entry -> its record
 let liveModels = 0; // wasm Models and CPU pools built and not yet freed
+let builtModels = 0; // ... built in all, restarts included
 
 /** For tests and the console: the model records (key, how many views hold or await each,
- *  whether it has loaded) and how many loaded models (wasm Models, CPU pools) are alive. */
+ *  whether it has loaded), how many loaded models (wasm Models, CPU pools) are alive and
+ *  how many were built in all. */
 export function modelStats() {
-    return { records: [...models.values()].map((r) => ({ key: r.key, refs: r.refs, loaded: r.entry !== null })), live: liveModels };
+    const records = [...models.values()].map((r) => ({ key: r.key, refs: r.refs, loaded: r.entry !== null }));
+    return { records, live: liveModels, built: builtModels };
 }
 
 /** The URL of a model folder: a bare name ("fashion") means the shipped model next to this
@@ -669,6 +673,7 @@ async function fetchModel(base, progress, backend, signal) {
         throw fromEngineError(e);
     }
     liveModels++;
+    builtModels++;
     // Only a file the engine accepted (and that matched the manifest) is cached.
     if (source === "network") await store.put(bytes);
 

@@ -77,7 +77,8 @@ test("no WebGPU adapter: auto samples on CPU workers, says why, equals the CLI, 
         });
         const crashed = await waitForState(page, "error", { timeout: 30_000, allowError: true });
         t.diagnostic(crashed.text);
-        assert.equal(crashed.kind, "worker", crashed.text);
+        assert.equal(crashed.kind, "internal", crashed.text);
+        assert.equal(await page.evaluate(() => window.__playground.error?.worker), "killed by the test");
         assert.match(crashed.text, /A CPU worker stopped unexpectedly \(killed by the test\)\. It has been restarted/);
         assert.equal(await page.isDisabled("#run"), false, "Sample stays usable");
         await screenshot(page, "no-webgpu-2-worker-killed");
