@@ -130,6 +130,7 @@ test("backend=webgpu without WebGPU: plain-language error", { timeout: 90_000 },
         const status = await waitForEngine(page);
         t.diagnostic(status.text);
         assert.equal(status.state, "error", `expected an error, got: ${status.text}`);
+        assert.equal(await page.$eval("#status", (s) => s.dataset.kind), "gpu-unavailable");
         assert.match(status.text, /WebGPU/, status.text);
         assert.match(status.text, /CPU engine/, status.text);
         assert.doesNotMatch(status.text, /^Unexpected error/, "an unhandled rejection reached the page");
