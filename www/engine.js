@@ -178,7 +178,7 @@ async function reupload(rec, engine) {
     const { bytes } = await fetchWeights(weights.url, weights.expected, () => {});
     let fresh;
     try {
-        fresh = engine.loadModel(configText, bytes, schedText ?? undefined);
+        fresh = await engine.loadModel(configText, bytes, schedText ?? undefined);
     } catch (e) {
         throw fromEngineError(e);
     }
@@ -666,7 +666,8 @@ async function fetchModel(base, progress, backend, signal) {
             model = new CpuPool(backend.threads);
             await model.load(configText, bytes, schedText ?? undefined);
         } else {
-            model = (await getEngine()).loadModel(configText, bytes, schedText ?? undefined);
+            // Async: the GPU says whether the weights fit only through an error scope's promise.
+            model = await (await getEngine()).loadModel(configText, bytes, schedText ?? undefined);
         }
     } catch (e) {
         if (source === "cache") await dropCached(store.key);

@@ -624,15 +624,14 @@ export class Playground {
         const engine = entry.backend === "webgpu" ? this.engine : null;
         if (!engine) return err;
         if (engine.isLost) return lostError(engine);
-        // deviceError() also clears a parked non-fatal GPU error, so the next run starts
-        // clean; show it with the run's error when it says more.
-        const parked = engine.deviceError();
+        // The run failed on the first non-fatal GPU error (the engine reports one once and
+        // clears it); deviceError() reports and clears any later one too, so that the next
+        // run starts clean instead of failing on an error of this one.
+        const more = engine.deviceError();
         if (err.kind === "gpu-oom") {
             return new PlaygroundError("gpu-oom", `This GPU ran out of memory for ${n} image${n > 1 ? "s" : ""}; try fewer.`, { cause: e, field: err.field });
         }
-        if (parked && !err.message.includes(parked)) {
-            return new PlaygroundError(err.kind, `${err.message} (the GPU reported: ${parked})`, { cause: e, field: err.field, tensor: err.tensor });
-        }
+        if (more) return new PlaygroundError(err.kind, `${err.message} (then the GPU also reported: ${more})`, { cause: e, field: err.field, tensor: err.tensor });
         return err;
     }
 
