@@ -158,8 +158,10 @@ export function restartGpu() {
                 for (const rec of models.values()) {
                     if (rec.backend === "webgpu" && rec.entry?.model) await reupload(rec, engine);
                 }
-                old?.free();
             });
+            // The old Engine is left to the garbage collector (wasm-bindgen's finalizer frees
+            // it): its device's memory went with the loss, and a load that started before the
+            // restart may still be borrowing it, which an explicit free() would refuse.
         } catch (e) {
             const error = fromEngineError(e, "Restarting the GPU failed");
             emitGpu({ type: "restart-failed", error });
