@@ -298,3 +298,54 @@ fn dropping_a_model_and_its_session_frees_their_gpu_memory() {
     drop((session, unet));
     assert_eq!(allocated(&gpu), base, "bytes still allocated after the model and its session were dropped");
 }
+
+/// A genuine out-of-memory from the driver, not the test hook. lavapipe's GPU memory is
+/// host memory, so the test runs itself again in a child process, caps that process's
+/// address space (`prlimit --as`) at what it uses plus 512 MiB, and asks for the largest
+/// buffer the device allows (2 GiB on Mesa): the driver's allocation fails and nothing is
+/// ever actually allocated.
+#[test]
+fn a_real_out_of_memory_fails_the_allocating_call_and_the_device_goes_on() {
+    const CHILD: &str = "DIFFUSION_REAL_OOM_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_real_out_of_memory_fails_the_allocating_call_and_the_device_goes_on"])
+            .args(["--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "the child test failed:\n{text}");
+        return;
+    }
+    let gpu = own_gpu();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize in /proc/self/status");
+    let cap = (vm_kib << 10) + (512 << 20);
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--as={cap}:{cap}"))
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(limited.success());
+    let bytes = gpu.limits.max_buffer_size & !3;
+    assert!(bytes >= 1 << 30, "this adapter's buffers stop at {bytes} bytes");
+    let err = pollster::block_on(gpu.scoped("the largest buffer", || {
+        Ok(gpu.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("big"),
+            size: bytes,
+            usage: wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }))
+    .err()
+    .expect("a buffer larger than the address space left must not be allocated");
+    assert_eq!(err, EngineError::OutOfMemory { what: "the largest buffer".into(), bytes });
+    gpu.check().expect("nothing parked after a scoped out-of-memory");
+    let t = Tensor::from_slice(&gpu, "t", &[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(pollster::block_on(t.read(&gpu)).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+}

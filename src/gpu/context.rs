@@ -170,8 +170,9 @@ impl Gpu {
         self.oom_countdown.store(n, Ordering::SeqCst);
     }
 
-    /// Creates a buffer and counts its bytes towards the enclosing scope's report.
-    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+    /// Creates a buffer and counts its bytes towards the enclosing scope's report (every
+    /// buffer of the engine is made here).
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
         self.bytes_created.fetch_add(desc.size, Ordering::Relaxed);
         self.device.create_buffer(desc)
     }
