@@ -128,6 +128,15 @@ pub(crate) fn check_images(images: usize, [c, h, w]: [usize; 3]) -> Result<()> {
     Ok(())
 }
 
+/// What the buffers of a session are for, in an out-of-memory message ("64 images").
+fn images_label(n: usize) -> String {
+    if n == 1 {
+        "1 image".into()
+    } else {
+        format!("{n} images")
+    }
+}
+
 /// Buffers for sampling `images` images of one model, reused across runs.
 pub struct Session {
     images: usize,
@@ -233,6 +242,30 @@ impl Session {
         self.images
     }
 
+    /// Allocates the buffers `req` needs, unless the session holds them already, inside an
+    /// out-of-memory error scope, and waits for the GPU's answer (see [`Gpu::scoped`]). Call
+    /// it before [`Session::start`] wherever an await is possible (the browser): a GPU
+    /// without room for this many images then fails here, with
+    /// [`EngineError::OutOfMemory`] naming the image count, and nothing has been submitted
+    /// that uses the unallocated buffers. Without it, `start` allocates in a scope too, but
+    /// in the browser the answer can only reach the next check.
+    pub async fn prepare(
+        &mut self,
+        gpu: &Gpu,
+        unet: &UNet,
+        sched: &SchedulerConfig,
+        req: &SampleRequest,
+    ) -> Result<()> {
+        let n = self.images;
+        let (guidance, _) = check_request(unet.config().null_class(), n, unet.sample_shape(), sched, req)?;
+        if self.layout.as_ref().map(|l| l.guidance) == Some(guidance) {
+            return Ok(());
+        }
+        self.layout = None; // free the old buffers before allocating the new ones
+        self.layout = Some(gpu.scoped(images_label(n), || Layout::new(gpu, unet, n, guidance)).await?);
+        Ok(())
+    }
+
     /// Reads x_t after the last submitted step (the final images once the run is done)
     /// and, with `with_x0`, the sampler's x0 estimate, in one GPU round trip.
     pub async fn read(&self, gpu: &Gpu, with_x0: bool) -> Result<Readout> {
@@ -268,7 +301,7 @@ impl Session {
         let per_image = c * h * w;
         if self.layout.as_ref().map(|l| l.guidance) != Some(guidance) {
             self.layout = None; // free the old buffers before allocating the new ones
-            self.layout = Some(Layout::new(gpu, unet, n, guidance)?);
+            self.layout = Some(gpu.scoped_now(images_label(n), || Layout::new(gpu, unet, n, guidance))?);
         }
         let layout = self.layout.as_ref().expect("laid out above");
         let per_shard = layout.per_shard;

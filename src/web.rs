@@ -87,40 +87,60 @@ impl Engine {
             .map_err(|e| to_js(EngineError::Internal(format!("self-test report: {e}"))))
     }
 
-    /// The first device error or loss since creation, if any (the page polls this after
-    /// failures to tell "your GPU was reset" from a bug).
+    /// The device's loss, or else the first uncaptured GPU error since the last call or
+    /// failed run, as a message; `undefined` when the device is healthy. A non-fatal error
+    /// (a validation error: an engine bug) is reported once and cleared, so the engine keeps
+    /// working after it; a loss is reported by every call (see `isLost`).
     #[wasm_bindgen(js_name = deviceError)]
     pub fn device_error(&self) -> Option<String> {
         self.gpu.check().err().map(|e| e.to_string())
     }
 
-    /// True once the device is lost (every later call fails; the page offers a reload).
+    /// True once the device is lost. A lost device never comes back: every later call of
+    /// this engine and of its models rejects with kind `gpu-lost`. The page recovers with a
+    /// new engine (`Engine.create()`) and its models loaded again from their bytes.
     #[wasm_bindgen(getter, js_name = isLost)]
     pub fn is_lost(&self) -> bool {
-        matches!(self.gpu.check(), Err(EngineError::DeviceLost(_)))
+        self.gpu.is_lost()
     }
 
     /// Destroys the device, which the browser reports as a device loss: lets tests (and the
-    /// curious) see the page's device-lost state without crashing a GPU.
+    /// curious) see the page's device-lost state without crashing a GPU. `isLost` is true
+    /// as soon as this returns.
     #[wasm_bindgen(js_name = loseDevice)]
     pub fn lose_device(&self) {
-        self.gpu.device.destroy();
+        self.gpu.destroy();
+    }
+
+    /// Test hook: the next sizeable GPU allocation of this engine (a model's weights, the
+    /// buffers of a run for a new image count, a read-back) fails as if the GPU were out of
+    /// memory, and the call that made it rejects with kind `gpu-oom`, exactly as it would on
+    /// a GPU too small for the request; later allocations succeed again.
+    #[wasm_bindgen(js_name = simulateOutOfMemory)]
+    pub fn simulate_out_of_memory(&self) {
+        self.gpu.inject_out_of_memory(1);
     }
 
     /// Builds a model from the bytes of its `config.json`, its safetensors weights and
     /// (optionally) diffusers' `scheduler_config.json` (DDPMScheduler's defaults without).
-    /// Rejects with `ConfigError` (unsupported config, scheduler config) or `WeightsError`
-    /// (truncated or corrupt file, missing tensor, wrong shape) and the engine's message.
+    /// Resolves to the `Model`; rejects with kind `config`, `scheduler` or `weights` (and the
+    /// field or tensor) for unusable files, `gpu-oom` when the weights do not fit on the GPU,
+    /// `gpu-lost` on a lost device. Async because the GPU says whether the upload fit only
+    /// through a promise (an error scope).
     #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(
+    pub async fn load_model(
         &self,
-        config_json: &str,
-        weights: &[u8],
+        config_json: String,
+        weights: Vec<u8>,
         scheduler_json: Option<String>,
     ) -> Result<Model, JsValue> {
         let (sched, alphas) = parse_scheduler(scheduler_json)?;
-        let unet = UNet::load(&self.gpu, config_json, weights).map_err(to_js)?;
-        Ok(Model { gpu: self.gpu.clone(), unet, sched, alphas, session: RefCell::new(None) })
+        let gpu = &self.gpu;
+        let unet = gpu
+            .scoped("the model's weights", || UNet::load(gpu, &config_json, &weights))
+            .await
+            .map_err(to_js)?;
+        Ok(Model { gpu: gpu.clone(), unet, sched, alphas, session: RefCell::new(None) })
     }
 }
 
@@ -224,6 +244,9 @@ impl Model {
         let opts = parse_options(options)?;
         let request = request(&opts, &self.sched, self.classes())?;
         let gpu = &*self.gpu;
+        if let Some(lost) = gpu.lost() {
+            return Err(to_js(lost));
+        }
         let n = opts.count;
         let [c, h, w] = self.unet.sample_shape();
         let shape = js_array(&[n as f64, c as f64, h as f64, w as f64]);
@@ -239,6 +262,10 @@ impl Model {
             Some(clip) => &SchedulerConfig { clip_sample: clip, ..self.sched.clone() },
             None => &self.sched,
         };
+        // Allocates (for a new image count) and waits for the GPU's verdict before anything
+        // is submitted: too many images for this GPU reject here with `gpu-oom`, and the
+        // failed session is dropped so its buffers go back before the page retries.
+        session.prepare(gpu, &self.unet, sched, &request).await.map_err(|e| self.fail(e))?;
         let run = session.start(gpu, &self.unet, sched, &request).map_err(|e| self.fail(e))?;
         let steps = run.steps();
         let mut last: Option<Vec<f32>> = None;
@@ -289,10 +316,7 @@ impl Model {
 impl Model {
     /// An error of a run; a lost device wins over whatever it caused.
     fn fail(&self, e: EngineError) -> JsValue {
-        match self.gpu.check() {
-            Err(lost @ EngineError::DeviceLost(_)) => to_js(lost),
-            _ => to_js(e),
-        }
+        to_js(self.gpu.lost().unwrap_or(e))
     }
 }
 

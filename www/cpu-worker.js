@@ -9,6 +9,8 @@
 //               {id, type: "finishStep", k, modelOut, preview} (the update on the whole batch)
 //               {id, type: "read"}
 // Messages out: {id, ok: true, ...result} or {id, ok: false, name, message, kind, field, tensor}
+//               (kind: the engine's taxonomy, engine.js ERROR_KINDS; the page never reads
+//               the message to classify an error)
 
 import init, { CpuModel } from "./pkg/diffusion_playground.js";
 
@@ -63,7 +65,7 @@ async function handle(msg) {
             return { times };
         }
         default:
-            throw new Error(`unknown message ${msg.type}`);
+            throw Object.assign(new Error(`unknown message ${msg.type}`), { kind: "internal" });
     }
 }
 

@@ -1,7 +1,9 @@
 // The shared core of the page, the widget and embed.html: the choice of backend (WebGPU on
 // a hardware adapter, else the CPU engine in a pool of Web Workers), one WebGPU engine per
-// page, one loaded copy of each model per backend, a promise queue so views take turns,
-// and the download of weights (progress, Cache API, size/sha256 check against manifest.json).
+// page (a new one after a device loss, with the models uploaded again), one loaded copy of
+// each model per backend while a view holds it, a promise queue so views take turns, the
+// download of weights (progress, cancellation, a size cap, Cache API, size/sha256 check
+// against manifest.json) and one error taxonomy (ERROR_KINDS, the engine's).
 //
 // Everything here is plain ES modules; the engine itself is Rust compiled to wasm
 // (src/web.rs), loaded from ./pkg/ next to this file.
@@ -11,81 +13,181 @@ import init, { Engine, hasWebGpu } from "./pkg/diffusion_playground.js";
 export const WEBGPU_BROWSERS =
     "WebGPU ships in Chrome and Edge 113+ (Windows, macOS, ChromeOS, Android), Safari 26+ and Firefox 141+ (Windows); on Linux, Chrome needs chrome://flags/#enable-unsafe-webgpu.";
 
-/** An error the page can explain: `kind` is one of no-webgpu, not-found, network, http,
- *  size, checksum, config, weights, device-lost, options, worker, engine. */
+/** The kinds of failure, one taxonomy shared with the engine (src/error.rs ErrorKind): the
+ *  wasm engine throws errors with one of these as `kind`, and the page's own failures
+ *  (downloads, manifest checks, CPU workers) use the same names. */
+export const ERROR_KINDS = [
+    "config",
+    "weights",
+    "scheduler",
+    "input",
+    "limits",
+    "numeric",
+    "gpu-unavailable",
+    "gpu-oom",
+    "gpu-lost",
+    "network",
+    "checksum",
+    "internal",
+];
+
+/** An error the page can explain: `kind` is one of ERROR_KINDS. Where known, `field` (a
+ *  config or sampling option), `tensor` (a weights tensor), `status` (an HTTP status), `url`
+ *  (the file) and `worker` (why a CPU worker stopped) say what it is about, so that no
+ *  caller ever has to read the message to classify it. */
 export class PlaygroundError extends Error {
-    constructor(kind, message, options) {
-        super(message, options);
+    constructor(kind, message, { cause, field, tensor, status, url, worker } = {}) {
+        super(message, cause === undefined ? undefined : { cause });
         this.name = "PlaygroundError";
-        this.kind = kind;
+        this.kind = ERROR_KINDS.includes(kind) ? kind : "internal";
+        for (const [k, v] of Object.entries({ field, tensor, status, url, worker })) if (v != null) this[k] = v;
     }
 }
 
-/** Classifies an error thrown by the wasm engine: src/web.rs gives it a `kind` from the
- *  engine's taxonomy (src/error.rs), which maps onto the page's kinds here. */
+/** Wraps an error thrown by the wasm engine (src/web.rs gives it `kind`, `field` and
+ *  `tensor`) or by a CPU worker into a PlaygroundError with a message for visitors. */
 export function fromEngineError(e, context = "") {
     if (e instanceof PlaygroundError) return e;
-    const kind =
-        {
-            config: "config",
-            scheduler: "config",
-            weights: "weights",
-            "gpu-lost": "device-lost",
-            "gpu-unavailable": "no-webgpu",
-            input: "options",
-        }[e?.kind] ?? "engine";
+    const kind = ERROR_KINDS.includes(e?.kind) ? e.kind : "internal";
     const msg = e?.message ?? String(e);
     const text = {
         config: `This model's configuration is not supported by the engine: ${msg}`,
+        scheduler: `This model's scheduler_config.json is not usable: ${msg}`,
         weights: `The weights file is truncated or corrupt: ${msg}`,
-        "device-lost": `The GPU device was lost (${msg}). Reload the page to start a new one.`,
-        "no-webgpu": `WebGPU is not available here: ${msg}. ${WEBGPU_BROWSERS} Choose the CPU engine (backend: cpu) to sample without it.`,
+        "gpu-lost": `The GPU device was lost (${msg}). Restart the GPU to go on.`,
+        "gpu-oom": `The GPU ran out of memory: ${msg}`,
+        "gpu-unavailable": `WebGPU is not available here: ${msg}. ${WEBGPU_BROWSERS} Choose the CPU engine (backend: cpu) to sample without it.`,
     }[kind];
-    return new PlaygroundError(kind, text ?? (context ? `${context}: ${msg}` : msg), { cause: e });
+    return new PlaygroundError(kind, text ?? (context ? `${context}: ${msg}` : msg), { cause: e, field: e?.field, tensor: e?.tensor });
+}
+
+/** The reason an aborted signal carries (an AbortError DOMException unless given one). */
+function abortReason(signal) {
+    return signal.reason ?? new DOMException("The load was cancelled.", "AbortError");
+}
+
+/** True for the rejection of a cancelled load or fetch: not a failure to show. */
+export function isAbort(e) {
+    return e?.name === "AbortError";
 }
 
 // ---------------------------------------------------------------------------------------
-// The engine: one per page.
+// The engine: one per page, replaced by a new one after a device loss (restartGpu).
 
 let enginePromise = null;
-const lostListeners = new Set();
+let currentEngine = null; // the engine enginePromise resolved to, for synchronous readers
+let restarting = null;
+const gpuListeners = new Set();
 
 /** Resolves to the page's one Engine (creating it on first use). */
 export function getEngine() {
     enginePromise ??= (async () => {
         await init();
         if (!hasWebGpu()) {
-            throw new PlaygroundError("no-webgpu", `This browser has no WebGPU, which sampling on your GPU needs. ${WEBGPU_BROWSERS} Choose the CPU engine to sample without it.`);
+            throw new PlaygroundError("gpu-unavailable", `This browser has no WebGPU, which sampling on your GPU needs. ${WEBGPU_BROWSERS} Choose the CPU engine to sample without it.`);
         }
         let engine;
         try {
             engine = await Engine.create();
         } catch (e) {
             throw new PlaygroundError(
-                "no-webgpu",
+                ERROR_KINDS.includes(e?.kind) ? e.kind : "gpu-unavailable",
                 `WebGPU is present but gave no usable GPU (${e?.message ?? e}). ${WEBGPU_BROWSERS} Choose the CPU engine to sample without it.`,
-                { cause: e },
+                { cause: e, field: e?.field },
             );
         }
+        currentEngine = engine;
         watchDevice(engine);
         return engine;
     })();
-    return enginePromise;
+    const p = enginePromise;
+    p.catch(() => {
+        if (enginePromise === p) enginePromise = null; // no usable GPU now; a later restart may find one
+    });
+    return p;
 }
 
 function watchDevice(engine) {
     const timer = setInterval(() => {
         if (!engine.isLost) return;
         clearInterval(timer);
-        const err = fromEngineError({ kind: "gpu-lost", message: engine.deviceError() ?? "unknown reason" });
-        for (const f of lostListeners) f(err);
+        emitGpu({ type: "lost", error: lostError(engine) });
     }, 500);
 }
 
-/** Calls `f(error)` once if the GPU device is lost; returns an unsubscribe function. */
-export function onDeviceLost(f) {
-    lostListeners.add(f);
-    return () => lostListeners.delete(f);
+/** The gpu-lost error of `engine`, with the browser's reason when it gave one. */
+export function lostError(engine) {
+    return fromEngineError({ kind: "gpu-lost", message: engine.deviceError() ?? "unknown reason" });
+}
+
+function emitGpu(event) {
+    for (const f of gpuListeners) f(event);
+}
+
+/**
+ * Calls `f({type, error})` on the GPU's events: "lost" (the device is gone; `error` is the
+ * gpu-lost PlaygroundError), "restarting", "restored" (a new device, and every loaded
+ * WebGPU model uploaded to it again) and "restart-failed" (`error` says why). Returns an
+ * unsubscribe function.
+ */
+export function onGpuEvent(f) {
+    gpuListeners.add(f);
+    return () => gpuListeners.delete(f);
+}
+
+/**
+ * After a device loss: creates a new Engine and uploads every loaded WebGPU model to it
+ * again. The weights are read back from the Cache API (or downloaded again when the browser
+ * could not cache them) instead of keeping a second copy of every file in memory for an
+ * event this rare. Model entries are updated in place, so the views holding them sample on
+ * without reloading anything. Concurrent callers (the page's button, every widget) share
+ * one restart; a device that is not lost is left alone.
+ */
+export function restartGpu() {
+    restarting ??= (async () => {
+        const old = await enginePromise?.catch(() => null);
+        if (old && !old.isLost) return;
+        emitGpu({ type: "restarting" });
+        try {
+            enginePromise = null;
+            currentEngine = null;
+            const engine = await getEngine();
+            // In the queue: runs of the lost models end (failing) before their models are
+            // swapped and freed, and no run sees a half-restored page.
+            await enqueue(async () => {
+                for (const rec of models.values()) {
+                    if (rec.backend === "webgpu" && rec.entry?.model) await reupload(rec, engine);
+                }
+            });
+            // The old Engine is left to the garbage collector (wasm-bindgen's finalizer frees
+            // it): its device's memory went with the loss, and a load that started before the
+            // restart may still be borrowing it, which an explicit free() would refuse.
+        } catch (e) {
+            const error = fromEngineError(e, "Restarting the GPU failed");
+            emitGpu({ type: "restart-failed", error });
+            throw error;
+        }
+        emitGpu({ type: "restored" });
+    })().finally(() => {
+        restarting = null;
+    });
+    return restarting;
+}
+
+/** Uploads the model of `rec` to `engine` again from its files; frees the lost one. */
+async function reupload(rec, engine) {
+    const { configText, schedText, weights } = rec.entry.recipe;
+    const { bytes } = await fetchWeights(weights.url, weights.expected, () => {});
+    let fresh;
+    try {
+        fresh = await engine.loadModel(configText, bytes, schedText ?? undefined);
+    } catch (e) {
+        throw fromEngineError(e);
+    }
+    builtModels++;
+    const stale = rec.entry.model;
+    rec.entry.model = fresh;
+    stale.free();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -108,7 +210,8 @@ export function cpuThreads() {
  * Resolves to the backend a view samples on: `{kind: "webgpu", engine, label, reason}` or
  * `{kind: "cpu", threads, label, reason}`. `auto` takes WebGPU on a hardware adapter, and the
  * CPU when the browser has no `navigator.gpu`, no adapter, or only a software (fallback)
- * one, which is slower than the CPU engine. `webgpu` fails with a no-webgpu error instead.
+ * one, which is slower than the CPU engine. `webgpu` fails with a gpu-unavailable error
+ * instead. A WebGPU backend's `engine` is the page's current one: a new one after a restart.
  */
 export function chooseBackend(choice = "auto") {
     if (!BACKENDS.includes(choice)) choice = "auto";
@@ -145,7 +248,14 @@ async function pickBackend(choice) {
     }
     try {
         const engine = await getEngine();
-        return { kind: "webgpu", engine, label: engine.adapterName, reason: `Sampling on the GPU through WebGPU (${engine.adapterName}).` };
+        return {
+            kind: "webgpu",
+            get engine() {
+                return currentEngine;
+            },
+            label: engine.adapterName,
+            reason: `Sampling on the GPU through WebGPU (${engine.adapterName}).`,
+        };
     } catch (e) {
         if (choice === "auto") return cpuBackend(`WebGPU gave no usable GPU (${e?.message ?? e})`);
         throw e;
@@ -370,7 +480,7 @@ export class CpuPool {
 }
 
 function workerError(why) {
-    return new PlaygroundError("worker", `A CPU worker stopped unexpectedly (${why}). It has been restarted; sample again to retry.`);
+    return new PlaygroundError("internal", `A CPU worker stopped unexpectedly (${why}). It has been restarted; sample again to retry.`, { worker: why });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -405,11 +515,29 @@ export class Runner {
 }
 
 // ---------------------------------------------------------------------------------------
-// Models: one loaded copy per URL.
+// Models: one loaded copy per URL and backend, shared by the views that hold it and freed
+// when the last one lets go.
 
 const CACHE_NAME = "diffusion-playground-models-v1";
 const DEFAULT_WEIGHTS = "diffusion_pytorch_model.safetensors";
+/** The largest weights file downloaded when manifest.json gives no size: far more than any
+ *  model this engine samples at a usable speed in a browser (the shipped ones are 11 MB),
+ *  and small enough that a wrong URL (a video, a disk image) is refused instead of filling
+ *  the tab's memory. With a manifest, its size is the cap. */
+export const MAX_WEIGHTS_BYTES = 512 * 1024 * 1024;
+// key ("webgpu <url>" or "cpu <url>") -> {key, backend, refs, controller, promise, entry, dropped}
 const models = new Map();
+const recordOf = new WeakMap(); // entry -> its record
+let liveModels = 0; // wasm Models and CPU pools built and not yet freed
+let builtModels = 0; // ... built in all, restarts included
+
+/** For tests and the console: the model records (key, how many views hold or await each,
+ *  whether it has loaded), how many loaded models (wasm Models, CPU pools) are alive and
+ *  how many were built in all. */
+export function modelStats() {
+    const records = [...models.values()].map((r) => ({ key: r.key, refs: r.refs, loaded: r.entry !== null }));
+    return { records, live: liveModels, built: builtModels };
+}
 
 /** The URL of a model folder: a bare name ("fashion") means the shipped model next to this
  *  script; anything else is resolved against `base` (the document). Ends with "/". */
@@ -422,33 +550,116 @@ export function modelUrl(spec, base = document.baseURI) {
 /**
  * Loads the model folder at `url` once per page and backend (a `chooseBackend` result;
  * WebGPU when absent): resolves to `{url, name, model, classNames, shape, alphas, source,
- * bytes, backend}`. `onProgress({phase, done, total})` hears the download (phase "download"
- * or "cache", then "verify", "upload").
+ * bytes, backend, warnings}`. `onProgress({phase, done, total})` hears the download (phase
+ * "download" or "cache", then "verify", "upload"). `warnings` lists what could not be
+ * checked (no crypto.subtle outside a secure context).
+ *
+ * The caller holds the model from then on and gives it back with `releaseModel(entry)`; the
+ * last release frees it. Aborting `signal` before it resolves gives up the caller's claim
+ * and rejects with an AbortError; when no one else waits for the model, its download stops.
  */
-export function loadModel(url, onProgress, backend = null) {
-    const key = `${backend?.kind ?? "webgpu"} ${url}`;
-    let entry = models.get(key);
-    if (!entry) {
+export function loadModel(url, onProgress, backend = null, signal = undefined) {
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    const kind = backend?.kind ?? "webgpu";
+    const key = `${kind} ${url}`;
+    let rec = models.get(key);
+    if (!rec) {
         const listeners = new Set();
-        entry = { listeners, promise: fetchModel(url, (p) => listeners.forEach((f) => f(p)), backend) };
-        models.set(key, entry);
-        entry.promise.catch(() => models.delete(key)); // a failed load can be retried
+        const controller = new AbortController();
+        const r = { key, backend: kind, refs: 0, listeners, controller, entry: null, dropped: false };
+        r.promise = fetchModel(url, (p) => listeners.forEach((f) => f(p)), backend, controller.signal).then((entry) => {
+            r.entry = entry;
+            recordOf.set(entry, r);
+            if (!r.dropped) return entry;
+            disposeEntry(entry); // everyone gave up while it was being built
+            throw abortReason(controller.signal);
+        });
+        r.promise.catch(() => {
+            if (models.get(key) === r) models.delete(key); // a failed load can be retried
+        });
+        models.set(key, r);
+        rec = r;
     }
-    if (onProgress) entry.listeners.add(onProgress);
-    return entry.promise.finally(() => onProgress && entry.listeners.delete(onProgress));
+    rec.refs++;
+    if (onProgress) rec.listeners.add(onProgress);
+    return new Promise((resolve, reject) => {
+        let settled = false;
+        const settle = () => {
+            settled = true;
+            signal?.removeEventListener("abort", onAbort);
+            if (onProgress) rec.listeners.delete(onProgress);
+        };
+        const onAbort = () => {
+            if (settled) return;
+            settle();
+            drop(rec);
+            reject(abortReason(signal));
+        };
+        signal?.addEventListener("abort", onAbort, { once: true });
+        rec.promise.then(
+            (entry) => {
+                if (settled) return;
+                settle();
+                resolve(entry);
+            },
+            (e) => {
+                if (settled) return;
+                settle();
+                rec.refs--;
+                reject(e);
+            },
+        );
+    });
 }
 
-async function fetchModel(base, progress, backend) {
-    const manifest = await fetchJson(`${base}manifest.json`, "manifest.json", { optional: true });
-    const configText = await fetchText(`${base}config.json`, "config.json");
-    const schedText = await fetchText(`${base}scheduler_config.json`, "scheduler_config.json", { optional: true });
+/** Gives back a caller's hold on a model `loadModel` resolved to; the last one frees it. */
+export function releaseModel(entry) {
+    const rec = recordOf.get(entry);
+    if (rec) drop(rec);
+}
+
+function drop(rec) {
+    if (--rec.refs > 0) return;
+    rec.dropped = true;
+    if (models.get(rec.key) === rec) models.delete(rec.key);
+    if (rec.entry) disposeEntry(rec.entry);
+    else rec.controller.abort(); // stops the download; an upload under way is freed when it ends
+}
+
+/** Frees a model: its wasm object's GPU buffers, or its CPU pool's workers. */
+function disposeEntry(entry) {
+    // Through the queue: a run of this model still in flight (it stops at its next step)
+    // must end before its buffers go, or the wasm object would be freed while borrowed.
+    enqueue(() => {
+        const m = entry.model;
+        if (!m) return;
+        entry.model = null;
+        liveModels--;
+        if (m instanceof CpuPool) m.dispose();
+        else m.free();
+    });
+}
+
+async function fetchModel(base, progress, backend, signal) {
+    const warnings = new Set();
+    const warn = (w) => warnings.add(w);
+    const manifest = await fetchJson(`${base}manifest.json`, "manifest.json", { optional: true, signal });
     const files = new Map((manifest?.files ?? []).map((f) => [f.name, f]));
-    await checkText(configText, files.get("config.json"), "config.json");
-    if (schedText !== null) await checkText(schedText, files.get("scheduler_config.json"), "scheduler_config.json");
+    const configText = await fetchText(`${base}config.json`, "config.json", { signal });
+    // Without scheduler_config.json the engine uses DDPMScheduler's defaults; but a file the
+    // manifest lists must be there: a 404 for it is a broken model, not a default.
+    const schedText = await fetchText(`${base}scheduler_config.json`, "scheduler_config.json", {
+        optional: !files.has("scheduler_config.json"),
+        signal,
+        listed: files.has("scheduler_config.json"),
+    });
+    await checkText(configText, files.get("config.json"), "config.json", warn, `${base}config.json`);
+    if (schedText !== null) await checkText(schedText, files.get("scheduler_config.json"), "scheduler_config.json", warn, `${base}scheduler_config.json`);
 
     const weightsName = manifest?.weights ?? DEFAULT_WEIGHTS;
-    const expected = files.get(weightsName) ?? null;
-    const { bytes, source, store } = await fetchWeights(new URL(weightsName, base).href, expected, progress);
+    const weights = { url: new URL(weightsName, base).href, expected: files.get(weightsName) ?? null };
+    const { bytes, source, store } = await fetchWeights(weights.url, weights.expected, progress, { signal, warn });
+    signal.throwIfAborted();
 
     progress({ phase: "upload", done: bytes.byteLength, total: bytes.byteLength });
     let model;
@@ -457,12 +668,15 @@ async function fetchModel(base, progress, backend) {
             model = new CpuPool(backend.threads);
             await model.load(configText, bytes, schedText ?? undefined);
         } else {
-            model = (await getEngine()).loadModel(configText, bytes, schedText ?? undefined);
+            // Async: the GPU says whether the weights fit only through an error scope's promise.
+            model = await (await getEngine()).loadModel(configText, bytes, schedText ?? undefined);
         }
     } catch (e) {
         if (source === "cache") await dropCached(store.key);
         throw fromEngineError(e);
     }
+    liveModels++;
+    builtModels++;
     // Only a file the engine accepted (and that matched the manifest) is cached.
     if (source === "network") await store.put(bytes);
 
@@ -479,34 +693,50 @@ async function fetchModel(base, progress, backend) {
         source,
         bytes: bytes.byteLength,
         backend: backend?.kind ?? "webgpu",
+        warnings: [...warnings],
+        // What a GPU restart needs to build the model again: the small texts, and where the
+        // weights are (not the weights themselves).
+        recipe: { configText, schedText, weights },
     };
 }
 
-async function request(url, what) {
+async function request(url, what, signal) {
     let res;
     try {
-        res = await fetch(url);
+        res = await fetch(url, { signal });
     } catch (e) {
+        if (signal?.aborted) throw abortReason(signal);
         const cross = new URL(url).origin !== location.origin;
         throw new PlaygroundError(
             "network",
             cross
                 ? `Could not fetch ${what} from ${url}: the request was refused. That server is another site and must allow cross-origin requests (CORS header Access-Control-Allow-Origin), or be unreachable. (${e.message})`
                 : `Could not fetch ${what} from ${url}: the network request failed (${e.message}). Check the connection and reload.`,
-            { cause: e },
+            { cause: e, url },
         );
     }
     return res;
 }
 
-async function fetchText(url, what, { optional = false } = {}) {
-    const res = await request(url, what);
-    if (res.status === 404 && optional) return null;
+/** A network error for an HTTP answer that is not 2xx. */
+function httpError(res, url, what, listed = false) {
     if (res.status === 404) {
-        throw new PlaygroundError("not-found", `The model's ${what} was not found (HTTP 404) at ${url}. Check the model URL.`);
+        const why = listed ? ", though manifest.json lists it" : "";
+        return new PlaygroundError("network", `The model's ${what} was not found (HTTP 404) at ${url}${why}. Check the model URL.`, { status: 404, url });
     }
-    if (!res.ok) throw new PlaygroundError("http", `${what}: the server answered HTTP ${res.status} ${res.statusText} for ${url}.`);
-    return res.text();
+    return new PlaygroundError("network", `${what}: the server answered HTTP ${res.status} ${res.statusText} for ${url}.`, { status: res.status, url });
+}
+
+async function fetchText(url, what, { optional = false, signal, listed = false } = {}) {
+    const res = await request(url, what, signal);
+    if (res.status === 404 && optional) return null;
+    if (!res.ok) throw httpError(res, url, what, listed);
+    try {
+        return await res.text();
+    } catch (e) {
+        if (signal?.aborted) throw abortReason(signal);
+        throw new PlaygroundError("network", `The download of ${what} from ${url} broke off (${e.message}).`, { cause: e, url });
+    }
 }
 
 async function fetchJson(url, what, opts) {
@@ -515,37 +745,45 @@ async function fetchJson(url, what, opts) {
     try {
         return JSON.parse(text);
     } catch (e) {
-        throw new PlaygroundError("config", `${what} at ${url} is not valid JSON (${e.message}).`);
+        throw new PlaygroundError("config", `${what} at ${url} is not valid JSON (${e.message}).`, { url });
     }
 }
 
+// Said once per model load when the digests cannot be checked.
+const NO_DIGEST =
+    "Could not verify the download's SHA-256: not a secure context (the page is not served over HTTPS or from localhost, so the browser offers no crypto.subtle). Only the file sizes were checked against manifest.json.";
+
 async function sha256Hex(bytes) {
-    if (!globalThis.crypto?.subtle) return null; // not a secure context: no digest to check with
+    if (!globalThis.crypto?.subtle) return null;
     const digest = await crypto.subtle.digest("SHA-256", bytes);
     return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function checkText(text, expected, what) {
+async function checkText(text, expected, what, warn, url) {
     if (!expected) return;
     const bytes = new TextEncoder().encode(text);
-    await checkBytes(bytes, expected, what);
+    await checkBytes(bytes, expected, what, warn, url);
 }
 
-/** Throws a "size" or "checksum" PlaygroundError when `bytes` do not match the manifest. */
-async function checkBytes(bytes, expected, what) {
+/** Throws a "checksum" PlaygroundError when `bytes` do not match the manifest's size or
+ *  SHA-256; `warn(text)` hears that the digest could not be computed. */
+async function checkBytes(bytes, expected, what, warn, url) {
     if (!expected) return;
     if (Number.isFinite(expected.bytes) && bytes.byteLength !== expected.bytes) {
         throw new PlaygroundError(
-            "size",
+            "checksum",
             `${what} is ${bytes.byteLength.toLocaleString("en")} bytes but manifest.json says ${expected.bytes.toLocaleString("en")}: the file is truncated or not the one the manifest describes.`,
+            { url },
         );
     }
     if (typeof expected.sha256 === "string") {
         const got = await sha256Hex(bytes);
-        if (got !== null && got !== expected.sha256.toLowerCase()) {
+        if (got === null) warn?.(NO_DIGEST);
+        else if (got !== expected.sha256.toLowerCase()) {
             throw new PlaygroundError(
                 "checksum",
                 `${what} is corrupt: its SHA-256 is ${got.slice(0, 12)}…, manifest.json says ${expected.sha256.slice(0, 12)}….`,
+                { url },
             );
         }
     }
@@ -565,8 +803,9 @@ async function dropCached(key) {
 }
 
 /** The weights: from the Cache API when a verified copy is there, else over fetch with
- *  progress. Returns { bytes, source: "cache" | "network", store: {key, put(bytes)} }. */
-async function fetchWeights(url, expected, progress) {
+ *  progress, into one buffer no larger than the manifest's size (MAX_WEIGHTS_BYTES without
+ *  one). Returns { bytes, source: "cache" | "network", store: {key, put(bytes)} }. */
+async function fetchWeights(url, expected, progress, { signal, warn } = {}) {
     const what = url.split("/").pop();
     // The manifest's digest is part of the key: a new checkpoint never reuses an old entry.
     // (A query, not a fragment: the Cache API ignores fragments when matching.)
@@ -587,46 +826,63 @@ async function fetchWeights(url, expected, progress) {
         const bytes = new Uint8Array(await hit.arrayBuffer());
         progress({ phase: "cache", done: bytes.byteLength, total: bytes.byteLength });
         try {
-            await checkBytes(bytes, expected, what);
+            await checkBytes(bytes, expected, what, warn, url);
             return { bytes, source: "cache", store };
         } catch {
             await cache.delete(key).catch(() => {}); // stale or damaged copy: download again
         }
     }
+    signal?.throwIfAborted();
 
-    const res = await request(url, what);
-    if (res.status === 404) {
-        throw new PlaygroundError("not-found", `The weights file ${what} was not found (HTTP 404) at ${url}.`);
+    const res = await request(url, what, signal);
+    if (!res.ok) throw httpError(res, url, `weights file ${what}`);
+    const sized = Number.isFinite(expected?.bytes);
+    const cap = sized ? expected.bytes : MAX_WEIGHTS_BYTES;
+    const capText = sized
+        ? `the ${cap.toLocaleString("en")} bytes manifest.json gives`
+        : `the ${MAX_WEIGHTS_BYTES / 1048576} MiB a weights file may have when manifest.json gives no size`;
+    const tooLarge = (how) => new PlaygroundError("limits", `${what} is larger than ${capText}: ${how}.`, { url });
+    const declared = Number(res.headers.get("content-length")) || 0;
+    if (declared > cap) {
+        res.body?.cancel().catch(() => {});
+        throw tooLarge(`the server announces ${declared.toLocaleString("en")} bytes, so it was refused before downloading`);
     }
-    if (!res.ok) throw new PlaygroundError("http", `${what}: the server answered HTTP ${res.status} ${res.statusText} for ${url}.`);
-    const total = Number(res.headers.get("content-length")) || expected?.bytes || 0;
-    const chunks = [];
+    // One buffer, filled in place as the body streams in: the manifest's size, else the
+    // announced length. Only when neither is known (or a compressed body outgrows its
+    // Content-Length) does it grow, by doubling, and never past the cap.
+    let buf = new Uint8Array(sized ? cap : Math.min(cap, declared || 8 << 20));
+    const total = declared || (sized ? cap : 0);
     let done = 0;
     progress({ phase: "download", done, total });
+    const reader = res.body.getReader();
     try {
-        const reader = res.body.getReader();
         for (;;) {
             const { done: end, value } = await reader.read();
             if (end) break;
-            chunks.push(value);
-            done += value.byteLength;
+            const next = done + value.byteLength;
+            if (next > cap) throw tooLarge(`the download was stopped after ${next.toLocaleString("en")} bytes`);
+            if (next > buf.byteLength) {
+                const grown = new Uint8Array(Math.min(cap, Math.max(next, 2 * buf.byteLength)));
+                grown.set(buf.subarray(0, done));
+                buf = grown;
+            }
+            buf.set(value, done);
+            done = next;
             progress({ phase: "download", done, total });
         }
     } catch (e) {
+        reader.cancel().catch(() => {});
+        if (e instanceof PlaygroundError) throw e;
+        if (signal?.aborted) throw abortReason(signal);
         throw new PlaygroundError(
             "network",
             `The download of ${what} broke off after ${done.toLocaleString("en")} of ${total ? total.toLocaleString("en") : "?"} bytes (${e.message}). Reload to try again.`,
-            { cause: e },
+            { cause: e, url },
         );
     }
-    const bytes = new Uint8Array(done);
-    let at = 0;
-    for (const c of chunks) {
-        bytes.set(c, at);
-        at += c.byteLength;
-    }
+    const bytes = done === buf.byteLength ? buf : buf.subarray(0, done);
     progress({ phase: "verify", done, total: done });
-    await checkBytes(bytes, expected, what);
+    await checkBytes(bytes, expected, what, warn, url);
     return { bytes, source: "network", store };
 }
 

@@ -12,10 +12,14 @@ import {
     fromEngineError,
     gaussian,
     gridGeometry,
+    isAbort,
     loadModel,
+    lostError,
     modelUrl,
-    onDeviceLost,
+    onGpuEvent,
     quantize,
+    releaseModel,
+    restartGpu,
 } from "./engine.js";
 
 export const SAMPLERS = [
@@ -86,8 +90,9 @@ export class Playground {
     /**
      * @param {HTMLElement} host where the view is built (a div in the page or a shadow root's)
      * @param {object} o settings (see DEFAULTS) plus `controls` (a Set), `models` (the model
-     *   picker's [value, label] list), `compact` (widget layout), `onState(state)`,
-     *   `onResult(result)`, `onChange(settings)`, `title`.
+     *   picker's [value, label] list), `compact` (widget layout), `autoRestart` (restart the
+     *   GPU by itself after a device loss instead of offering a button), `onState(state,
+     *   text, error)`, `onResult(result)`, `onChange(settings)`, `title`.
      */
     constructor(host, o = {}) {
         this.host = host;
@@ -95,7 +100,9 @@ export class Playground {
         this.settings = { ...DEFAULTS, ...o.settings };
         this.controls = o.controls ?? new Set(ALL_CONTROLS);
         this.runner = new Runner();
-        this.loaded = null; // the loaded model entry
+        this.loaded = null; // the loaded model entry, once it may sample
+        this.held = null; // the model entry this view holds (engine.js releaseModel frees it)
+        this.loading = null; // the AbortController of the load in flight
         this.frames = []; // per step: {step, timestep, xt, x0} (quantized bytes)
         this.frameStride = 1;
         this.lastResult = null;
@@ -103,7 +110,7 @@ export class Playground {
         this.state = "idle";
         this.id = `dp${++uid}`;
         this.build();
-        this.unsubscribeLost = onDeviceLost((e) => this.showError(e));
+        this.unsubscribeGpu = onGpuEvent((ev) => this.onGpuEvent(ev));
     }
 
     // -------------------------------------------------------------------------------------
@@ -185,8 +192,9 @@ export class Playground {
   <progress id="progress" max="1" value="0" aria-label="Progress"></progress>
   <p id="status" class="dp-status" role="status" aria-live="polite" data-state="loading">Starting the engine…</p>
   <p id="engine" class="dp-engine" aria-live="polite"></p>
+  <p id="warning" class="dp-warning" role="note" hidden></p>
   <p id="timing" class="dp-timing" aria-live="off"></p>
-  <button type="button" id="reload" hidden>Reload the page</button>
+  <button type="button" id="restart" hidden>Restart the GPU</button>
   <div class="dp-field dp-range dp-scrub"${hide("scrubber")}>
     <label for="scrub">Replay step</label>
     <input type="range" id="scrub" min="0" max="0" value="0" disabled>
@@ -212,7 +220,7 @@ export class Playground {
         this.el = Object.fromEntries(
             [
                 "model", "backend", "engine", "class", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
-                "seed", "randomise", "grid", "run", "download", "canvas", "progress", "status", "timing", "reload",
+                "seed", "randomise", "grid", "run", "download", "canvas", "progress", "status", "timing", "restart", "warning",
                 "scrub", "scrub-out", "fwd-x0", "fwd-xt", "fwd-chart", "fwd-t", "fwd-t-out", "fwd-levels",
             ].map((id) => [id, $(id)]),
         );
@@ -316,7 +324,7 @@ export class Playground {
         }
         e.scrub.addEventListener("input", () => this.showFrame(Number(e.scrub.value)));
         e.download.addEventListener("click", () => this.download());
-        e.reload.addEventListener("click", () => location.reload());
+        e.restart.addEventListener("click", () => this.restartGpu());
         e["fwd-t"].addEventListener("input", () => this.drawForward());
     }
 
@@ -330,26 +338,66 @@ export class Playground {
         else this.scheduleSample();
     }
 
-    setStatus(text, state) {
-        this.el.status.textContent = text;
-        this.el.status.dataset.state = state;
+    /** Shows `text`; `error` (a PlaygroundError) when the state is "error". The status
+     *  element carries the error's kind and detail as data-kind, data-field, data-tensor
+     *  and data-http-status, for styles, scripts and tests. */
+    setStatus(text, state, error = null) {
+        const st = this.el.status;
+        st.textContent = text;
+        st.dataset.state = state;
+        st.dataset.kind = error?.kind ?? "";
+        st.dataset.field = error?.field ?? "";
+        st.dataset.tensor = error?.tensor ?? "";
+        st.dataset.httpStatus = error?.status ?? "";
         this.state = state;
-        this.o.onState?.(state, text);
+        this.error = error;
+        this.o.onState?.(state, text, error);
     }
 
     showError(err) {
         const e = err instanceof PlaygroundError ? err : fromEngineError(err);
         this.runner.cancel();
-        this.error = e;
-        this.setStatus(e.message, "error");
-        this.el.status.dataset.kind = e.kind;
+        this.setStatus(e.message, "error", e);
         this.el.progress.value = 0;
-        this.el.run.disabled = e.kind === "no-webgpu" || e.kind === "device-lost" || !this.loaded;
-        if (e.kind === "no-webgpu") this.el.engine.textContent = "Choose Engine: CPU (or Auto) to sample without WebGPU.";
-        if (e.kind === "device-lost") {
-            this.el.reload.hidden = false;
+        const lost = e.kind === "gpu-lost";
+        this.el.run.disabled = e.kind === "gpu-unavailable" || lost || !this.loaded;
+        if (e.kind === "gpu-unavailable") this.el.engine.textContent = "Choose Engine: CPU (or Auto) to sample without WebGPU.";
+        this.el.restart.hidden = !lost;
+    }
+
+    /** The GPU's events (engine.js onGpuEvent): only views sampling on WebGPU care. */
+    onGpuEvent(ev) {
+        if (this.backend?.kind !== "webgpu") return;
+        if (ev.type === "lost") {
+            this.showError(ev.error);
+            if (this.o.autoRestart) this.restartGpu();
+        } else if (ev.type === "restarting") {
+            this.el.restart.hidden = true;
             this.el.run.disabled = true;
+            this.setStatus("Restarting the GPU: a new device, then the model again…", "loading");
+        } else if (ev.type === "restored") {
+            if (!this.loaded) {
+                this.load(); // it was lost while loading
+                return;
+            }
+            this.el.run.disabled = false;
+            this.setStatus(`Ready on ${this.backend.label}: the GPU was restarted and the ${this.loaded.name} model uploaded again.`, "ready");
+            if (this.settings.autoplay) this.sample();
+        } else if (ev.type === "restart-failed") {
+            this.showError(ev.error);
+            this.el.restart.hidden = false; // let the visitor try again
         }
+    }
+
+    /** A new GPU device for every view of the page (engine.js restartGpu); the views hear
+     *  how it went through onGpuEvent. */
+    restartGpu() {
+        restartGpu().catch(() => {}); // "restart-failed" shows the error
+    }
+
+    /** The page's WebGPU engine, when this view samples on it (a new one after a restart). */
+    get engine() {
+        return this.backend?.kind === "webgpu" ? this.backend.engine : null;
     }
 
     // -------------------------------------------------------------------------------------
@@ -358,15 +406,15 @@ export class Playground {
     async start() {
         const choice = this.settings.backend;
         this.backend = null;
-        this.engine = null;
+        this.loading?.abort();
         this.runner.cancel();
+        this.releaseModel(); // it lives on the old backend
         this.el.engine.textContent = "";
         try {
             this.setStatus(choice === "cpu" ? "Starting the CPU engine…" : "Looking for a GPU (WebGPU)…", "loading");
             const backend = await chooseBackend(choice);
             if (this.settings.backend !== choice) return; // the picker moved on meanwhile
             this.backend = backend;
-            this.engine = backend.engine ?? null;
         } catch (e) {
             this.showError(e instanceof PlaygroundError ? e : fromEngineError(e));
             return;
@@ -382,18 +430,23 @@ export class Playground {
         const spec = this.settings.model;
         const url = modelUrl(spec, this.o.base ?? document.baseURI);
         this.runner.cancel();
-        this.loaded = null;
+        // This view stops using its model now: the last view to let go of it frees its
+        // memory (GPU buffers, CPU workers) before the next one is uploaded.
+        this.releaseModel();
+        this.loading?.abort(); // a load still in flight: its download stops unless shared
+        const loading = new AbortController();
+        this.loading = loading;
         this.el.run.disabled = true;
         this.el.class.disabled = true;
         this.el.progress.removeAttribute("value");
         this.setStatus(`Loading the ${spec} model…`, "loading");
-        this.el.status.dataset.kind = "";
-        this.el.reload.hidden = true;
+        this.el.restart.hidden = true;
+        this.showWarnings([]);
         const started = performance.now();
         let entry;
         try {
             entry = await loadModel(url, (p) => {
-                if (this.settings.model !== spec) return;
+                if (loading.signal.aborted) return;
                 const mb = (b) => (b / 1048576).toFixed(1);
                 if (p.phase === "download") {
                     if (p.total) {
@@ -411,13 +464,19 @@ export class Playground {
                         "loading",
                     );
                 }
-            }, backend);
+            }, backend, loading.signal);
         } catch (e) {
-            if (this.settings.model === spec && this.backend === backend) this.showError(e);
+            if (!isAbort(e) && !loading.signal.aborted) this.showError(e);
+            return;
+        } finally {
+            if (this.loading === loading) this.loading = null;
+        }
+        if (loading.signal.aborted) {
+            releaseModel(entry); // resolved just as the pickers moved on
             return;
         }
-        if (this.settings.model !== spec || this.backend !== backend) return; // the pickers moved on meanwhile
-        this.loaded = entry;
+        this.held = this.loaded = entry;
+        this.showWarnings(entry.warnings);
         this.loadMs = performance.now() - started;
         this.el.progress.max = 1;
         this.el.progress.value = 0;
@@ -429,6 +488,19 @@ export class Playground {
         this.o.onLoaded?.(entry);
         this.setupForward();
         if (this.settings.autoplay) this.sample();
+    }
+
+    /** Gives back the model this view holds (engine.js frees it when no view holds it). */
+    releaseModel() {
+        const held = this.held;
+        this.held = this.loaded = null;
+        if (held) releaseModel(held);
+    }
+
+    /** What could not be checked about the model (e.g. no SHA-256 outside HTTPS). */
+    showWarnings(list) {
+        this.el.warning.textContent = list.join(" ");
+        this.el.warning.hidden = list.length === 0;
     }
 
     fillClasses() {
@@ -519,9 +591,7 @@ export class Playground {
                 );
             } catch (e) {
                 record.status = "error";
-                const err = fromEngineError(e);
-                if (this.engine?.isLost) this.showError(fromEngineError({ kind: "gpu-lost", message: this.engine.deviceError() }));
-                else this.showError(err);
+                this.showError(this.runError(e, n, entry));
                 return null;
             }
             record.totalMs = performance.now() - started;
@@ -544,6 +614,25 @@ export class Playground {
             this.o.onResult?.(this.lastResult);
             return result;
         });
+    }
+
+    /** The error a failed run shows: a lost device wins over whatever it caused; running out
+     *  of GPU memory names the image count (the engine has dropped the run's buffers, so
+     *  fewer images, or the same after other work is freed, can run next). */
+    runError(e, n, entry) {
+        const err = fromEngineError(e);
+        const engine = entry.backend === "webgpu" ? this.engine : null;
+        if (!engine) return err;
+        if (engine.isLost) return lostError(engine);
+        // The run failed on the first non-fatal GPU error (the engine reports one once and
+        // clears it); deviceError() reports and clears any later one too, so that the next
+        // run starts clean instead of failing on an error of this one.
+        const more = engine.deviceError();
+        if (err.kind === "gpu-oom") {
+            return new PlaygroundError("gpu-oom", `This GPU ran out of memory for ${n} image${n > 1 ? "s" : ""}; try fewer.`, { cause: e, field: err.field });
+        }
+        if (more) return new PlaygroundError(err.kind, `${err.message} (then the GPU also reported: ${more})`, { cause: e, field: err.field, tensor: err.tensor });
+        return err;
     }
 
     describe(s) {
@@ -687,7 +776,9 @@ export class Playground {
     destroy() {
         clearTimeout(this.debounce);
         this.runner.cancel();
-        this.unsubscribeLost();
+        this.loading?.abort();
+        this.releaseModel();
+        this.unsubscribeGpu();
     }
 }
 

@@ -27,7 +27,11 @@
 // Every widget on a page shares one GPU device and engine, one loaded copy of each model,
 // and takes turns on the GPU (engine.js's queue). Properties: `lastResult` ({x, shape,
 // settings}); the element's `data-state` attribute mirrors its status (loading, ready,
-// queued, running, done, error); events `dp-result` and `dp-error` bubble out.
+// queued, running, done, error); events `dp-result` and `dp-error` bubble out (`dp-error`'s
+// detail: {message, kind, field, tensor, status, url, worker}, kind from engine.js
+// ERROR_KINDS). After a GPU device loss the widget restarts the GPU by itself. A widget
+// removed from the page stops its load and lets go of its model, which is freed when no
+// other view holds it.
 
 import { DEFAULTS, Playground, SETTING_KEYS, parseControls, parseSettings } from "./playground.js";
 
@@ -50,9 +54,14 @@ export class DiffusionPlayground extends HTMLElement {
             compact: true,
             controls: parseControls(this.getAttribute("controls"), DEFAULT_CONTROLS),
             base: document.baseURI,
-            onState: (state, text) => {
+            // A widget has no one watching it to press "Restart the GPU".
+            autoRestart: true,
+            onState: (state, text, error) => {
                 this.dataset.state = state;
-                if (state === "error") this.dispatchEvent(new CustomEvent("dp-error", { bubbles: true, detail: { message: text } }));
+                if (state === "error") {
+                    const { kind, field, tensor, status, url, worker } = error ?? {};
+                    this.dispatchEvent(new CustomEvent("dp-error", { bubbles: true, detail: { message: text, kind, field, tensor, status, url, worker } }));
+                }
             },
             onResult: (r) => this.dispatchEvent(new CustomEvent("dp-result", { bubbles: true, detail: r })),
         });

@@ -1,11 +1,38 @@
-//! The GPU context: adapter, device, queue, the limits we run under, and the error slot
-//! that uncaptured validation errors and device loss are parked in until the next check.
+//! The GPU context: adapter, device, queue, the limits we run under, and how the device's
+//! errors reach the caller.
+//!
+//! # Errors, and which ones the engine survives
+//!
+//! - **Out of memory at allocation.** Every sizeable allocation (a model's weights, the
+//!   buffers of a sampling session, a read-back staging buffer) runs inside an
+//!   out-of-memory error scope ([`Gpu::scoped`]), so the call that allocated fails with
+//!   [`EngineError::OutOfMemory`] naming what it was for, its buffers are dropped, and the
+//!   same device goes on serving smaller requests.
+//! - **Validation and internal errors outside a scope** are engine bugs. The first one is
+//!   parked and reported once, by the next [`Gpu::check`], which clears it: one bad
+//!   command fails one run, not every run until the page reloads.
+//! - **Device loss** is permanent for a device: once seen, every check reports it. The way
+//!   back is a new [`Gpu`] (the page: a new `Engine`) and the models loaded again on it.
+//!
+//! # Scopes natively and in the browser
+//!
+//! WebGPU error scopes are pushed and popped synchronously, but the pop's result is a
+//! promise: in the browser it is only known after the GPU process answered, i.e. at an
+//! `await`. wgpu-core (native) resolves it on the spot. So the scoped allocators here are
+//! `async` ([`Gpu::scoped`]): they allocate synchronously between push and pop, then await
+//! the pop before anything uses the new buffers. A submit that used a buffer whose
+//! allocation failed would raise a validation error on top of the out-of-memory one; awaiting
+//! first keeps the report to the one error that matters. Synchronous code paths that
+//! allocate (planning a run natively, say) use [`Gpu::scoped_now`], which reports natively
+//! at once and, in the browser, parks an out-of-memory error for the next check instead.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{EngineError, Result};
-use crate::gpu::pipeline::{Kernel, KernelKey};
+use crate::gpu::pipeline::{poll_once, Kernel, KernelKey};
 
 /// The WebGPU default limits every browser guarantees; kernels are written to fit these.
 /// We only ask the adapter for more storage-buffer room, as an optional fast path for
@@ -19,7 +46,15 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    errors: Arc<Mutex<Option<EngineError>>>,
+    /// Set once the device is lost; never cleared (a lost device does not come back).
+    lost: Arc<Mutex<Option<EngineError>>>,
+    /// The first uncaptured error since the last [`Gpu::check`], which reports and clears it.
+    pending: Arc<Mutex<Option<EngineError>>>,
+    /// Test hook: scopes left before one reports an injected out-of-memory (0: none armed).
+    oom_countdown: AtomicU32,
+    /// Bytes of every buffer made through [`Gpu::create_buffer`] so far (never decreases):
+    /// a scope's growth is what its allocations asked for.
+    bytes_created: AtomicU64,
     pub(crate) kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     /// Bound in place of an optional input that a dispatch does not use.
     pub(crate) placeholder: wgpu::Buffer,
@@ -64,12 +99,11 @@ impl Gpu {
             .await
             .map_err(|e| EngineError::RequestDevice(e.to_string()))?;
 
-        let errors = Arc::new(Mutex::new(None));
-        let slot = errors.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            park(&slot, EngineError::Validation(e.to_string()));
-        }));
-        let slot = errors.clone();
+        let lost = Arc::new(Mutex::new(None));
+        let pending = Arc::new(Mutex::new(None));
+        let slot = pending.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| park(&slot, uncaptured(e))));
+        let slot = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             park(&slot, EngineError::DeviceLost(format!("{reason:?}: {message}")));
         });
@@ -85,29 +119,148 @@ impl Gpu {
             queue,
             info,
             limits: required_limits,
-            errors,
+            lost,
+            pending,
+            oom_countdown: AtomicU32::new(0),
+            bytes_created: AtomicU64::new(0),
             kernels: Mutex::new(HashMap::new()),
             placeholder,
         })
     }
 
-    /// The first error the device reported since it was created (validation outside an
-    /// error scope, or device loss). Once the device is lost every later call fails too.
+    /// Fails if the device is lost (every time, from then on), or with the first uncaptured
+    /// error since the last check (once: the check clears it, so the next run can work).
     pub fn check(&self) -> Result<()> {
-        match lock(&self.errors).clone() {
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        match lock(&self.pending).take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
+    /// The device's loss, once it is lost. Unlike [`Gpu::check`] this leaves a pending
+    /// non-fatal error in place.
+    pub fn lost(&self) -> Option<EngineError> {
+        // wgpu-core reports a destroyed device from its maintenance pass; a non-blocking poll
+        // runs one so that the loss is seen by the very next call, not after the next wait.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        lock(&self.lost).clone()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost().is_some()
+    }
+
+    /// Destroys the device: the way to lose it on purpose (tests, the page's "lose device"
+    /// button). Marked lost at once, as browsers report the loss only asynchronously.
+    pub fn destroy(&self) {
+        park(&self.lost, EngineError::DeviceLost("the device was destroyed".into()));
+        self.device.destroy();
+    }
+
+    /// Test hook (fault injection): the `n`-th scoped allocation from now on
+    /// ([`Gpu::scoped`], [`Gpu::scoped_now`]) reports out of memory as if the GPU had
+    /// refused it, through the same code path as a real scope error; 0 disarms. The
+    /// allocation itself still happens and is freed with the failed call's other buffers,
+    /// so a test sees exactly what a visitor with a smaller GPU would.
+    pub fn inject_out_of_memory(&self, n: u32) {
+        self.oom_countdown.store(n, Ordering::SeqCst);
+    }
+
+    /// Creates a buffer and counts its bytes towards the enclosing scope's report (every
+    /// buffer of the engine is made here).
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        self.bytes_created.fetch_add(desc.size, Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    /// Runs `allocate` inside an out-of-memory error scope and waits for the scope: the
+    /// device refusing any of its allocations fails this call with
+    /// [`EngineError::OutOfMemory`] naming `what` (e.g. "64 images"), after dropping what
+    /// `allocate` returned. An error of `allocate` itself wins (nothing it returned can be
+    /// used anyway), and so does a loss of the device.
+    pub async fn scoped<T>(
+        &self,
+        what: impl Into<String>,
+        allocate: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        let scope = self.alloc_scope(what.into());
+        let value = allocate();
+        // Popped synchronously, before any await: scopes are a per-thread stack, and another
+        // task interleaving its own push and pop must not pop ours.
+        let outcome = scope.pop();
+        let outcome = outcome.await;
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        let value = value?;
+        outcome?;
+        Ok(value)
+    }
+
+    /// [`Gpu::scoped`] for synchronous callers. Natively the scope resolves on the spot, so
+    /// this reports exactly like `scoped`; in the browser the answer comes later, so an
+    /// out-of-memory error is parked for the next [`Gpu::check`] (the next submit or
+    /// read-back) instead. Async callers should prefer `scoped`, whose caller is the one
+    /// that fails.
+    pub fn scoped_now<T>(&self, what: impl Into<String>, allocate: impl FnOnce() -> Result<T>) -> Result<T> {
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        let scope = self.alloc_scope(what.into());
+        let value = allocate();
+        let mut outcome = Box::pin(scope.pop());
+        let value = value?;
+        match poll_once(outcome.as_mut()) {
+            Some(result) => result?,
+            None => self.park_when_resolved(outcome),
+        }
+        Ok(value)
+    }
+
+    fn alloc_scope(&self, what: String) -> AllocScope<'_> {
+        let armed = self.oom_countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        AllocScope {
+            gpu: self,
+            validation: self.device.push_error_scope(wgpu::ErrorFilter::Validation),
+            oom,
+            what,
+            bytes_before: self.bytes_created.load(Ordering::Relaxed),
+            inject: armed == Ok(1),
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn park_when_resolved(&self, outcome: std::pin::Pin<Box<impl Future<Output = Result<()>> + 'static>>) {
+        let slot = self.pending.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(e) = outcome.await {
+                park(&slot, e);
+            }
+        });
+    }
+
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn park_error(&self, e: EngineError) {
-        park(&self.errors, e);
+    fn park_when_resolved(&self, _outcome: std::pin::Pin<Box<impl Future<Output = Result<()>>>>) {
+        // wgpu-core resolves error scopes synchronously; reaching here would be a wgpu change.
+        park(&self.pending, EngineError::Internal("an error scope did not resolve synchronously".into()));
     }
 
     #[cfg(target_arch = "wasm32")]
     pub(crate) fn error_slot(&self) -> Arc<Mutex<Option<EngineError>>> {
-        self.errors.clone()
+        self.pending.clone()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn park_error(&self, e: EngineError) {
+        park(&self.pending, e);
     }
 
     /// Human-readable adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
@@ -140,6 +293,8 @@ impl Gpu {
 
     /// Waits until the GPU has finished all submitted work.
     pub async fn sync(&self) -> Result<()> {
+        // A lost device may never run the completion callback.
+        self.check()?;
         let (tx, rx) = futures_channel::oneshot::channel();
         self.queue.on_submitted_work_done(move || {
             let _ = tx.send(());
@@ -157,6 +312,65 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| EngineError::DeviceLost(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// The error scopes around one group of allocations, and what they are for.
+///
+/// Inside the out-of-memory scope sits a validation scope: uploading into a buffer whose
+/// allocation failed is invalid, and without it that consequence would be parked and
+/// reported by the next check, after the out-of-memory error that caused it. Any other
+/// validation error in the region is an engine bug and fails the same call.
+struct AllocScope<'g> {
+    gpu: &'g Gpu,
+    // Declared (so dropped) before `oom`: scopes must be popped in reverse order.
+    validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
+    what: String,
+    bytes_before: u64,
+    inject: bool,
+}
+
+impl AllocScope<'_> {
+    /// Pops the scope now; the future says whether anything inside ran out of memory.
+    fn pop(self) -> impl Future<Output = Result<()>> + 'static {
+        let bytes = self.gpu.bytes_created.load(Ordering::Relaxed) - self.bytes_before;
+        let invalid = self.validation.pop();
+        let oom = self.oom.pop();
+        let (what, inject) = (self.what, self.inject);
+        async move {
+            let (invalid, oom) = (invalid.await, oom.await);
+            let oom = if inject { Some(injected_out_of_memory()) } else { oom };
+            match (oom, invalid) {
+                (Some(wgpu::Error::OutOfMemory { .. }), _) => Err(EngineError::OutOfMemory { what, bytes }),
+                (Some(other), _) | (None, Some(other)) => Err(uncaptured(other)),
+                (None, None) => Ok(()),
+            }
+        }
+    }
+}
+
+/// The error a real out-of-memory scope yields, for [`Gpu::inject_out_of_memory`].
+fn injected_out_of_memory() -> wgpu::Error {
+    #[derive(Debug)]
+    struct Injected;
+    impl std::fmt::Display for Injected {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("out of memory injected by Gpu::inject_out_of_memory")
+        }
+    }
+    impl std::error::Error for Injected {}
+    wgpu::Error::OutOfMemory { source: Box::new(Injected) }
+}
+
+/// An error the device raised outside any scope.
+fn uncaptured(e: wgpu::Error) -> EngineError {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => EngineError::OutOfMemory { what: "a GPU buffer".into(), bytes: 0 },
+        wgpu::Error::Validation { .. } => EngineError::Validation(e.to_string()),
+        wgpu::Error::Internal { description, .. } => {
+            EngineError::Internal(format!("the GPU reported an internal error: {description}"))
+        }
     }
 }
 

@@ -229,7 +229,7 @@ impl Gpu {
                 limit: limit as u64,
             });
         }
-        let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let uniform = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&kernel.label),
             size: std::mem::size_of::<P>().next_multiple_of(16) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -312,7 +312,7 @@ fn kernel_name(label: &str) -> &'static str {
     NAMES.into_iter().find(|n| label.starts_with(n)).unwrap_or("kernel")
 }
 
-fn poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+pub(crate) fn poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
     match Pin::new(&mut f).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Some(v),
         Poll::Pending => None,

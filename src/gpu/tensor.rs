@@ -22,7 +22,7 @@ impl Tensor {
                 limit: gpu.max_binding_bytes(),
             });
         }
-        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = gpu.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -82,12 +82,19 @@ impl Tensor {
     pub async fn read_many(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         gpu.check()?;
         let sizes: Vec<u64> = tensors.iter().map(|t| t.numel() as u64 * 4).collect();
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size: sizes.iter().sum(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let total: u64 = sizes.iter().sum();
+        // The staging buffer is as large as what it reads (every image of a run, twice with
+        // x0_hat), so it may be the allocation that no longer fits.
+        let staging = gpu
+            .scoped(format!("a read-back buffer of {total} bytes"), || {
+                Ok(gpu.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("read-back"),
+                    size: total,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }))
+            })
+            .await?;
         let mut encoder =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
         let mut offset = 0;

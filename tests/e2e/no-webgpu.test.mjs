@@ -77,7 +77,8 @@ test("no WebGPU adapter: auto samples on CPU workers, says why, equals the CLI, 
         });
         const crashed = await waitForState(page, "error", { timeout: 30_000, allowError: true });
         t.diagnostic(crashed.text);
-        assert.equal(crashed.kind, "worker", crashed.text);
+        assert.equal(crashed.kind, "internal", crashed.text);
+        assert.equal(await page.evaluate(() => window.__playground.error?.worker), "killed by the test");
         assert.match(crashed.text, /A CPU worker stopped unexpectedly \(killed by the test\)\. It has been restarted/);
         assert.equal(await page.isDisabled("#run"), false, "Sample stays usable");
         await screenshot(page, "no-webgpu-2-worker-killed");
@@ -129,6 +130,7 @@ test("backend=webgpu without WebGPU: plain-language error", { timeout: 90_000 },
         const status = await waitForEngine(page);
         t.diagnostic(status.text);
         assert.equal(status.state, "error", `expected an error, got: ${status.text}`);
+        assert.equal(await page.$eval("#status", (s) => s.dataset.kind), "gpu-unavailable");
         assert.match(status.text, /WebGPU/, status.text);
         assert.match(status.text, /CPU engine/, status.text);
         assert.doesNotMatch(status.text, /^Unexpected error/, "an unhandled rejection reached the page");

@@ -10,7 +10,8 @@ import { ROOT } from "./harness.mjs";
 const run = promisify(execFile);
 
 /**
- * Waits until the page's #status has a data-state in `states`; returns { state, kind, text }.
+ * Waits until the page's #status has a data-state in `states`; returns { state, kind, text,
+ * field, tensor, httpStatus } (the error's kind and detail when the state is "error").
  * Returns early on "error" (unless `allowError`), so the caller's assertion shows the message.
  */
 export async function waitForState(page, states, { timeout = 120_000, allowError = false } = {}) {
@@ -21,7 +22,8 @@ export async function waitForState(page, states, { timeout = 120_000, allowError
             if (!s) return null;
             const st = s.dataset.state;
             if (want.includes(st) || (st === "error" && !allowError)) {
-                return { state: st, kind: s.dataset.kind ?? "", text: s.textContent.trim() };
+                const d = s.dataset;
+                return { state: st, kind: d.kind ?? "", text: s.textContent.trim(), field: d.field ?? "", tensor: d.tensor ?? "", httpStatus: d.httpStatus ?? "" };
             }
             return null;
         },
@@ -77,6 +79,10 @@ export async function linkOrCopy(from, to) {
  *   short/        weights cut to 1 MB, manifest with the real size   -> size check
  *   corrupt/      full-size weights with bytes flipped, real sha256   -> checksum check
  *   badconfig/    config.json with time_embedding_type "fourier"      -> the engine's config error
+ *   nosched/      manifest lists scheduler_config.json, file absent   -> 404, not DDPM defaults
+ *   oversize/     manifest says the weights are 1,000,000 bytes; the
+ *                 full 11 MB file is served (Content-Length)          -> refused before downloading
+ *   unsized/      the same, for a test that drops Content-Length      -> stopped mid-download
  *   (missing/ does not exist                                          -> 404)
  */
 export async function makeBrokenRoot() {
@@ -128,5 +134,19 @@ export async function makeBrokenRoot() {
         "manifest.json": noFiles,
         [weightsName]: "link",
     });
+    await model("nosched", {
+        "config.json": config,
+        "manifest.json": JSON.stringify(manifest),
+        [weightsName]: "link",
+    });
+    const small = { ...manifest, files: manifest.files.map((f) => (f.name === weightsName ? { ...f, bytes: 1_000_000 } : f)) };
+    for (const name of ["oversize", "unsized"]) {
+        await model(name, {
+            "config.json": config,
+            "scheduler_config.json": sched,
+            "manifest.json": JSON.stringify(small),
+            [weightsName]: "link",
+        });
+    }
     return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -1,7 +1,8 @@
 // The playground page (www/index.html). Headless Chromium's only WebGPU adapter here is
 // SwiftShader, a software one, so `auto` samples on the CPU workers (fast); the last test
 // switches the Engine control to WebGPU (about 0.5-0.7 s per image per U-Net pass on
-// SwiftShader) to check that both backends draw the same picture and that device loss is shown.
+// SwiftShader) to check that both backends draw the same picture, that device loss is shown
+// and that "Restart the GPU" recovers from it without a reload.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { screenshot, withPage } from "./harness.mjs";
@@ -136,7 +137,7 @@ test("DDPM clips x0_hat by default (clip=auto) like the CLI's --clip-sample on; 
     });
 });
 
-test("moving a slider mid-run cancels it and re-samples; device loss is shown", { timeout: 300_000 }, async (t) => {
+test("moving a slider mid-run cancels it and re-samples; device loss is shown and the GPU restarts", { timeout: 480_000 }, async (t) => {
     await withPage(t, {}, async ({ page, url, pageErrors }) => {
         await page.goto(`${url}?model=digits&class=3&grid=1&steps=40&guidance=2&seed=2`);
         await page.waitForFunction(() => window.__playground.runs[0]?.stepsDone >= 2, null, { timeout: 120_000 });
@@ -167,14 +168,29 @@ test("moving a slider mid-run cancels it and re-samples; device loss is shown", 
         assert.ok(cross <= TOLERANCE, `max abs err ${cross} > ${TOLERANCE}`);
         assert.match(page.url(), /backend=webgpu/);
 
-        // Device loss: the page says so and offers a reload.
+        // Device loss: the page says so and offers to restart the GPU, which builds a new
+        // device, uploads the model again (from the Cache API: no download) and samples the
+        // same picture, with no reload.
+        const requests = [];
+        page.on("request", (r) => r.url().endsWith(".safetensors") && requests.push(r.url()));
         await page.evaluate(() => window.__playground.engine.loseDevice());
         const lost = await waitForState(page, "error", { timeout: 15_000, allowError: true });
-        assert.equal(lost.kind, "device-lost", lost.text);
+        assert.equal(lost.kind, "gpu-lost", lost.text);
         assert.match(lost.text, /GPU device was lost/);
-        assert.equal(await page.isVisible("#reload"), true);
+        assert.equal(await page.isVisible("#restart"), true);
         assert.equal(await page.isDisabled("#run"), true);
         await screenshot(page, "playground-5-device-lost");
+        const before = await page.evaluate(() => window.__playground.runs.length);
+        await page.click("#restart");
+        await page.waitForFunction((n) => window.__playground.runs.length > n && window.__playground.runs.at(-1).status === "done", before, { timeout: 180_000 });
+        const again = await waitForState(page, "done", { timeout: 10_000 });
+        t.diagnostic(`after the restart: ${again.text}`);
+        assert.equal(await page.isVisible("#restart"), false);
+        assert.equal(await page.evaluate(() => window.__playground.engine.isLost), false);
+        const restarted = await lastResult(page);
+        assert.ok(restarted.reduce((m, v, i) => Math.max(m, Math.abs(v - gpuImage[i])), 0) <= 1e-6, "the restarted GPU draws another picture");
+        assert.deepEqual(requests, [], "the restart downloaded the weights again");
+        assert.equal(await page.evaluate(async () => (await import("./engine.js")).modelStats().live), 1, "the lost model was not freed");
         assert.deepEqual(pageErrors, [], "uncaught errors in the page");
     });
 });

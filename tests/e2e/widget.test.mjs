@@ -64,3 +64,92 @@ test("embed.html builds a widget from its query string", { timeout: 180_000 }, a
         assert.deepEqual(pageErrors, [], "uncaught errors in the page");
     });
 });
+
+const stats = (page) =>
+    page.evaluate(async () => {
+        const { modelStats, cpuPools } = await import("./engine.js");
+        return { ...modelStats(), pools: cpuPools.size };
+    });
+const keys = (s) => s.records.map((r) => `${r.key.split(" ")[0]} ${new URL(r.key.split(" ")[1]).pathname} ×${r.refs}`);
+
+test("a widget's model changing rapidly loads only the last; removed widgets free their models", { timeout: 180_000 }, async (t) => {
+    await withPage(t, {}, async ({ page, url, pageErrors, consoleErrors }) => {
+        await page.goto(new URL("embed.html?model=digits&grid=1&steps=1&autoplay=0", url).href);
+        const ready = () =>
+            page.waitForFunction(() => [...document.querySelectorAll("diffusion-playground")].every((e) => ["ready", "error"].includes(e.dataset.state)), null, {
+                timeout: 60_000,
+            });
+        await ready();
+        let s = await stats(page);
+        t.diagnostic(`one widget: ${JSON.stringify(s)}`);
+        assert.deepEqual(keys(s), ["cpu /models/digits/ ×1"]);
+        assert.deepEqual([s.live, s.built, s.pools], [1, 1, 1]);
+
+        // Five changes in one go: each aborts the load before it, so only the last is built,
+        // and the model left behind (digits) is freed.
+        await page.evaluate(() => {
+            const el = document.querySelector("diffusion-playground");
+            for (const m of ["fashion", "digits", "fashion", "digits", "fashion"]) el.setAttribute("model", m);
+        });
+        await ready();
+        await page.waitForFunction(async () => (await import("./engine.js")).modelStats().live === 1, null, { timeout: 10_000 });
+        s = await stats(page);
+        t.diagnostic(`after 5 rapid changes: ${JSON.stringify(s)}`);
+        assert.equal(await page.$eval("diffusion-playground", (e) => e.dataset.state), "ready");
+        assert.deepEqual(keys(s), ["cpu /models/fashion/ ×1"]);
+        assert.deepEqual([s.live, s.built, s.pools], [1, 2, 1]);
+
+        // Changes 50 ms apart (some mid-download, some mid-upload): still one model at the end.
+        for (const m of ["digits", "fashion", "digits", "fashion", "digits"]) {
+            await page.$eval("diffusion-playground", (e, m) => e.setAttribute("model", m), m);
+            await page.waitForTimeout(50);
+        }
+        await ready();
+        await page.waitForFunction(async () => (await import("./engine.js")).modelStats().live === 1, null, { timeout: 10_000 });
+        s = await stats(page);
+        t.diagnostic(`after 5 spaced changes: ${JSON.stringify(s)}`);
+        assert.deepEqual(keys(s), ["cpu /models/digits/ ×1"]);
+        assert.deepEqual([s.live, s.pools], [1, 1]);
+
+        // A second widget on fashion: two models; removing the first frees digits.
+        await page.evaluate(() => {
+            const el = document.createElement("diffusion-playground");
+            el.setAttribute("model", "fashion");
+            el.setAttribute("grid", "1");
+            el.setAttribute("steps", "1");
+            document.body.append(el);
+        });
+        await ready();
+        s = await stats(page);
+        assert.deepEqual(keys(s).sort(), ["cpu /models/digits/ ×1", "cpu /models/fashion/ ×1"]);
+        assert.deepEqual([s.live, s.pools], [2, 2]);
+        await page.evaluate(() => document.querySelector("diffusion-playground").remove());
+        await page.waitForFunction(async () => (await import("./engine.js")).modelStats().live === 1, null, { timeout: 10_000 });
+        s = await stats(page);
+        t.diagnostic(`after removing the digits widget: ${JSON.stringify(s)}`);
+        assert.deepEqual(keys(s), ["cpu /models/fashion/ ×1"]);
+        assert.equal(s.pools, 1);
+
+        // A widget removed while it loads stops its load: nothing is built for it.
+        const built = s.built;
+        await page.evaluate(() => {
+            const el = document.createElement("diffusion-playground");
+            el.setAttribute("model", "digits");
+            document.body.append(el);
+            setTimeout(() => el.remove(), 0);
+        });
+        await page.waitForTimeout(1000);
+        s = await stats(page);
+        t.diagnostic(`after a widget removed mid-load: ${JSON.stringify(s)}`);
+        assert.deepEqual(keys(s), ["cpu /models/fashion/ ×1"]);
+        assert.deepEqual([s.live, s.built], [1, built]);
+
+        // The last widget gone: nothing left.
+        await page.evaluate(() => document.querySelector("diffusion-playground").remove());
+        await page.waitForFunction(async () => (await import("./engine.js")).modelStats().live === 0, null, { timeout: 10_000 });
+        s = await stats(page);
+        assert.deepEqual([keys(s), s.pools], [[], 0]);
+        assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+        assert.deepEqual(consoleErrors, [], "console errors");
+    });
+});
