@@ -300,17 +300,24 @@ impl Model {
 }
 
 /// Checks the page's options against the model: a request for either backend.
-fn request(o: &SampleOptions, sched: &SchedulerConfig, config: &UNetConfig) -> Result<SampleRequest, JsValue> {
+fn request(
+    o: &SampleOptions,
+    sched: &SchedulerConfig,
+    config: &UNetConfig,
+) -> Result<SampleRequest, JsValue> {
     let bad = |field: &str, m: String| to_js(EngineError::input(field, m));
     // The CLI's --n shares this cap (pipeline::max_images: the model's bytes per image
     // against one memory budget), so the page and the CLI refuse the same counts.
     check_image_count("count", o.count, config).map_err(to_js)?;
     let classes = config.num_class_embeds.map_or(0, |n| n.saturating_sub(1));
     if !(1..=sched.num_train_timesteps).contains(&o.steps) {
-        return Err(bad("steps", format!(
-            "steps {} is outside 1..={} (the model's training timesteps)",
-            o.steps, sched.num_train_timesteps
-        )));
+        return Err(bad(
+            "steps",
+            format!(
+                "steps {} is outside 1..={} (the model's training timesteps)",
+                o.steps, sched.num_train_timesteps
+            ),
+        ));
     }
     if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
         return Err(bad("seed", format!("seed {} is not an integer in 0..2^53", o.seed)));

@@ -117,9 +117,12 @@ mod native {
         // The folder's integrity first, as the page checks each download before the engine
         // sees it: a corrupt file is reported as corrupt, not as whatever it parses into.
         let manifest = match read_text("manifest.json")? {
-            Some(t) => Some(serde_json::from_str::<serde_json::Value>(&t).map_err(|e| {
-                EngineError::Checksum { file: "manifest.json".into(), message: format!("is not valid JSON: {e}") }
-            })?),
+            Some(t) => {
+                Some(serde_json::from_str::<serde_json::Value>(&t).map_err(|e| EngineError::Checksum {
+                    file: "manifest.json".into(),
+                    message: format!("is not valid JSON: {e}"),
+                })?)
+            }
             None => None,
         };
         if let Some(m) = &manifest {
@@ -219,7 +222,11 @@ mod native {
         if got != shape {
             return Err(EngineError::input(
                 "init_noise",
-                format!("--init-noise {}: shape {got:?}, but --n {} needs {shape:?}", path.display(), shape[0]),
+                format!(
+                    "--init-noise {}: shape {got:?}, but --n {} needs {shape:?}",
+                    path.display(),
+                    shape[0]
+                ),
             ));
         }
         let per_image = shape[1..].iter().product::<usize>().max(1);
@@ -251,7 +258,10 @@ mod native {
             .map(|n| dir.join(n))
             .find(|p| p.exists())
             .ok_or_else(|| {
-                EngineError::input("model", format!("{} has no diffusion_pytorch_model.safetensors", dir.display()))
+                EngineError::input(
+                    "model",
+                    format!("{} has no diffusion_pytorch_model.safetensors", dir.display()),
+                )
             })
     }
 
@@ -276,14 +286,16 @@ mod native {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let name = f
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .filter(|n| is_plain_name(n))
-                    .ok_or_else(|| bad(format!("files[{i}].name is not a file name inside the model folder")))?;
+                let name =
+                    f.get("name").and_then(|n| n.as_str()).filter(|n| is_plain_name(n)).ok_or_else(|| {
+                        bad(format!("files[{i}].name is not a file name inside the model folder"))
+                    })?;
                 let bytes = match f.get("bytes") {
                     None | Some(serde_json::Value::Null) => None,
-                    Some(b) => Some(b.as_u64().ok_or_else(|| bad(format!("files[{i}].bytes = {b} is not a byte count")))?),
+                    Some(b) => Some(
+                        b.as_u64()
+                            .ok_or_else(|| bad(format!("files[{i}].bytes = {b} is not a byte count")))?,
+                    ),
                 };
                 let sha256 = match f.get("sha256") {
                     None | Some(serde_json::Value::Null) => None,
@@ -328,8 +340,10 @@ mod native {
         }
         for f in &files {
             let Some(want) = &f.sha256 else { continue };
-            let got = sha256_file(&dir.join(&f.name))
-                .map_err(|e| EngineError::Checksum { file: f.name.clone(), message: format!("cannot be read: {e}") })?;
+            let got = sha256_file(&dir.join(&f.name)).map_err(|e| EngineError::Checksum {
+                file: f.name.clone(),
+                message: format!("cannot be read: {e}"),
+            })?;
             if &got != want {
                 return Err(EngineError::Checksum {
                     file: f.name.clone(),
@@ -358,7 +372,11 @@ mod native {
         Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
-    fn resolve_class(a: &Args, config: &UNetConfig, manifest: Option<&serde_json::Value>) -> Result<Option<u32>> {
+    fn resolve_class(
+        a: &Args,
+        config: &UNetConfig,
+        manifest: Option<&serde_json::Value>,
+    ) -> Result<Option<u32>> {
         let bad = |m: String| EngineError::input("class", m);
         let class = match (a.class, &a.class_name, config.num_class_embeds) {
             (None, None, None) => return Ok(None),
@@ -366,12 +384,15 @@ mod native {
                 return Err(bad("this model has no classes (num_class_embeds is null); drop --class".into()))
             }
             (None, None, Some(_)) => {
-                return Err(bad("this model is class-conditional: pass --class N or --class-name NAME".into()))
+                return Err(
+                    bad("this model is class-conditional: pass --class N or --class-name NAME".into()),
+                )
             }
             (Some(c), _, Some(_)) => c as usize,
             (None, Some(name), Some(_)) => {
-                let manifest =
-                    manifest.ok_or_else(|| bad("--class-name needs the model's manifest.json (class names)".into()))?;
+                let manifest = manifest.ok_or_else(|| {
+                    bad("--class-name needs the model's manifest.json (class names)".into())
+                })?;
                 let names: Vec<String> = manifest["class_names"]
                     .as_array()
                     .ok_or_else(|| bad("manifest.json has no class_names list".into()))?
