@@ -1,5 +1,6 @@
-//! The guards on a sampling run: the non-finite flag kernel against a CPU reference, and
-//! the image-count cap's per-image estimate against what the GPU plan really allocates.
+//! The guards on a sampling run: the non-finite flag kernel against a CPU reference, the
+//! CPU backend's in-loop check on a crafted mid-run model output, and the image-count
+//! cap's per-image estimate against what the GPU plan really allocates.
 
 mod common;
 
@@ -7,6 +8,9 @@ use common::{gpu, rng, uniform, upload};
 use diffusion_playground::gpu::nonfinite::{decode, NonFiniteCheck};
 use diffusion_playground::model::{UNet, UNetConfig};
 use diffusion_playground::pipeline::{activation_floats, check_image_count, image_bytes, max_images};
+use diffusion_playground::fast::{CpuEngine, CpuSession};
+use diffusion_playground::pipeline::SampleRequest;
+use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
 use diffusion_playground::ErrorKind;
 
 /// The first step whose x is non-finite, as `nonfinite.wgsl` must report it.
@@ -96,4 +100,36 @@ fn the_cap_is_one_number_for_every_caller() {
     let big = config("www/models/fashion").replace("\"sample_size\": 28", "\"sample_size\": 112");
     let big = UNetConfig::from_json(&big).unwrap();
     assert!(max_images(&big) < max / 8, "{} vs {max}", max_images(&big));
+}
+
+#[test]
+fn the_cpu_backend_names_the_step_whose_model_output_went_non_finite() {
+    let dir = "tests/fixtures/unet_small";
+    let text = config(dir);
+    let weights = std::fs::read(format!("{dir}/diffusion_pytorch_model.safetensors")).unwrap();
+    let engine = CpuEngine::load(&text, &weights, 1).unwrap();
+    let sched = SchedulerConfig::default();
+    let req = SampleRequest {
+        classes: vec![1, 2],
+        guidance: 2.0,
+        kind: SamplerKind::Ddim,
+        steps: 5,
+        eta: 0.0,
+        seed: 3,
+        first_image: 0,
+        init_noise: None,
+    };
+    for (bad, at) in [(f32::NAN, 0usize), (f32::INFINITY, 777), (f32::NEG_INFINITY, 4 * 768 - 1)] {
+        let mut session = CpuSession::new(&engine, 2).unwrap();
+        let run = session.start(&engine, &sched, &req).unwrap();
+        for k in 0..2 {
+            session.step(&engine, &run, k).unwrap();
+        }
+        // A model output as a model that overflows mid-run would give it, at step 3 of 5.
+        let mut out = session.forward_part(&engine, &run, 2, 0, session.model_batch()).unwrap().to_vec();
+        out[at] = bad;
+        let e = session.finish_step(&engine, &run, 2, &out).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Numeric, "{e}");
+        assert!(e.to_string().contains("at step 3 of 5"), "{bad} at {at}: {e}");
+    }
 }
