@@ -143,12 +143,14 @@ impl Sampler {
         }
     }
 
-    /// Runs step `k` and waits for it (the GPU's queue drained), so the caller can time it.
+    /// Runs step `k` and waits for it (the GPU's queue drained), so the caller can time it;
+    /// fails with [`EngineError::NonFinite`] once x_t holds NaN or infinity.
     pub async fn step(&mut self, backend: &Backend, run: &AnyRun, k: usize) -> Result<()> {
         match (self, backend, run) {
             (Sampler::Gpu(s), Backend::Gpu { gpu, .. }, AnyRun::Gpu(r)) => {
                 s.step(gpu, r, k)?;
-                gpu.sync().await
+                // Waiting on the four-byte non-finite flag costs what `gpu.sync()` would.
+                s.check_finite(gpu).await
             }
             (Sampler::Cpu(s), Backend::Cpu(e), AnyRun::Cpu(r)) => s.step(e, r, k),
             _ => Err(mismatch()),

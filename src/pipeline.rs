@@ -1,14 +1,17 @@
 //! One sampling run on the GPU: the U-Net (classifier-free guidance as one batch of 2B:
-//! the requested classes, then the null class) followed by the fused sampler step, one
-//! command encoder and one submit per step, no read-back inside the loop.
+//! the requested classes, then the null class) followed by the fused sampler step and a
+//! check of x_t for NaN and infinity, one command encoder and one submit per step, no
+//! read-back inside the loop beyond a four-byte flag when the caller waits anyway.
 //!
 //! Buffers belong to a [`Session`] (one model, one image count) and are reused by every run;
 //! a [`Run`] holds what depends on the request (schedule coefficients, per-step dispatches).
 
 use crate::error::{EngineError, Result};
+use crate::gpu::nonfinite::{self, NonFiniteCheck};
 use crate::gpu::sampler_step::{SamplerBuffers, SamplerRun};
 use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::model::{Forward, UNet};
+use crate::model::config::{DownBlockType, UpBlockType};
+use crate::model::{Forward, UNet, UNetConfig};
 use crate::sched::{plan, Plan, SamplerKind, SamplerOptions, SchedulerConfig};
 
 /// What to sample.
@@ -77,10 +80,26 @@ pub(crate) fn check_request(
     }
     let per_image = c * h * w;
     if let Some(x) = &req.init_noise {
-        if x.len() != n * per_image {
+        let want = n
+            .checked_mul(per_image)
+            .ok_or_else(|| EngineError::limit("images", format!("{n} images are too many to index")))?;
+        if x.len() != want {
             return Err(EngineError::shape(
                 "sample",
-                format!("initial noise has {} values; {n} images need {}", x.len(), n * per_image),
+                format!("initial noise has {} values; {n} images need {want}", x.len()),
+            ));
+        }
+        // NaN noise would sample NaN images without a single kernel going wrong: say which
+        // value is bad instead of handing back a black grid.
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::input(
+                "init_noise",
+                format!(
+                    "the initial noise holds {} at [{}, {}] (image, element): every value must be finite",
+                    x[i],
+                    i / per_image,
+                    i % per_image
+                ),
             ));
         }
     }
@@ -117,13 +136,94 @@ pub(crate) fn model_labels(
     }
 }
 
-/// Checks the images count of a new session (both backends).
-pub(crate) fn check_images(images: usize, [c, h, w]: [usize; 3]) -> Result<()> {
-    if images == 0 {
-        return Err(EngineError::shape("sample", "at least one image is needed"));
+/// The memory one sampling run may hold, on either backend: what a browser tab (one wasm
+/// memory tops out at 4 GiB) or a modest GPU can spare. Image counts are capped by it, so a
+/// hostile `--n` or `count` fails at once instead of allocating for minutes.
+pub const SAMPLING_BUDGET_BYTES: u64 = 2 << 30;
+
+/// Floats of every activation one image's U-Net pass holds, from the config alone (no
+/// device needed, so the CLI, the page and both backends get the same answer). It walks
+/// the levels with generous per-layer counts: every ResNet as two tensors of its widest
+/// (concatenated) input, every attention as four [C, HW] tensors plus its [heads, HW, HW]
+/// scores. `tests/sampling_guards.rs` checks that it covers what the GPU plan really
+/// allocates (the shipped models: 2.9x of it, the fused kernels keep fewer tensors).
+pub fn activation_floats(cfg: &UNetConfig) -> u64 {
+    let chs: Vec<u64> = cfg.block_out_channels.iter().map(|&c| c as u64).collect();
+    let levels = chs.len();
+    let lpb = cfg.layers_per_block as u64;
+    let (mut h, mut w) = (cfg.sample_size.0 as u64, cfg.sample_size.1 as u64);
+    let mut total: u64 = 0;
+    for (l, &ch) in chs.iter().enumerate() {
+        let s = h.saturating_mul(w);
+        let neighbours = chs[l.saturating_sub(1)].max(chs[(l + 1).min(levels - 1)]).max(ch);
+        let resnet = (ch + neighbours).saturating_mul(s).saturating_mul(2);
+        let heads = cfg.heads(ch as usize).max(1) as u64;
+        let attention =
+            ch.saturating_mul(s).saturating_mul(4).saturating_add(heads.saturating_mul(s).saturating_mul(s));
+        let down_attn = matches!(cfg.down_block_types.get(l), Some(DownBlockType::AttnDownBlock2D));
+        let up_attn = matches!(cfg.up_block_types.get(levels - 1 - l), Some(UpBlockType::AttnUpBlock2D));
+        let per_layer = |attn: bool| resnet.saturating_add(if attn { attention } else { 0 });
+        total = total
+            .saturating_add(lpb.saturating_mul(per_layer(down_attn)))
+            .saturating_add((lpb + 1).saturating_mul(per_layer(up_attn)))
+            .saturating_add(ch.saturating_mul(s).saturating_mul(2));
+        if l + 1 == levels {
+            if cfg.has_mid_block {
+                total = total.saturating_add(per_layer(cfg.add_attention)).saturating_add(resnet);
+            }
+        } else {
+            (h, w) = (h.div_ceil(2), w.div_ceil(2));
+        }
     }
-    if images.checked_mul(c * h * w).and_then(|n| u32::try_from(n).ok()).is_none() {
-        return Err(EngineError::shape("sample", format!("{images} images are too many to index")));
+    let pixels = (cfg.sample_size.0 as u64).saturating_mul(cfg.sample_size.1 as u64);
+    let io = (cfg.in_channels.max(cfg.out_channels) as u64).saturating_mul(pixels).saturating_mul(2);
+    let emb = (cfg.time_embed_dim() as u64).saturating_mul(4).saturating_add(chs.iter().sum::<u64>());
+    total.saturating_add(io).saturating_add(emb)
+}
+
+/// Bytes one image costs a sampling run: the U-Net activations of its two guidance halves,
+/// plus a dozen [C, H, W] buffers (sampler state, x0 estimate, history, the model's input
+/// and output per half, the read-backs and the images written from them).
+pub fn image_bytes(cfg: &UNetConfig) -> u64 {
+    let sample = (cfg.in_channels as u64)
+        .saturating_mul(cfg.sample_size.0 as u64)
+        .saturating_mul(cfg.sample_size.1 as u64);
+    activation_floats(cfg).saturating_mul(2).saturating_add(sample.saturating_mul(12)).saturating_mul(4)
+}
+
+/// The most images one run of this model may sample within [`SAMPLING_BUDGET_BYTES`]
+/// (0 when not even one fits).
+pub fn max_images(cfg: &UNetConfig) -> usize {
+    usize::try_from(SAMPLING_BUDGET_BYTES / image_bytes(cfg).max(1)).unwrap_or(usize::MAX)
+}
+
+/// Checks an image count against the model's cap; `field` names the knob in the message
+/// (`--n` for the CLI, `count` for the page, `images` for a session).
+pub fn check_image_count(field: &str, images: usize, cfg: &UNetConfig) -> Result<()> {
+    if images == 0 {
+        return Err(EngineError::input(field, format!("{field} 0: at least one image is needed")));
+    }
+    let max = max_images(cfg);
+    if images > max {
+        let gib = SAMPLING_BUDGET_BYTES as f64 / (1u64 << 30) as f64;
+        let mib = image_bytes(cfg) as f64 / (1u64 << 20) as f64;
+        return Err(EngineError::limit(
+            field,
+            format!(
+                "{images} images exceed this model's cap: it fits at most {max} in the {gib} GiB sampling budget ({mib:.1} MiB per image)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the images count of a new session (both backends).
+pub(crate) fn check_images(images: usize, cfg: &UNetConfig) -> Result<()> {
+    check_image_count("images", images, cfg)?;
+    let per_image =
+        cfg.in_channels.checked_mul(cfg.sample_size.0).and_then(|p| p.checked_mul(cfg.sample_size.1));
+    if per_image.and_then(|p| images.checked_mul(p)).and_then(|n| u32::try_from(n).ok()).is_none() {
+        return Err(EngineError::limit("images", format!("{images} images are too many to index")));
     }
     Ok(())
 }
@@ -142,6 +242,10 @@ pub struct Session {
     images: usize,
     /// Shards and their buffers for the current guidance mode.
     layout: Option<Layout>,
+    /// Lowered to the first step whose x_t went non-finite (see [`NonFiniteCheck`]).
+    check: NonFiniteCheck,
+    /// Steps of the last started run, for the message of a non-finite step.
+    steps: usize,
 }
 
 /// How a run's images are split so no buffer outgrows a storage binding: equal shards of
@@ -170,6 +274,8 @@ pub struct Run {
     plan: Plan,
     samplers: Vec<SamplerRun>,
     timesteps: Vec<Vec<f32>>,
+    /// Per step, per shard: the dispatch that flags a non-finite x_t.
+    checks: Vec<Vec<Dispatch>>,
 }
 
 impl Run {
@@ -233,9 +339,22 @@ impl Layout {
 }
 
 impl Session {
-    pub fn new(_gpu: &Gpu, unet: &UNet, images: usize) -> Result<Self> {
-        check_images(images, unet.sample_shape())?;
-        Ok(Session { images, layout: None })
+    pub fn new(gpu: &Gpu, unet: &UNet, images: usize) -> Result<Self> {
+        check_images(images, unet.config())?;
+        Ok(Session { images, layout: None, check: NonFiniteCheck::new(gpu)?, steps: 0 })
+    }
+
+    fn non_finite(&self, step: usize) -> EngineError {
+        EngineError::NonFinite { step: step + 1, steps: self.steps, what: "x_t".into() }
+    }
+
+    /// Fails with [`EngineError::NonFinite`] if a submitted step produced NaN or infinity.
+    /// Reads four bytes back, so it also waits for the GPU (use it instead of `sync`).
+    pub async fn check_finite(&self, gpu: &Gpu) -> Result<()> {
+        match self.check.first_bad_step(gpu).await? {
+            Some(k) => Err(self.non_finite(k)),
+            None => Ok(()),
+        }
     }
 
     pub fn images(&self) -> usize {
@@ -275,7 +394,13 @@ impl Session {
         if with_x0 {
             tensors.extend(layout.shards.iter().map(|s| &s.x0_hat));
         }
-        let parts = Tensor::read_many(gpu, &tensors).await?;
+        // The flag rides along in the same round trip: a read-back never hands out NaN images.
+        tensors.push(self.check.flag());
+        let mut parts = Tensor::read_many(gpu, &tensors).await?;
+        let flag = parts.pop().unwrap_or_default();
+        if let Some(k) = nonfinite::decode(&flag) {
+            return Err(self.non_finite(k));
+        }
         let len = self.images * parts[0].len() / layout.per_shard;
         let join = |parts: &[Vec<f32>]| {
             let mut all = parts.concat();
@@ -340,11 +465,17 @@ impl Session {
                 req.init_noise.is_none(),
             )?);
         }
+        let check = &self.check;
+        let checks = (0..plan.steps.len())
+            .map(|k| layout.shards.iter().map(|s| check.dispatch(gpu, &s.state, k)).collect())
+            .collect::<Result<Vec<Vec<_>>>>()?;
+        check.reset(gpu)?;
         let inits: Vec<_> = samplers.iter().map(SamplerRun::init).collect();
         gpu.run(&inits)?;
         let model_batch = layout.shards[0].forward.batch;
         let timesteps = plan.steps.iter().map(|s| vec![s.timestep; model_batch]).collect();
-        Ok(Run { plan, samplers, timesteps })
+        self.steps = plan.steps.len();
+        Ok(Run { plan, samplers, timesteps, checks })
     }
 
     /// Submits step `k`: for every shard, the U-Net on its current model input, then the
@@ -362,14 +493,15 @@ impl Session {
     pub fn step_dispatches<'s>(&'s self, gpu: &Gpu, run: &'s Run, k: usize) -> Result<Vec<&'s Dispatch>> {
         let layout =
             self.layout.as_ref().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
-        if k >= run.steps() || run.samplers.len() != layout.shards.len() {
+        if k >= run.steps() || run.samplers.len() != layout.shards.len() || run.checks.len() != run.steps() {
             return Err(EngineError::shape("sample", format!("step {k} of a {}-step run", run.steps())));
         }
         let mut dispatches = Vec::new();
-        for (shard, sampler) in layout.shards.iter().zip(&run.samplers) {
+        for ((shard, sampler), check) in layout.shards.iter().zip(&run.samplers).zip(&run.checks[k]) {
             shard.forward.set_timesteps(gpu, &run.timesteps[k])?;
             dispatches.extend(shard.forward.dispatches());
             dispatches.push(&sampler.steps()[k]);
+            dispatches.push(check);
         }
         Ok(dispatches)
     }

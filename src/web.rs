@@ -23,8 +23,8 @@ use wasm_bindgen::prelude::*;
 use crate::error::EngineError;
 use crate::fast::{CpuEngine, CpuRun, CpuSession};
 use crate::gpu::Gpu;
-use crate::model::UNet;
-use crate::pipeline::{SampleRequest, Session};
+use crate::model::{UNet, UNetConfig};
+use crate::pipeline::{check_image_count, SampleRequest, Session};
 use crate::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
 
 #[wasm_bindgen(start)]
@@ -234,7 +234,8 @@ impl Model {
     /// `signal` (an `AbortSignal`, or anything with an `aborted` field) is checked before
     /// every step: once aborted the run stops there and resolves to
     /// `{cancelled: true, stepsDone}`. Otherwise it resolves to
-    /// `{cancelled: false, stepsDone, x: Float32Array, shape: [n, C, H, W]}`.
+    /// `{cancelled: false, stepsDone, x: Float32Array, shape: [n, C, H, W]}`. A step whose x_t
+    /// holds NaN or infinity rejects the run with kind `numeric` naming the step.
     pub async fn sample(
         &self,
         options: JsValue,
@@ -242,7 +243,7 @@ impl Model {
         signal: JsValue,
     ) -> Result<JsValue, JsValue> {
         let opts = parse_options(options)?;
-        let request = request(&opts, &self.sched, self.classes())?;
+        let request = request(&opts, &self.sched, self.unet.config())?;
         let gpu = &*self.gpu;
         if let Some(lost) = gpu.lost() {
             return Err(to_js(lost));
@@ -287,7 +288,10 @@ impl Model {
                 set(&info, "x0", js_sys::Float32Array::from(x0.as_slice()).into());
                 last = Some(r.x);
             } else {
-                gpu.sync().await.map_err(|e| self.fail(e))?;
+                // The non-finite flag's read-back waits for the step as `sync` would, and
+                // stops a run that went NaN here rather than at the end. With previews,
+                // `read` checks the same flag.
+                session.check_finite(gpu).await.map_err(|e| self.fail(e))?;
             }
             if let Some(f) = &on_step {
                 f.call1(&JsValue::NULL, &info)?;
@@ -321,11 +325,16 @@ impl Model {
 }
 
 /// Checks the page's options against the model: a request for either backend.
-fn request(o: &SampleOptions, sched: &SchedulerConfig, classes: usize) -> Result<SampleRequest, JsValue> {
+fn request(
+    o: &SampleOptions,
+    sched: &SchedulerConfig,
+    config: &UNetConfig,
+) -> Result<SampleRequest, JsValue> {
     let bad = |field: &str, m: String| to_js(EngineError::input(field, m));
-    if !(1..=1024).contains(&o.count) {
-        return Err(bad("count", format!("count {} is outside 1..=1024", o.count)));
-    }
+    // The CLI's --n shares this cap (pipeline::max_images: the model's bytes per image
+    // against one memory budget), so the page and the CLI refuse the same counts.
+    check_image_count("count", o.count, config).map_err(to_js)?;
+    let classes = config.num_class_embeds.map_or(0, |n| n.saturating_sub(1));
     if !(1..=sched.num_train_timesteps).contains(&o.steps) {
         return Err(bad(
             "steps",
@@ -439,7 +448,7 @@ impl CpuModel {
     /// index `firstImage`) and draws x_T; returns the step count.
     pub fn start(&self, options: JsValue) -> Result<usize, JsValue> {
         let opts = parse_options(options)?;
-        let req = request(&opts, &self.sched, self.classes())?;
+        let req = request(&opts, &self.sched, self.engine.unet.config())?;
         let sched = match opts.clip_sample {
             Some(clip) => SchedulerConfig { clip_sample: clip, ..self.sched.clone() },
             None => self.sched.clone(),

@@ -139,6 +139,13 @@ fn bad_requests_are_errors() {
             SampleRequest { init_noise: Some(vec![0.0; 5]), ..request(SamplerKind::Ddim, vec![0, 1], 1, 0) },
             "5 values",
         ),
+        (
+            SampleRequest {
+                init_noise: Some((0..2 * 3 * 16 * 16).map(|i| if i == 900 { f32::INFINITY } else { 0.1 }).collect()),
+                ..request(SamplerKind::Ddim, vec![0, 1], 1, 0)
+            },
+            "initial noise holds inf at [1, 132]",
+        ),
     ];
     for (req, needle) in cases {
         let e = session.start(gpu, &unet, &sched, &req).err().map(|e| e.to_string()).unwrap_or_default();

@@ -13,13 +13,17 @@ fn main() {
     use clap::Parser;
     let args = native::Args::parse();
     if let Err(e) = native::run(&args) {
-        eprintln!("sample: {e}");
+        // One line whatever the message holds (a path, a nested error), so scripts and
+        // tests can take the last line of stderr as the reason.
+        let message = e.to_string().lines().map(str::trim).collect::<Vec<_>>().join(" ");
+        eprintln!("sample: {} error: {message}", e.kind());
         std::process::exit(1);
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use std::io::Read;
     use std::path::{Path, PathBuf};
     use std::time::Instant;
 
@@ -27,8 +31,12 @@ mod native {
     use diffusion_playground::backend::{Backend, BackendChoice};
     use diffusion_playground::image::{grid_rgba, npy_bytes, parse_npy};
     use diffusion_playground::model::UNetConfig;
-    use diffusion_playground::pipeline::SampleRequest;
+    use diffusion_playground::pipeline::{check_image_count, SampleRequest};
     use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+    use diffusion_playground::EngineError;
+    use sha2::{Digest, Sha256};
+
+    type Result<T> = std::result::Result<T, EngineError>;
 
     #[derive(Parser, Debug)]
     #[command(
@@ -90,58 +98,63 @@ mod native {
         threads: usize,
     }
 
-    pub fn run(a: &Args) -> Result<(), String> {
+    /// A read or write of `path` failed: an input error naming the option it came from.
+    fn io(field: &str, path: &Path, e: impl std::fmt::Display) -> EngineError {
+        EngineError::input(field, format!("{}: {e}", path.display()))
+    }
+
+    pub fn run(a: &Args) -> Result<()> {
         let started = Instant::now();
-        let choice: BackendChoice =
-            a.backend.parse().map_err(|e: diffusion_playground::EngineError| e.to_string())?;
-        if a.n == 0 || a.n > 65_536 {
-            return Err(format!("--n {}: give 1 to 65536 images", a.n));
-        }
-        let read_text = |name: &str| -> Result<Option<String>, String> {
+        let choice: BackendChoice = a.backend.parse()?;
+        let read_text = |name: &str| -> Result<Option<String>> {
             let p = a.model.join(name);
             match std::fs::read_to_string(&p) {
                 Ok(t) => Ok(Some(t)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(format!("{}: {e}", p.display())),
+                Err(e) => Err(io("model", &p, e)),
             }
         };
-        let config =
-            read_text("config.json")?.ok_or_else(|| format!("{} has no config.json", a.model.display()))?;
-        let weights_path = ["diffusion_pytorch_model.safetensors", "model.safetensors"]
-            .iter()
-            .map(|n| a.model.join(n))
-            .find(|p| p.exists())
-            .ok_or_else(|| format!("{} has no diffusion_pytorch_model.safetensors", a.model.display()))?;
-        let weights = std::fs::read(&weights_path).map_err(|e| format!("{}: {e}", weights_path.display()))?;
-        let (backend, why) =
-            Backend::load(choice, &config, &weights, a.threads).map_err(|e| e.to_string())?;
+        // The folder's integrity first, as the page checks each download before the engine
+        // sees it: a corrupt file is reported as corrupt, not as whatever it parses into.
+        let manifest = match read_text("manifest.json")? {
+            Some(t) => {
+                Some(serde_json::from_str::<serde_json::Value>(&t).map_err(|e| EngineError::Checksum {
+                    file: "manifest.json".into(),
+                    message: format!("is not valid JSON: {e}"),
+                })?)
+            }
+            None => None,
+        };
+        if let Some(m) = &manifest {
+            check_manifest(&a.model, m)?;
+        }
+        let config_text = read_text("config.json")?.ok_or_else(|| {
+            EngineError::input("model", format!("{} has no config.json", a.model.display()))
+        })?;
+        // Everything that can be refused from the config alone is, before the weights load.
+        let config = UNetConfig::from_json(&config_text)?;
+        check_image_count("--n", a.n, &config)?;
+        let class = resolve_class(a, &config, manifest.as_ref())?;
+        let kind: SamplerKind = a.sampler.parse()?;
+        let [c, h, w] = [config.in_channels, config.sample_size.0, config.sample_size.1];
+        let init_noise = match &a.init_noise {
+            None => None,
+            Some(p) => Some(read_noise(p, [a.n, c, h, w])?),
+        };
+
+        let weights_path = weights_path(&a.model, manifest.as_ref())?;
+        let weights = std::fs::read(&weights_path).map_err(|e| io("model", &weights_path, e))?;
+        let (backend, why) = Backend::load(choice, &config_text, &weights, a.threads)?;
+        drop(weights);
+        // A file manifest.json lists was checked to exist above; one it does not list may be
+        // absent, and then diffusers' DDPMScheduler defaults apply.
         let mut sched = match read_text("scheduler_config.json")? {
-            Some(t) => SchedulerConfig::from_json(&t).map_err(|e| format!("scheduler_config.json: {e}"))?,
+            Some(t) => SchedulerConfig::from_json(&t)?,
             None => SchedulerConfig::default(),
         };
         if let Some(clip) = a.clip_sample {
             sched.clip_sample = clip;
         }
-        let class = resolve_class(a, backend.config(), read_text("manifest.json")?.as_deref())?;
-        let kind: SamplerKind =
-            a.sampler.parse().map_err(|e: diffusion_playground::EngineError| e.to_string())?;
-        let [c, h, w] = backend.sample_shape();
-        let init_noise = match &a.init_noise {
-            None => None,
-            Some(p) => {
-                let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                let (shape, data) = parse_npy(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
-                if shape != [a.n, c, h, w] {
-                    return Err(format!(
-                        "{}: shape {shape:?}, but --n {} needs [{}, {c}, {h}, {w}]",
-                        p.display(),
-                        a.n,
-                        a.n
-                    ));
-                }
-                Some(data)
-            }
-        };
         let request = SampleRequest {
             classes: class.map(|c| vec![c; a.n]).unwrap_or_default(),
             guidance: a.guidance,
@@ -154,31 +167,38 @@ mod native {
         };
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
 
-        let mut session = backend.session(a.n).map_err(|e| e.to_string())?;
-        let run = session.start(&backend, &sched, &request).map_err(|e| e.to_string())?;
+        let mut session = backend.session(a.n)?;
+        let run = session.start(&backend, &sched, &request)?;
         if let Some(dir) = &a.trace {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| io("trace", dir, e))?;
         }
+        let shape = [a.n, c, h, w];
         let mut step_ms = Vec::with_capacity(run.steps());
         let sampling = Instant::now();
         for k in 0..run.steps() {
             let t0 = Instant::now();
-            pollster::block_on(session.step(&backend, &run, k)).map_err(|e| e.to_string())?;
+            pollster::block_on(session.step(&backend, &run, k))?;
             step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             if let Some(dir) = &a.trace {
-                let r = pollster::block_on(session.read(&backend, true)).map_err(|e| e.to_string())?;
+                let r = pollster::block_on(session.read(&backend, true))?;
                 let x0 = r.x0_hat.unwrap_or_default();
-                write_png(&dir.join(format!("step{k:04}_xt.png")), &r.x, [a.n, c, h, w])?;
-                write_png(&dir.join(format!("step{k:04}_x0hat.png")), &x0, [a.n, c, h, w])?;
+                write_png("trace", &dir.join(format!("step{k:04}_xt.png")), &r.x, shape)?;
+                write_png("trace", &dir.join(format!("step{k:04}_x0hat.png")), &x0, shape)?;
             }
         }
         let sampling_ms = sampling.elapsed().as_secs_f64() * 1e3;
-        let x = pollster::block_on(session.read(&backend, false)).map_err(|e| e.to_string())?.x;
+        let x = pollster::block_on(session.read(&backend, false))?.x;
+        // Both backends check x_t as they go; this is the last line of defence before a NaN
+        // image is written as if it were a result.
+        if x.iter().any(|v| !v.is_finite()) {
+            let steps = run.steps();
+            return Err(EngineError::NonFinite { step: steps, steps, what: "the final images".into() });
+        }
         if let Some(p) = &a.out {
-            write_png(p, &x, [a.n, c, h, w])?;
+            write_png("out", p, &x, shape)?;
         }
         if let Some(p) = &a.out_npy {
-            std::fs::write(p, npy_bytes(&x, &[a.n, c, h, w])).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::write(p, npy_bytes(&x, &shape)).map_err(|e| io("out_npy", p, e))?;
         }
 
         let mut sorted = step_ms.clone();
@@ -194,50 +214,217 @@ mod native {
         Ok(())
     }
 
-    fn resolve_class(a: &Args, config: &UNetConfig, manifest: Option<&str>) -> Result<Option<u32>, String> {
-        let classes = config.num_class_embeds;
-        match (a.class, &a.class_name, classes) {
-            (None, None, None) => Ok(None),
-            (Some(_), _, None) | (_, Some(_), None) => {
-                Err("this model has no classes (num_class_embeds is null); drop --class".into())
-            }
-            (None, None, Some(_)) => {
-                Err("this model is class-conditional: pass --class N or --class-name NAME".into())
-            }
-            (Some(c), _, Some(n)) => {
-                if c as usize >= n {
-                    Err(format!(
-                        "--class {c}: the model has classes 0..{} (and the null class {})",
-                        n - 2,
-                        n - 1
-                    ))
+    /// The `--init-noise` file as [n, C, H, W] unit-variance values, every one finite.
+    fn read_noise(path: &Path, shape: [usize; 4]) -> Result<Vec<f32>> {
+        let bytes = std::fs::read(path).map_err(|e| io("init_noise", path, e))?;
+        let (got, data) = parse_npy(&bytes)
+            .map_err(|e| EngineError::input("init_noise", format!("--init-noise {}: {e}", path.display())))?;
+        if got != shape {
+            return Err(EngineError::input(
+                "init_noise",
+                format!(
+                    "--init-noise {}: shape {got:?}, but --n {} needs {shape:?}",
+                    path.display(),
+                    shape[0]
+                ),
+            ));
+        }
+        let per_image = shape[1..].iter().product::<usize>().max(1);
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::input(
+                "init_noise",
+                format!(
+                    "--init-noise {}: value {} at flat index {i} (image {}) is not finite; the initial noise must hold finite numbers only",
+                    path.display(),
+                    data[i],
+                    i / per_image
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// The weights file: the one manifest.json names, else diffusers' usual names.
+    fn weights_path(dir: &Path, manifest: Option<&serde_json::Value>) -> Result<PathBuf> {
+        if let Some(name) = manifest.and_then(|m| m.get("weights")) {
+            let name = name.as_str().filter(|n| is_plain_name(n)).ok_or_else(|| EngineError::Checksum {
+                file: "manifest.json".into(),
+                message: format!("`weights` = {name} is not a file name inside the model folder"),
+            })?;
+            return Ok(dir.join(name));
+        }
+        ["diffusion_pytorch_model.safetensors", "model.safetensors"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                EngineError::input(
+                    "model",
+                    format!("{} has no diffusion_pytorch_model.safetensors", dir.display()),
+                )
+            })
+    }
+
+    /// A name that stays inside the model folder: a hostile manifest must not make the CLI
+    /// hash or load `../../anything`.
+    fn is_plain_name(name: &str) -> bool {
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+    }
+
+    /// What manifest.json says of one file.
+    struct Listed {
+        name: String,
+        bytes: Option<u64>,
+        sha256: Option<String>,
+    }
+
+    fn listed_files(manifest: &serde_json::Value) -> Result<Vec<Listed>> {
+        let bad = |message: String| EngineError::Checksum { file: "manifest.json".into(), message };
+        let Some(files) = manifest.get("files") else { return Ok(Vec::new()) };
+        let files = files.as_array().ok_or_else(|| bad("`files` is not a list".into()))?;
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name =
+                    f.get("name").and_then(|n| n.as_str()).filter(|n| is_plain_name(n)).ok_or_else(|| {
+                        bad(format!("files[{i}].name is not a file name inside the model folder"))
+                    })?;
+                let bytes = match f.get("bytes") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(b) => Some(
+                        b.as_u64()
+                            .ok_or_else(|| bad(format!("files[{i}].bytes = {b} is not a byte count")))?,
+                    ),
+                };
+                let sha256 = match f.get("sha256") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(d) => Some(
+                        d.as_str()
+                            .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .ok_or_else(|| bad(format!("files[{i}].sha256 = {d} is not 64 hex digits")))?
+                            .to_ascii_lowercase(),
+                    ),
+                };
+                Ok(Listed { name: name.to_string(), bytes, sha256 })
+            })
+            .collect()
+    }
+
+    /// Every file manifest.json lists must exist with the size and SHA-256 it states, as the
+    /// page checks what it downloads. Sizes go first (metadata only), so a truncated or
+    /// swapped file fails before anything is hashed.
+    fn check_manifest(dir: &Path, manifest: &serde_json::Value) -> Result<()> {
+        let files = listed_files(manifest)?;
+        for f in &files {
+            let path = dir.join(&f.name);
+            let meta = std::fs::metadata(&path).map_err(|e| EngineError::Checksum {
+                file: f.name.clone(),
+                message: if e.kind() == std::io::ErrorKind::NotFound {
+                    "manifest.json lists this file, but the model folder has no such file".into()
                 } else {
-                    Ok(Some(c))
+                    format!("cannot be read: {e}")
+                },
+            })?;
+            if let Some(want) = f.bytes {
+                if meta.len() != want {
+                    return Err(EngineError::Checksum {
+                        file: f.name.clone(),
+                        message: format!(
+                            "is {} bytes but manifest.json says {want}: the file is truncated or not the one the manifest describes",
+                            meta.len()
+                        ),
+                    });
                 }
             }
+        }
+        for f in &files {
+            let Some(want) = &f.sha256 else { continue };
+            let got = sha256_file(&dir.join(&f.name)).map_err(|e| EngineError::Checksum {
+                file: f.name.clone(),
+                message: format!("cannot be read: {e}"),
+            })?;
+            if &got != want {
+                return Err(EngineError::Checksum {
+                    file: f.name.clone(),
+                    message: format!(
+                        "is corrupt: its SHA-256 is {}..., manifest.json says {}...",
+                        &got[..12],
+                        &want[..12]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn sha256_file(path: &Path) -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn resolve_class(
+        a: &Args,
+        config: &UNetConfig,
+        manifest: Option<&serde_json::Value>,
+    ) -> Result<Option<u32>> {
+        let bad = |m: String| EngineError::input("class", m);
+        let class = match (a.class, &a.class_name, config.num_class_embeds) {
+            (None, None, None) => return Ok(None),
+            (Some(_), _, None) | (_, Some(_), None) => {
+                return Err(bad("this model has no classes (num_class_embeds is null); drop --class".into()))
+            }
+            (None, None, Some(_)) => {
+                return Err(
+                    bad("this model is class-conditional: pass --class N or --class-name NAME".into()),
+                )
+            }
+            (Some(c), _, Some(_)) => c as usize,
             (None, Some(name), Some(_)) => {
-                let manifest =
-                    manifest.ok_or("--class-name needs the model's manifest.json (class names)")?;
-                let v: serde_json::Value =
-                    serde_json::from_str(manifest).map_err(|e| format!("manifest.json: {e}"))?;
-                let names: Vec<String> = v["class_names"]
+                let manifest = manifest.ok_or_else(|| {
+                    bad("--class-name needs the model's manifest.json (class names)".into())
+                })?;
+                let names: Vec<String> = manifest["class_names"]
                     .as_array()
-                    .ok_or("manifest.json has no class_names list")?
+                    .ok_or_else(|| bad("manifest.json has no class_names list".into()))?
                     .iter()
                     .map(|n| n.as_str().unwrap_or("").to_string())
                     .collect();
                 names
                     .iter()
                     .position(|n| n.eq_ignore_ascii_case(name))
-                    .map(|i| Some(i as u32))
-                    .ok_or_else(|| format!("--class-name {name:?} is not one of {names:?}"))
+                    .ok_or_else(|| bad(format!("--class-name {name:?} is not one of {names:?}")))?
             }
+        };
+        // num_class_embeds >= 2 once the config parsed: null_class() is Some here.
+        let null = config.null_class().unwrap_or(0);
+        if class == null {
+            return Err(bad(format!(
+                "--class {class} is the null class, the unconditional embedding classifier-free guidance uses; for unconditional sampling pass --guidance 0 with any class 0..={}",
+                null.saturating_sub(1)
+            )));
         }
+        if class > null {
+            return Err(bad(format!(
+                "--class {class}: the model has classes 0..={} (and the null class {null})",
+                null.saturating_sub(1)
+            )));
+        }
+        Ok(Some(class as u32))
     }
 
-    fn write_png(path: &Path, x: &[f32], shape: [usize; 4]) -> Result<(), String> {
+    fn write_png(field: &str, path: &Path, x: &[f32], shape: [usize; 4]) -> Result<()> {
         let (w, h, rgba) = grid_rgba(x, shape, 2);
-        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let err = |e: &dyn std::fmt::Display| io(field, path, e);
         let file = std::fs::File::create(path).map_err(|e| err(&e))?;
         let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
         enc.set_color(png::ColorType::Rgba);

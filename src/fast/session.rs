@@ -49,7 +49,7 @@ impl CpuRun {
 
 impl CpuSession {
     pub fn new(engine: &CpuEngine, images: usize) -> Result<Self> {
-        check_images(images, engine.unet.sample_shape())?;
+        check_images(images, engine.unet.config())?;
         Ok(CpuSession { images, layout: None })
     }
 
@@ -114,7 +114,8 @@ impl CpuSession {
         Ok(CpuRun { plan, seed: req.seed, first_image: req.first_image })
     }
 
-    /// Step `k`: the U-Net on the current model input, then the fused update.
+    /// Step `k`: the U-Net on the current model input, then the fused update; fails with
+    /// [`EngineError::NonFinite`] when the new x_t holds NaN or infinity.
     pub fn step(&mut self, engine: &CpuEngine, run: &CpuRun, k: usize) -> Result<()> {
         let batch = self.model_batch();
         self.forward_part(engine, run, k, 0, batch)?;
@@ -198,7 +199,7 @@ impl CpuSession {
             first_image: run.first_image,
             next_scale: run.plan.input_scale(k + 1),
         };
-        step::step(
+        let finite = step::step(
             &p,
             &mut l.state,
             &l.model_out,
@@ -207,6 +208,9 @@ impl CpuSession {
             &mut l.model_in,
             &mut l.noise,
         );
+        if !finite {
+            return Err(EngineError::NonFinite { step: k + 1, steps: run.steps(), what: "x_t".into() });
+        }
         Ok(())
     }
 

@@ -30,7 +30,9 @@ fn noise_row(seed: u64, step: u32, image: u32, out: &mut [f32]) {
 }
 
 /// One step over `state` [B, P]: x0 (clipped), eps, the update, history, and the next model
-/// input in every group of `model_in` [G*B, P]; `noise` is a [P] scratch row.
+/// input in every group of `model_in` [G*B, P]; `noise` is a [P] scratch row. Returns
+/// whether every new x_t value is finite (the GPU's `nonfinite.wgsl` check, folded into
+/// the loop that already touches each value).
 #[allow(clippy::too_many_arguments)] // the kernel's bindings, one argument each
 pub fn step(
     p: &StepParams,
@@ -40,8 +42,9 @@ pub fn step(
     history: &mut [f32],
     model_in: &mut [f32],
     noise: &mut [f32],
-) {
+) -> bool {
     let c = p.coeffs;
+    let mut finite = true;
     let total = state.len();
     let noisy = c.noise != 0.0;
     for (b, row) in state.chunks_exact_mut(p.per_image).enumerate() {
@@ -69,12 +72,14 @@ pub fn step(
             }
             let xn = c.x * xv + c.x0 * x0 + c.eps * eps + c.prev_x0 * h + c.noise * z;
             *x = xn;
+            finite &= xn.is_finite();
             x0_hat[idx] = x0;
             for g in 0..p.groups {
                 model_in[g * total + idx] = p.next_scale * xn;
             }
         }
     }
+    finite
 }
 
 /// x_T = sigma * z into `state` (z drawn here, or the unit-variance values already in

@@ -9,6 +9,7 @@ pub mod context;
 pub mod conv2d;
 pub mod group_norm;
 pub mod linear;
+pub mod nonfinite;
 pub mod pipeline;
 pub mod sampler_step;
 pub mod tensor;

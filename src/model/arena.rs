@@ -43,6 +43,11 @@ impl Arena {
         Ok(t.clone())
     }
 
+    /// Bytes of every buffer together: the pass's share of GPU memory.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.numel() as u64 * 4).sum()
+    }
+
     /// The largest single buffer, in bytes: what must fit one storage binding.
     pub fn largest_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.numel() as u64 * 4).max().unwrap_or(0)

@@ -594,6 +594,13 @@ impl Forward {
         own.into_iter().fold(self.arena.largest_bytes(), u64::max)
     }
 
+    /// Bytes of every buffer the pass owns (input, timesteps, classes and activations): what
+    /// `pipeline::image_bytes` must not underestimate per image.
+    pub fn activation_bytes(&self) -> u64 {
+        let own = [&self.input, &self.timesteps, &self.class_emb].map(|t| t.numel() as u64 * 4);
+        self.arena.total_bytes() + own.iter().sum::<u64>()
+    }
+
     /// Every dispatch of the pass, in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.ops.iter()
