@@ -123,6 +123,23 @@ mod tests {
     }
 
     #[test]
+    fn npy_sizes_from_the_header_cannot_wrap() {
+        // 2^62 * 8 elements (times 4 bytes) overflows usize: an error, not a wrapped size
+        // that happens to match a short body (or an overflow panic).
+        let mut bytes = npy_bytes(&[], &[0]);
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }";
+        bytes.truncate(10);
+        bytes[8..10].copy_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        let e = parse_npy(&bytes).unwrap_err().to_string();
+        assert!(e.contains("more than usize::MAX"), "{e}");
+        // A version-2 header length of u32::MAX reads past the end: truncated, not a panic.
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_npy(&v2).unwrap_err().to_string().contains("truncated header"));
+    }
+
+    #[test]
     fn grid_places_images_row_major() {
         // Three 1x2x2 images: 2 columns, 2 rows, gap 1.
         let x = [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];

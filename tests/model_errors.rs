@@ -302,7 +302,8 @@ fn mid_block_scale_factor_must_be_sane() {
     for v in [json!(0), json!(-1), json!(1e-50), json!(1e300), json!(5000)] {
         config_err("mid_block_scale_factor", v);
     }
-    host(&with_config_field("mid_block_scale_factor", json!(1.4142135)), &weights_bytes()).unwrap();
+    host(&with_config_field("mid_block_scale_factor", json!(std::f64::consts::SQRT_2)), &weights_bytes())
+        .unwrap();
 }
 
 #[test]

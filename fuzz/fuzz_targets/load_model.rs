@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             // Hostile input is the file's fault, never the engine's.
             assert!(
-                matches!(e.kind(), ErrorKind::Config | ErrorKind::Scheduler | ErrorKind::Weights | ErrorKind::Limits),
+                matches!(
+                    e.kind(),
+                    ErrorKind::Config | ErrorKind::Scheduler | ErrorKind::Weights | ErrorKind::Limits
+                ),
                 "{e:?}"
             );
         }

@@ -358,7 +358,7 @@ fn check_dimensions(cfg: &UNetConfig) -> Result<()> {
     // Checked as the f32 the kernels use: a value that is finite in JSON can still round to
     // 0 or inf.
     let half = (cfg.block_out_channels[0] / 2) as f32;
-    if !(cfg.freq_shift.is_finite() && cfg.freq_shift >= -half && cfg.freq_shift <= half - 1.0) {
+    if !(-half..=half - 1.0).contains(&cfg.freq_shift) {
         // The sinusoid's exponents are i / (half - freq_shift): a denominator below 1
         // makes them blow up to inf (and 0 / 0 at the first one), NaN in every image.
         return Err(EngineError::config(
@@ -372,7 +372,7 @@ fn check_dimensions(cfg: &UNetConfig) -> Result<()> {
         ));
     }
     let (lo, hi) = NORM_EPS_RANGE;
-    if !(cfg.norm_eps >= lo && cfg.norm_eps <= hi) {
+    if !(lo..=hi).contains(&cfg.norm_eps) {
         return Err(EngineError::config(
             "norm_eps",
             cfg.norm_eps,
@@ -380,7 +380,7 @@ fn check_dimensions(cfg: &UNetConfig) -> Result<()> {
         ));
     }
     let (lo, hi) = MID_BLOCK_SCALE_RANGE;
-    if !(cfg.mid_block_scale_factor >= lo && cfg.mid_block_scale_factor <= hi) {
+    if !(lo..=hi).contains(&cfg.mid_block_scale_factor) {
         return Err(EngineError::config(
             "mid_block_scale_factor",
             cfg.mid_block_scale_factor,

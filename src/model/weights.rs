@@ -41,8 +41,7 @@ fn widen(name: &str, dtype: Dtype, raw: &[u8]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(raw.len() / W);
         for (i, b) in raw.chunks_exact(W).enumerate() {
             let v = to_f32(b.try_into().expect("chunks_exact yields W bytes"));
-            // `!(a <= b)` is also true for NaN.
-            if !(v.abs() <= MAX_ABS_WEIGHT) {
+            if v.is_nan() || v.abs() > MAX_ABS_WEIGHT {
                 let what = if v.is_finite() {
                     format!("holds {v:e} at flat index {i}; weights beyond +-{MAX_ABS_WEIGHT:e} are refused as corrupt (trained models stay below ~100)")
                 } else {

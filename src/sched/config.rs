@@ -159,7 +159,7 @@ impl SchedulerConfig {
         // Samplers clamp x0_hat to +-range as f32: a range that rounds to 0 or inf clips every
         // image to 0 or does nothing at all, silently.
         let range = self.clip_sample_range as f32;
-        if !(range.is_finite() && range >= MIN_CLIP_SAMPLE_RANGE && range <= MAX_CLIP_SAMPLE_RANGE) {
+        if !(MIN_CLIP_SAMPLE_RANGE..=MAX_CLIP_SAMPLE_RANGE).contains(&range) {
             return Err(invalid(
                 FILE,
                 "clip_sample_range",
@@ -180,7 +180,7 @@ impl SchedulerConfig {
         // underflows) or near it makes inf and then NaN images.
         let acp = super::alphas_cumprod(self)?;
         let last = acp.last().copied().unwrap_or(1.0);
-        if !(last >= MIN_ALPHA_CUMPROD) {
+        if last.is_nan() || last < MIN_ALPHA_CUMPROD {
             return Err(invalid(
                 FILE,
                 "num_train_timesteps",
