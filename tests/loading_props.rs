@@ -272,7 +272,7 @@ fn apply(edit: &HeaderEdit) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 160, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn one_config_field(field in prop::sample::select(CONFIG_FIELDS), v in value()) {
