@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one entry point: ./build.sh build | serve [PORT] | test
+# The one entry point: ./build.sh build | serve [PORT] | test | fuzz [SECONDS]
 # Installs what it needs and is missing: the wasm32 target, wasm-bindgen-cli (pinned to the
 # wasm-bindgen crate's version), Mesa's lavapipe Vulkan driver, Chromium and the npm
 # packages of the browser tests.
@@ -106,12 +106,55 @@ test_all() {
     node --test tests/e2e/*.test.mjs
 }
 
+# Runs each cargo-fuzz target (fuzz/: model-folder loading, .npy parsing) for SECONDS
+# (default 60) on one core at the lowest priority, from the committed seeds
+# (fuzz/seeds/<target>/) plus the shipped configs; the corpus grows in fuzz/corpus/ and
+# crashes land in fuzz/artifacts/. Not part of `test`: it needs nightly and takes as long
+# as it is given.
+fuzz() {
+    local seconds=${1:-60}
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        log "cargo install cargo-fuzz"
+        cargo +nightly install cargo-fuzz --locked
+    fi
+    local sep=$'\n#####\n'
+    mkdir -p fuzz/corpus/load_model fuzz/corpus/parse_npy
+    cp fuzz/seeds/load_model/* fuzz/corpus/load_model/
+    cp fuzz/seeds/parse_npy/* fuzz/corpus/parse_npy/
+    # The shipped configs with their schedulers and the first 4 KiB of their weights (a
+    # header and a cut-off file): every config field's parser gets real input.
+    for dir in www/models/* tests/fixtures/unet_small; do
+        local sched="$dir/scheduler_config.json"
+        [ -f "$sched" ] || sched=www/models/fashion/scheduler_config.json
+        {
+            cat "$dir/config.json"
+            printf '%s' "$sep"
+            cat "$sched"
+            printf '%s' "$sep"
+            head -c 4096 "$dir/diffusion_pytorch_model.safetensors"
+        } >"fuzz/corpus/load_model/shipped_$(basename "$dir")"
+    done
+    for target in load_model parse_npy; do
+        log "fuzz $target for ${seconds}s (log: fuzz/$target.log)"
+        local dict=()
+        [ -f "fuzz/$target.dict" ] && dict=("-dict=$target.dict")
+        # -rss_limit_mb: a load past 2 GiB is a bug (the caps allow far less for these
+        # inputs); -timeout: one input past 10 s is a hang; -max_len: room for the seeds.
+        (cd fuzz && nice -n 19 cargo +nightly fuzz run "$target" "corpus/$target" -- \
+            "${dict[@]}" -rss_limit_mb=2048 -timeout=10 -max_len=65536 -max_total_time="$seconds" \
+            -print_final_stats=1 2>&1 | tee "$target.log" | grep -E '^#[0-9]+.*(DONE|pulse)|ERROR|SUMMARY|stat::' || true)
+        grep -q 'Done [0-9]* runs' "fuzz/$target.log" || { log "fuzz $target did not finish cleanly"; return 1; }
+    done
+}
+
 case "${1:-}" in
 build) build ;;
 serve) shift; serve "$@" ;;
 test) test_all ;;
+fuzz) shift; fuzz "$@" ;;
 *)
-    echo "usage: ./build.sh build | serve [PORT] | test" >&2
+    echo "usage: ./build.sh build | serve [PORT] | test | fuzz [SECONDS]" >&2
     exit 2
     ;;
 esac

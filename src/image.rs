@@ -64,15 +64,18 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (no \\x93NUMPY magic)"));
     }
-    let (header_len, start) = match bytes[6] {
+    let (header_len, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => {
             (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
         }
         v => return Err(bad(&format!("unsupported .npy version {v}"))),
     };
+    // Sizes come from the file: checked, since usize is 32 bits in wasm and a u32 header
+    // length plus 12 wraps there.
+    let body_start = start.checked_add(header_len).ok_or_else(|| bad("truncated header"))?;
     let header = bytes
-        .get(start..start + header_len)
+        .get(start..body_start)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or_else(|| bad("truncated header"))?;
     if !header.contains("'descr': '<f4'") {
@@ -92,12 +95,12 @@ pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| bad(&format!("bad dimension {s:?}"))))
         .collect::<Result<Vec<_>>>()?;
-    let n: usize = shape.iter().product();
-    let body = &bytes[start + header_len..];
-    if body.len() != n * 4 {
+    let body = &bytes[body_start..];
+    let needed = shape.iter().try_fold(4usize, |acc, &d| acc.checked_mul(d));
+    if needed != Some(body.len()) {
+        let needed = needed.map_or_else(|| "more than usize::MAX".to_string(), |n| n.to_string());
         return Err(bad(&format!(
-            "shape {shape:?} needs {} bytes of data, the file has {}",
-            n * 4,
+            "shape {shape:?} needs {needed} bytes of data, the file has {}",
             body.len()
         )));
     }
@@ -117,6 +120,23 @@ mod tests {
         assert_eq!(parse_npy(&bytes).unwrap(), (vec![2, 3, 4], data));
         assert!(parse_npy(&bytes[..bytes.len() - 1]).is_err());
         assert!(parse_npy(b"PK\x03\x04").is_err());
+    }
+
+    #[test]
+    fn npy_sizes_from_the_header_cannot_wrap() {
+        // 2^62 * 8 elements (times 4 bytes) overflows usize: an error, not a wrapped size
+        // that happens to match a short body (or an overflow panic).
+        let mut bytes = npy_bytes(&[], &[0]);
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }";
+        bytes.truncate(10);
+        bytes[8..10].copy_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        let e = parse_npy(&bytes).unwrap_err().to_string();
+        assert!(e.contains("more than usize::MAX"), "{e}");
+        // A version-2 header length of u32::MAX reads past the end: truncated, not a panic.
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_npy(&v2).unwrap_err().to_string().contains("truncated header"));
     }
 
     #[test]

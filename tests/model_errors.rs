@@ -2,12 +2,20 @@
 //! panic and never a silent default. Each case starts from the valid small fixture model
 //! and breaks one thing.
 
+mod alloc_meter;
 mod common;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use diffusion_playground::model::{UNet, UNetConfig};
-use diffusion_playground::EngineError;
+use diffusion_playground::fast::CpuUNet;
+use diffusion_playground::model::limits::{MAX_ABS_WEIGHT, MAX_PARAMETERS};
+use diffusion_playground::model::{check_model_files, HostModel, UNet, UNetConfig};
+use diffusion_playground::{EngineError, ErrorKind};
+use serde_json::json;
+
+#[global_allocator]
+static METER: alloc_meter::Meter = alloc_meter::Meter;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -203,4 +211,236 @@ fn class_out_of_range_is_an_error() {
     assert!(e.contains("class 6 is out of range"), "{e}");
     let e = f.set_classes(gpu, &m, &[0]).unwrap_err().to_string();
     assert!(e.contains("1 class labels for a batch of 2"), "{e}");
+}
+
+fn host(config: &str, weights: &[u8]) -> Result<HostModel, EngineError> {
+    HostModel::load(config, weights)
+}
+
+/// The error of a host-only load, checked for kind and field (or tensor).
+fn host_err(config: &str, weights: &[u8], kind: ErrorKind) -> EngineError {
+    match host(config, weights) {
+        Ok(_) => panic!("expected a {kind} error, but the model loaded"),
+        Err(e) => {
+            assert_eq!(e.kind(), kind, "{e}");
+            e
+        }
+    }
+}
+
+fn config_err(field: &str, value: serde_json::Value) -> EngineError {
+    let e = host_err(&with_config_field(field, value.clone()), &weights_bytes(), ErrorKind::Config);
+    assert_eq!(e.field(), Some(field), "{field} = {value}: {e}");
+    e
+}
+
+#[test]
+fn a_million_layers_with_a_small_file_fails_fast_in_bounded_memory() {
+    let cfg = with_config_field("layers_per_block", json!(1_048_576));
+    let weights = weights_bytes();
+    // Before the caps, every loader built the spec of 1M ResNets per level (names, shapes)
+    // before looking at the file: gigabytes and minutes. Each loader must now refuse it
+    // from the config's numbers alone.
+    let gpu = common::gpu();
+    let loaders: [(&str, &dyn Fn() -> Option<EngineError>); 3] = [
+        ("host", &|| host(&cfg, &weights).err()),
+        ("cpu", &|| CpuUNet::load(&cfg, &weights).err()),
+        ("gpu", &|| UNet::load(gpu, &cfg, &weights).err()),
+    ];
+    for (name, load) in loaders {
+        let t = Instant::now();
+        let (err, peak) = alloc_meter::peak_during(load);
+        let (elapsed, e) = (t.elapsed(), err.expect("a million layers must be refused"));
+        assert_eq!((e.kind(), e.field()), (ErrorKind::Config, Some("layers_per_block")), "{name}: {e}");
+        assert!(e.to_string().contains("must be in 1..=4"), "{name}: {e}");
+        assert!(elapsed < Duration::from_secs(1), "{name}: took {elapsed:?}");
+        assert!(peak < 1 << 20, "{name}: peaked at {peak} bytes");
+    }
+}
+
+#[test]
+fn more_layers_than_the_file_holds_names_a_tensor() {
+    // Within the caps: the header holds fewer tensors than the config implies (209 of
+    // 3 ResNets per block's count), and a tensor of the third ResNet is named (the first
+    // one out of place: an up block's, whose input width moved) before any data is read.
+    let e = host_err(&with_config_field("layers_per_block", json!(3)), &weights_bytes(), ErrorKind::Weights);
+    assert!(e.tensor().unwrap().contains(".resnets.2."), "{e}");
+    assert!(e.to_string().contains("has shape [48], but the config implies [64]"), "{e}");
+    // Fewer layers than the file: its extra tensors are named.
+    let e = host_err(&with_config_field("layers_per_block", json!(1)), &weights_bytes(), ErrorKind::Weights);
+    assert!(e.tensor().unwrap().contains("resnets."), "{e}");
+}
+
+#[test]
+fn freq_shift_must_leave_the_sinusoid_finite() {
+    // block_out_channels[0] = 16: half = 8, and the exponents divide by 8 - freq_shift.
+    for v in [json!(8), json!(8.5), json!(100), json!(-9), json!(1e300), json!(-1e39)] {
+        let e = config_err("freq_shift", v);
+        assert!(e.to_string().contains("must be in [-8, 7]"), "{e}");
+    }
+    // The largest accepted shift keeps the denominator at 1 and loads.
+    host(&with_config_field("freq_shift", json!(7)), &weights_bytes()).unwrap();
+    // The CPU oracle's frequencies for it are finite, the rejected one's are not.
+    let ok = diffusion_playground::cpu::timestep_frequencies(16, 7.0, 10_000.0);
+    assert!(ok.iter().all(|f| f.is_finite()));
+    let bad = diffusion_playground::cpu::timestep_frequencies(16, 8.0, 10_000.0);
+    assert!(bad.iter().any(|f| !f.is_finite()));
+}
+
+#[test]
+fn norm_eps_must_be_positive_and_small_as_f32() {
+    // 1e-50 is positive in JSON but 0 as f32.
+    for v in [json!(0), json!(-1e-5), json!(1e-50), json!(2.0), json!(1e300)] {
+        let e = config_err("norm_eps", v);
+        assert!(e.to_string().contains("must be in [1e-12, 1]"), "{e}");
+    }
+    host(&with_config_field("norm_eps", json!(1e-6)), &weights_bytes()).unwrap();
+}
+
+#[test]
+fn mid_block_scale_factor_must_be_sane() {
+    for v in [json!(0), json!(-1), json!(1e-50), json!(1e300), json!(5000)] {
+        config_err("mid_block_scale_factor", v);
+    }
+    host(&with_config_field("mid_block_scale_factor", json!(std::f64::consts::SQRT_2)), &weights_bytes())
+        .unwrap();
+}
+
+#[test]
+fn dimensions_beyond_the_caps_are_refused_by_field() {
+    let cases = [
+        ("block_out_channels", json!([2048, 4096]), "must be in 1..=1024"),
+        ("block_out_channels", json!([32, 32, 32, 32, 32, 32, 32]), "1..=6 entries"),
+        ("sample_size", json!(4096), "must be in 1..=1024"),
+        ("sample_size", json!([16, 1 << 20]), "must be in 1..=1024"),
+        ("in_channels", json!(1000), "must be in 1..=16"),
+        ("out_channels", json!(17), "must be in 1..=16"),
+        ("num_class_embeds", json!(1_000_000), "must be in 2..=10000"),
+        ("time_embedding_dim", json!(100_000), "must be in 1..=4096"),
+        ("attention_head_dim", json!(256), ""),
+        ("norm_num_groups", json!(1_048_576), ""),
+    ];
+    for (field, value, needle) in cases {
+        let mut v: serde_json::Value = serde_json::from_str(&config_text()).unwrap();
+        v[field] = value.clone();
+        if field == "block_out_channels" {
+            let n = value.as_array().unwrap().len();
+            v["down_block_types"] = json!(vec!["DownBlock2D"; n]);
+            v["up_block_types"] = json!(vec!["UpBlock2D"; n]);
+        }
+        let e = host_err(&v.to_string(), &weights_bytes(), ErrorKind::Config);
+        assert_eq!(e.field(), Some(field), "{field} = {value}: {e}");
+        assert!(e.to_string().contains(needle), "{field} = {value}: {e}");
+    }
+}
+
+#[test]
+fn attention_over_too_many_pixels_is_refused() {
+    // unet_small has attention at level 1: 256x256 puts 128x128 = 16384 tokens there.
+    let e = config_err("sample_size", json!(256));
+    assert!(e.to_string().contains("16384 pixels"), "{e}");
+}
+
+#[test]
+fn a_config_of_too_many_parameters_is_a_limits_error() {
+    // Every dimension within its cap, but 6 levels of 1024 channels with 4 layers each is
+    // over a billion parameters.
+    let mut v: serde_json::Value = serde_json::from_str(&config_text()).unwrap();
+    v["block_out_channels"] = json!(vec![1024; 6]);
+    v["down_block_types"] = json!(vec!["DownBlock2D"; 6]);
+    v["up_block_types"] = json!(vec!["UpBlock2D"; 6]);
+    v["layers_per_block"] = json!(4);
+    v["sample_size"] = json!(32);
+    v["attention_head_dim"] = json!(64);
+    let t = Instant::now();
+    let e = host_err(&v.to_string(), &weights_bytes(), ErrorKind::Limits);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(e.field(), Some("parameters"), "{e}");
+    assert!(e.to_string().contains(&MAX_PARAMETERS.to_string()), "{e}");
+}
+
+/// The fixture with one value of one tensor replaced (f32 file).
+fn with_value(tensor: &str, index: usize, value: f32) -> Vec<u8> {
+    rewrite(|n, d, s, mut b| {
+        if n == tensor {
+            b[index * 4..index * 4 + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        Some((n.into(), d, s, b))
+    })
+}
+
+#[test]
+fn absurd_and_non_finite_weights_name_the_tensor() {
+    for (value, needle) in [
+        (3e38, "holds 3e38 at flat index 5"),
+        (-2e4, "holds -2e4 at flat index 5"),
+        (f32::NAN, "non-finite value (NaN) at flat index 5"),
+        (f32::INFINITY, "non-finite value (inf) at flat index 5"),
+    ] {
+        let w = with_value("mid_block.resnets.1.conv2.weight", 5, value);
+        for e in [host_err(&config_text(), &w, ErrorKind::Weights), load(&config_text(), &w).err().unwrap()] {
+            assert_eq!(e.tensor(), Some("mid_block.resnets.1.conv2.weight"), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+    // Just inside the bound loads.
+    host(&config_text(), &with_value("conv_in.bias", 0, 0.9 * MAX_ABS_WEIGHT)).unwrap();
+    // f16 and bf16 are checked as they are widened: f16 infinity, bf16 of 3e38.
+    let to = |dtype: Dtype, b: Vec<u8>| -> Vec<u8> {
+        b.chunks_exact(4)
+            .flat_map(|c| {
+                let v = f32::from_le_bytes(c.try_into().unwrap());
+                match dtype {
+                    Dtype::F16 => half::f16::from_f32(v).to_le_bytes(),
+                    _ => half::bf16::from_f32(v).to_le_bytes(),
+                }
+            })
+            .collect()
+    };
+    for (dtype, value) in [(Dtype::F16, 1e6f32), (Dtype::BF16, 3e38)] {
+        let w = rewrite(|n, _, s, mut b| {
+            if n == "conv_out.bias" {
+                b[..4].copy_from_slice(&value.to_le_bytes());
+            }
+            Some((n.into(), dtype, s, to(dtype, b)))
+        });
+        let e = host_err(&config_text(), &w, ErrorKind::Weights);
+        assert_eq!(e.tensor(), Some("conv_out.bias"), "{dtype:?}: {e}");
+    }
+}
+
+#[test]
+fn scheduler_numbers_are_checked_as_used() {
+    let ok = std::fs::read_to_string("www/models/fashion/scheduler_config.json").unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut v: serde_json::Value = serde_json::from_str(&ok).unwrap();
+        v[field] = value;
+        v.to_string()
+    };
+    let cases = [
+        // f32(0.99999999999) = 1: alpha = 0 at every step.
+        (with("beta_end", json!(0.99999999999)), "beta_end"),
+        // f32(1e-50) = 0.
+        (with("beta_start", json!(1e-50)), "beta_start"),
+        (with("clip_sample_range", json!(1e-50)), "clip_sample_range"),
+        (with("clip_sample_range", json!(1e300)), "clip_sample_range"),
+        // A linear schedule over 1e6 steps: alphas_cumprod underflows to 0.
+        (
+            {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&with("num_train_timesteps", json!(1_000_000))).unwrap();
+                v["beta_schedule"] = json!("linear");
+                v.to_string()
+            },
+            "num_train_timesteps",
+        ),
+    ];
+    let (config, weights) = (config_text(), weights_bytes());
+    for (text, field) in cases {
+        let e = check_model_files(&config, Some(&text), &weights).err().expect("must be refused");
+        assert_eq!((e.kind(), e.field()), (ErrorKind::Scheduler, Some(field)), "{e}");
+    }
+    check_model_files(&config, Some(&ok), &weights).unwrap();
+    // A cosine schedule of a million steps stays above the floor (capped betas).
+    check_model_files(&config, Some(&with("num_train_timesteps", json!(1_000_000))), &weights).unwrap();
 }

@@ -9,7 +9,7 @@ use super::gemm::{gemm, MatRef};
 use super::norm::{silu_in_place, Norm};
 use crate::error::{EngineError, Result};
 use crate::model::blocks::{Attention as AttentionSpec, ResnetBlock2D};
-use crate::model::{HostTensor, UNetConfig, UNetSpec, Weights};
+use crate::model::{HostModel, HostTensor, UNetConfig, UNetSpec, Weights};
 
 /// `ResnetBlock2D` (see `model::blocks`).
 struct Resnet {
@@ -182,15 +182,20 @@ impl CpuUNet {
     /// Parses `config.json` and a safetensors file and checks every tensor against the
     /// config, exactly as the GPU loader does.
     pub fn load(config_json: &str, safetensors: &[u8]) -> Result<Self> {
-        let config = UNetConfig::from_json(config_json)?;
-        let weights = Weights::from_safetensors(safetensors)?;
-        Self::from_weights(&config, &weights)
+        let host = HostModel::load(config_json, safetensors)?;
+        Self::from_checked(host.spec, &host.weights)
     }
 
+    /// A model from weights built in code (tests); they are checked against the config first.
     pub fn from_weights(config: &UNetConfig, w: &Weights) -> Result<Self> {
+        config.validate()?;
         let spec = UNetSpec::new(config);
         w.check(&spec.parameters())?;
-        let cfg = config;
+        Self::from_checked(spec, w)
+    }
+
+    fn from_checked(spec: UNetSpec, w: &Weights) -> Result<Self> {
+        let cfg = &spec.config.clone();
         let (c0, d) = (cfg.block_out_channels[0], cfg.time_embed_dim());
 
         let mut ops = vec![Op::PushSkip];

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use super::limits::{Budget, MAX_LEVELS};
 use crate::error::{EngineError, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +137,12 @@ impl UNetConfig {
         }
 
         let block_out_channels = f.usize_list("block_out_channels", &[224, 448, 672, 896])?;
-        if block_out_channels.is_empty() {
-            return Err(EngineError::config("block_out_channels", "[]", "needs at least one level"));
+        if block_out_channels.is_empty() || block_out_channels.len() > MAX_LEVELS {
+            return Err(EngineError::config(
+                "block_out_channels",
+                format!("({} entries)", block_out_channels.len()),
+                format!("must have 1..={MAX_LEVELS} entries (levels of the U-Net)"),
+            ));
         }
         let down_block_types = f
             .str_list(
@@ -251,8 +256,24 @@ impl UNetConfig {
             num_class_embeds,
             time_embedding_dim,
         };
-        cfg.check_consistency()?;
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks the fields against each other and against the caps of [`super::limits`]
+    /// (dimensions, f32 ranges, memory and WebGPU's default buffer size); returns what the
+    /// config implies. `from_json` runs this; a config built in code should too.
+    pub fn validate(&self) -> Result<Budget> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 || self.down_block_types.len() != levels || self.up_block_types.len() != levels {
+            return Err(EngineError::config(
+                "block_out_channels",
+                format!("{:?}", self.block_out_channels),
+                "needs at least one level, and one down and one up block per level",
+            ));
+        }
+        self.check_consistency()?;
+        Budget::of(self)
     }
 
     /// Width of the time (and class) embedding every ResNet receives.

@@ -3,9 +3,13 @@
 mod arena;
 pub mod blocks;
 pub mod config;
+pub mod limits;
+mod load;
 pub mod unet;
 pub mod weights;
 
 pub use config::UNetConfig;
+pub use limits::Budget;
+pub use load::{check_model_files, HostModel};
 pub use unet::{Forward, UNet, UNetSpec};
 pub use weights::{HostTensor, Weights};

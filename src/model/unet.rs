@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use super::arena::Arena;
 use super::blocks::{Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
+use super::load::HostModel;
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
 use crate::gpu::conv2d::{conv2d, Conv2dArgs, NormIn};
@@ -226,14 +227,20 @@ impl UNet {
     /// Parses `config.json` and a safetensors file, checks every tensor against the config,
     /// and uploads the weights.
     pub fn load(gpu: &Gpu, config_json: &str, safetensors: &[u8]) -> Result<Self> {
-        let config = UNetConfig::from_json(config_json)?;
-        let weights = Weights::from_safetensors(safetensors)?;
-        Self::from_weights(gpu, &config, &weights)
+        let host = HostModel::load(config_json, safetensors)?;
+        Self::from_checked(gpu, host.spec, &host.weights)
     }
 
+    /// Uploads weights built in code (tests); they are checked against the config first.
     pub fn from_weights(gpu: &Gpu, config: &UNetConfig, weights: &Weights) -> Result<Self> {
+        config.validate()?;
         let spec = UNetSpec::new(config);
         weights.check(&spec.parameters())?;
+        Self::from_checked(gpu, spec, weights)
+    }
+
+    fn from_checked(gpu: &Gpu, spec: UNetSpec, weights: &Weights) -> Result<Self> {
+        let config = &spec.config.clone();
         let get = |name: &str| {
             weights.get(name).ok_or_else(|| EngineError::weights(name, "missing (checked above)"))
         };

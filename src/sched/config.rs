@@ -7,6 +7,15 @@ use crate::error::{EngineError, Result};
 
 pub(crate) const FILE: &str = "scheduler_config.json";
 
+/// Smallest `alphas_cumprod` at the last training step: sigma = sqrt((1 - a) / a) is then at
+/// most 1e10, whose square and products with O(1) values stay far inside f32. Published
+/// schedules end near 4e-5 (linear, 1000 steps) or 1e-9 (cosine, capped betas).
+pub const MIN_ALPHA_CUMPROD: f64 = 1e-20;
+
+/// Bounds of `clip_sample_range` (diffusers uses 1).
+pub const MIN_CLIP_SAMPLE_RANGE: f32 = 1e-3;
+pub const MAX_CLIP_SAMPLE_RANGE: f32 = 1e6;
+
 /// The schedule a model was trained with and the options diffusers' schedulers read from
 /// it. Fields missing from the file take diffusers' defaults (those of `DDPMScheduler`,
 /// which `DDIMScheduler`, `DPMSolverMultistepScheduler` and `EulerAncestralDiscreteScheduler`
@@ -138,13 +147,25 @@ impl SchedulerConfig {
                 "must be in 1..=1000000",
             ));
         }
+        // The betas are rounded to f32 as diffusers keeps them: a value inside (0, 1) in f64
+        // can still round to 0 or 1 there (1e-50, 0.99999999999), and either makes every
+        // sampler divide by zero.
         for (field, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
-            if !(v.is_finite() && v > 0.0 && v < 1.0) {
-                return Err(invalid(FILE, field, v, "must be in (0, 1)"));
+            let v32 = v as f32;
+            if !(v.is_finite() && v32 > 0.0 && v32 < 1.0) {
+                return Err(invalid(FILE, field, v, "must be in (0, 1), also once rounded to f32"));
             }
         }
-        if !(self.clip_sample_range.is_finite() && self.clip_sample_range > 0.0) {
-            return Err(invalid(FILE, "clip_sample_range", self.clip_sample_range, "must be positive"));
+        // Samplers clamp x0_hat to +-range as f32: a range that rounds to 0 or inf clips every
+        // image to 0 or does nothing at all, silently.
+        let range = self.clip_sample_range as f32;
+        if !(MIN_CLIP_SAMPLE_RANGE..=MAX_CLIP_SAMPLE_RANGE).contains(&range) {
+            return Err(invalid(
+                FILE,
+                "clip_sample_range",
+                self.clip_sample_range,
+                &format!("must be in [{MIN_CLIP_SAMPLE_RANGE:e}, {MAX_CLIP_SAMPLE_RANGE:e}]"),
+            ));
         }
         if self.steps_offset >= self.num_train_timesteps {
             return Err(invalid(
@@ -152,6 +173,24 @@ impl SchedulerConfig {
                 "steps_offset",
                 self.steps_offset,
                 &format!("must be below num_train_timesteps = {}", self.num_train_timesteps),
+            ));
+        }
+        // The samplers divide by sqrt(alphas_cumprod) and by sigma = sqrt((1 - a) / a) and
+        // keep the result in f32: a schedule that ends with a = 0 (a long linear one
+        // underflows) or near it makes inf and then NaN images.
+        let acp = super::alphas_cumprod(self)?;
+        let last = acp.last().copied().unwrap_or(1.0);
+        if last.is_nan() || last < MIN_ALPHA_CUMPROD {
+            return Err(invalid(
+                FILE,
+                "num_train_timesteps",
+                self.num_train_timesteps,
+                &format!(
+                    "with beta_start = {}, beta_end = {} and the {} schedule, alphas_cumprod falls to {last:e} \
+                     at the last step; at least {MIN_ALPHA_CUMPROD:e} is needed (the sampling coefficients \
+                     divide by its square root in f32)",
+                    self.beta_start, self.beta_end, self.beta_schedule
+                ),
             ));
         }
         Ok(())
