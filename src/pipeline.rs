@@ -7,7 +7,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::gpu::sampler_step::{SamplerBuffers, SamplerRun};
-use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::gpu::{Dispatch, Gpu, Owned, Tensor};
 use crate::model::{Forward, UNet};
 use crate::sched::{plan, Plan, SamplerKind, SamplerOptions, SchedulerConfig};
 
@@ -140,8 +140,8 @@ fn images_label(n: usize) -> String {
 /// Buffers for sampling `images` images of one model, reused across runs.
 pub struct Session {
     images: usize,
-    /// Shards and their buffers for the current guidance mode.
-    layout: Option<Layout>,
+    /// Shards and their buffers for the current guidance mode (destroyed with the session).
+    layout: Option<Owned<Layout>>,
 }
 
 /// How a run's images are split so no buffer outgrows a storage binding: equal shards of

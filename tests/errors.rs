@@ -6,7 +6,7 @@ use std::path::Path;
 
 use common::*;
 use diffusion_playground::gpu::pipeline::{Access, KernelDef};
-use diffusion_playground::gpu::{Gpu, Tensor};
+use diffusion_playground::gpu::{Gpu, Owned, Tensor};
 use diffusion_playground::model::UNet;
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
@@ -94,7 +94,7 @@ fn model_files() -> (String, Vec<u8>) {
 }
 
 /// Loads the fixture as the page does: the upload inside an out-of-memory scope.
-fn load(gpu: &Gpu) -> Result<UNet, EngineError> {
+fn load(gpu: &Gpu) -> Result<Owned<UNet>, EngineError> {
     let (config, weights) = model_files();
     pollster::block_on(gpu.scoped("the model's weights", || UNet::load(gpu, &config, &weights)))
 }
@@ -297,6 +297,15 @@ fn dropping_a_model_and_its_session_frees_their_gpu_memory() {
     assert!(loaded > base + (x.len() * 4) as u64, "{loaded} bytes allocated with a model, {base} without");
     drop((session, unet));
     assert_eq!(allocated(&gpu), base, "bytes still allocated after the model and its session were dropped");
+
+    // Destroyed, not merely released: memory returns even while a handle is still held
+    // (in the browser, handles live on until the garbage collector runs).
+    let owned = pollster::block_on(gpu.scoped("a tensor", || Tensor::zeros(&gpu, "t", &[1 << 20]))).unwrap();
+    let handle = owned.clone();
+    assert!(allocated(&gpu) >= base + (4 << 20));
+    drop(owned);
+    assert_eq!(allocated(&gpu), base, "the scoped tensor's buffer was not destroyed");
+    drop(handle);
 }
 
 /// A genuine out-of-memory from the driver, not the test hook. lavapipe's GPU memory is
