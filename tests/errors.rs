@@ -259,12 +259,22 @@ fn a_lost_device_fails_every_call_and_a_new_one_samples_the_same_images() {
         gpu.inject_out_of_memory(1);
         sample(&gpu, &unet, 2, 11).map(drop)
     });
-    drop((cached, unet, t));
+    drop((cached, t));
 
     // Recovery: a new device, the model loaded again from its bytes, the same images.
     let fresh = own_gpu();
-    let unet = load(&fresh).expect("a new device loads the model");
-    assert_eq!(sample(&fresh, &unet, 3, 11).unwrap(), before, "same seed on a new device");
+    let reloaded = load(&fresh).expect("a new device loads the model");
+    assert_eq!(sample(&fresh, &reloaded, 3, 11).unwrap(), before, "same seed on a new device");
+    // The old model on the new device (the page cannot do that: a model keeps its engine)
+    // reports the old device's loss instead of computing with its buffers, and the new
+    // device is none the worse for it.
+    lost("old model, new device", sample(&fresh, &unet, 3, 11).map(drop));
+    drop(unet);
+    fresh.check().expect("the new device is healthy");
+    assert_eq!(sample(&fresh, &reloaded, 3, 11).unwrap(), before);
+    // Weights of a device that is merely another one are an engine bug.
+    let err = sample(&fresh, &load(common::gpu()).unwrap(), 3, 11).expect_err("another device's weights");
+    assert_eq!(err.kind(), ErrorKind::Internal, "{err:?}");
     // The old device stays lost.
     lost("old device", gpu.check());
 }

@@ -161,6 +161,17 @@ impl Gpu {
         self.lost().is_some()
     }
 
+    /// The loss slot, shared by every tensor made here so that they know their device.
+    pub(crate) fn lost_slot(&self) -> Arc<Mutex<Option<EngineError>>> {
+        self.lost.clone()
+    }
+
+    /// Whether `slot` is this device's loss slot (that is, whether a tensor holding it was
+    /// made here).
+    pub(crate) fn made(&self, slot: &Arc<Mutex<Option<EngineError>>>) -> bool {
+        Arc::ptr_eq(&self.lost, slot)
+    }
+
     /// Destroys the device: the way to lose it on purpose (tests, the page's "lose device"
     /// button). Marked lost at once, as browsers report the loss only asynchronously.
     pub fn destroy(&self) {
