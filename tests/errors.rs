@@ -316,6 +316,17 @@ fn dropping_a_model_and_its_session_frees_their_gpu_memory() {
     drop(owned);
     assert_eq!(allocated(&gpu), base, "the scoped tensor's buffer was not destroyed");
     drop(handle);
+    // So are the buffers of an allocation that failed halfway.
+    let mut held = None;
+    let err = pollster::block_on(gpu.scoped("a failing allocation", || {
+        held = Some(Tensor::zeros(&gpu, "t", &[1 << 20])?);
+        Tensor::zeros(&gpu, "empty", &[0])
+    }))
+    .err()
+    .expect("an empty shape is refused");
+    assert!(matches!(err, EngineError::Shape { .. }), "{err:?}");
+    assert!(held.is_some());
+    assert_eq!(allocated(&gpu), base, "the failed allocation's buffer was not destroyed");
 }
 
 /// A genuine out-of-memory from the driver, not the test hook. lavapipe's GPU memory is

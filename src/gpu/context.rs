@@ -216,7 +216,7 @@ impl Gpu {
         // Popped synchronously, before any await: scopes are a per-thread stack, and another
         // task interleaving its own push and pop must not pop ours.
         let (buffers, outcome) = scope.pop();
-        let value = value.map(|value| Owned { buffers, value });
+        let value = Owned::own(buffers, value);
         let outcome = outcome.await;
         if let Some(lost) = self.lost() {
             return Err(lost);
@@ -243,7 +243,7 @@ impl Gpu {
         let value = allocate();
         let (buffers, outcome) = scope.pop();
         let mut outcome = Box::pin(outcome);
-        let value = Owned { buffers, value: value? };
+        let value = Owned::own(buffers, value)?;
         match poll_once(outcome.as_mut()) {
             Some(result) => result?,
             None => self.park_when_resolved(outcome),
@@ -390,6 +390,20 @@ impl AllocScope<'_> {
 pub struct Owned<T> {
     buffers: Vec<wgpu::Buffer>,
     value: T,
+}
+
+impl<T> Owned<T> {
+    /// Ties `buffers` to the value; destroys them now if there is none (a failed
+    /// allocation's partial work).
+    fn own(buffers: Vec<wgpu::Buffer>, value: Result<T>) -> Result<Self> {
+        match value {
+            Ok(value) => Ok(Owned { buffers, value }),
+            Err(e) => {
+                buffers.iter().for_each(wgpu::Buffer::destroy);
+                Err(e)
+            }
+        }
+    }
 }
 
 impl<T> std::ops::Deref for Owned<T> {
