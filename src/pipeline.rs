@@ -9,7 +9,7 @@
 use crate::error::{EngineError, Result};
 use crate::gpu::nonfinite::{self, NonFiniteCheck};
 use crate::gpu::sampler_step::{SamplerBuffers, SamplerRun};
-use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::gpu::{Dispatch, Gpu, Owned, Tensor};
 use crate::model::config::{DownBlockType, UpBlockType};
 use crate::model::{Forward, UNet, UNetConfig};
 use crate::sched::{plan, Plan, SamplerKind, SamplerOptions, SchedulerConfig};
@@ -240,8 +240,8 @@ fn images_label(n: usize) -> String {
 /// Buffers for sampling `images` images of one model, reused across runs.
 pub struct Session {
     images: usize,
-    /// Shards and their buffers for the current guidance mode.
-    layout: Option<Layout>,
+    /// Shards and their buffers for the current guidance mode (destroyed with the session).
+    layout: Option<Owned<Layout>>,
     /// Lowered to the first step whose x_t went non-finite (see [`NonFiniteCheck`]).
     check: NonFiniteCheck,
     /// Steps of the last started run, for the message of a non-finite step.

@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::error::EngineError;
 use crate::fast::{CpuEngine, CpuRun, CpuSession};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Owned};
 use crate::model::{UNet, UNetConfig};
 use crate::pipeline::{check_image_count, SampleRequest, Session};
 use crate::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
@@ -148,7 +148,8 @@ impl Engine {
 #[wasm_bindgen]
 pub struct Model {
     gpu: Rc<Gpu>,
-    unet: UNet,
+    /// The weights, destroyed when the page frees the model (`model.free()`).
+    unet: Owned<UNet>,
     sched: SchedulerConfig,
     alphas: Vec<f64>,
     session: RefCell<Option<Session>>,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use common::*;
 use diffusion_playground::gpu::pipeline::{Access, KernelDef};
-use diffusion_playground::gpu::{Gpu, Tensor};
+use diffusion_playground::gpu::{Gpu, Owned, Tensor};
 use diffusion_playground::model::UNet;
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
@@ -94,7 +94,7 @@ fn model_files() -> (String, Vec<u8>) {
 }
 
 /// Loads the fixture as the page does: the upload inside an out-of-memory scope.
-fn load(gpu: &Gpu) -> Result<UNet, EngineError> {
+fn load(gpu: &Gpu) -> Result<Owned<UNet>, EngineError> {
     let (config, weights) = model_files();
     pollster::block_on(gpu.scoped("the model's weights", || UNet::load(gpu, &config, &weights)))
 }
@@ -259,12 +259,22 @@ fn a_lost_device_fails_every_call_and_a_new_one_samples_the_same_images() {
         gpu.inject_out_of_memory(1);
         sample(&gpu, &unet, 2, 11).map(drop)
     });
-    drop((cached, unet, t));
+    drop((cached, t));
 
     // Recovery: a new device, the model loaded again from its bytes, the same images.
     let fresh = own_gpu();
-    let unet = load(&fresh).expect("a new device loads the model");
-    assert_eq!(sample(&fresh, &unet, 3, 11).unwrap(), before, "same seed on a new device");
+    let reloaded = load(&fresh).expect("a new device loads the model");
+    assert_eq!(sample(&fresh, &reloaded, 3, 11).unwrap(), before, "same seed on a new device");
+    // The old model on the new device (the page cannot do that: a model keeps its engine)
+    // reports the old device's loss instead of computing with its buffers, and the new
+    // device is none the worse for it.
+    lost("old model, new device", sample(&fresh, &unet, 3, 11).map(drop));
+    drop(unet);
+    fresh.check().expect("the new device is healthy");
+    assert_eq!(sample(&fresh, &reloaded, 3, 11).unwrap(), before);
+    // Weights of a device that is merely another one are an engine bug.
+    let err = sample(&fresh, &load(common::gpu()).unwrap(), 3, 11).expect_err("another device's weights");
+    assert_eq!(err.kind(), ErrorKind::Internal, "{err:?}");
     // The old device stays lost.
     lost("old device", gpu.check());
 }
@@ -297,6 +307,26 @@ fn dropping_a_model_and_its_session_frees_their_gpu_memory() {
     assert!(loaded > base + (x.len() * 4) as u64, "{loaded} bytes allocated with a model, {base} without");
     drop((session, unet));
     assert_eq!(allocated(&gpu), base, "bytes still allocated after the model and its session were dropped");
+
+    // Destroyed, not merely released: memory returns even while a handle is still held
+    // (in the browser, handles live on until the garbage collector runs).
+    let owned = pollster::block_on(gpu.scoped("a tensor", || Tensor::zeros(&gpu, "t", &[1 << 20]))).unwrap();
+    let handle = owned.clone();
+    assert!(allocated(&gpu) >= base + (4 << 20));
+    drop(owned);
+    assert_eq!(allocated(&gpu), base, "the scoped tensor's buffer was not destroyed");
+    drop(handle);
+    // So are the buffers of an allocation that failed halfway.
+    let mut held = None;
+    let err = pollster::block_on(gpu.scoped("a failing allocation", || {
+        held = Some(Tensor::zeros(&gpu, "t", &[1 << 20])?);
+        Tensor::zeros(&gpu, "empty", &[0])
+    }))
+    .err()
+    .expect("an empty shape is refused");
+    assert!(matches!(err, EngineError::Shape { .. }), "{err:?}");
+    assert!(held.is_some());
+    assert_eq!(allocated(&gpu), base, "the failed allocation's buffer was not destroyed");
 }
 
 /// A genuine out-of-memory from the driver, not the test hook. lavapipe's GPU memory is

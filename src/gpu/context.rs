@@ -26,6 +26,7 @@
 //! allocate (planning a run natively, say) use [`Gpu::scoped_now`], which reports natively
 //! at once and, in the browser, parks an out-of-memory error for the next check instead.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -41,6 +42,9 @@ pub const WORKGROUP_STORAGE_BYTES: u32 = 16_384;
 pub const INVOCATIONS_PER_WORKGROUP: u32 = 256;
 pub const STORAGE_BUFFERS_PER_STAGE: u32 = 8;
 
+/// Ids of devices created so far in this process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -50,6 +54,8 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<EngineError>>>,
     /// The first uncaptured error since the last [`Gpu::check`], which reports and clears it.
     pending: Arc<Mutex<Option<EngineError>>>,
+    /// Tells this device's allocations from another's in [`Recording`].
+    id: u64,
     /// Test hook: scopes left before one reports an injected out-of-memory (0: none armed).
     oom_countdown: AtomicU32,
     /// Bytes of every buffer made through [`Gpu::create_buffer`] so far (never decreases):
@@ -121,6 +127,7 @@ impl Gpu {
             limits: required_limits,
             lost,
             pending,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             oom_countdown: AtomicU32::new(0),
             bytes_created: AtomicU64::new(0),
             kernels: Mutex::new(HashMap::new()),
@@ -154,6 +161,17 @@ impl Gpu {
         self.lost().is_some()
     }
 
+    /// The loss slot, shared by every tensor made here so that they know their device.
+    pub(crate) fn lost_slot(&self) -> Arc<Mutex<Option<EngineError>>> {
+        self.lost.clone()
+    }
+
+    /// Whether `slot` is this device's loss slot (that is, whether a tensor holding it was
+    /// made here).
+    pub(crate) fn made(&self, slot: &Arc<Mutex<Option<EngineError>>>) -> bool {
+        Arc::ptr_eq(&self.lost, slot)
+    }
+
     /// Destroys the device: the way to lose it on purpose (tests, the page's "lose device"
     /// button). Marked lost at once, as browsers report the loss only asynchronously.
     pub fn destroy(&self) {
@@ -174,19 +192,22 @@ impl Gpu {
     /// buffer of the engine is made here).
     pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
         self.bytes_created.fetch_add(desc.size, Ordering::Relaxed);
-        self.device.create_buffer(desc)
+        let buffer = self.device.create_buffer(desc);
+        Recording::add(self.id, &buffer);
+        buffer
     }
 
     /// Runs `allocate` inside an out-of-memory error scope and waits for the scope: the
     /// device refusing any of its allocations fails this call with
-    /// [`EngineError::OutOfMemory`] naming `what` (e.g. "64 images"), after dropping what
-    /// `allocate` returned. An error of `allocate` itself wins (nothing it returned can be
-    /// used anyway), and so does a loss of the device.
+    /// [`EngineError::OutOfMemory`] naming `what` (e.g. "64 images"), after destroying what
+    /// `allocate` made. An error of `allocate` itself wins (nothing it returned can be used
+    /// anyway), and so does a loss of the device. The value comes back as an [`Owned`]: the
+    /// buffers made inside are destroyed with it.
     pub async fn scoped<T>(
         &self,
         what: impl Into<String>,
         allocate: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
+    ) -> Result<Owned<T>> {
         if let Some(lost) = self.lost() {
             return Err(lost);
         }
@@ -194,7 +215,8 @@ impl Gpu {
         let value = allocate();
         // Popped synchronously, before any await: scopes are a per-thread stack, and another
         // task interleaving its own push and pop must not pop ours.
-        let outcome = scope.pop();
+        let (buffers, outcome) = scope.pop();
+        let value = Owned::own(buffers, value);
         let outcome = outcome.await;
         if let Some(lost) = self.lost() {
             return Err(lost);
@@ -209,14 +231,19 @@ impl Gpu {
     /// out-of-memory error is parked for the next [`Gpu::check`] (the next submit or
     /// read-back) instead. Async callers should prefer `scoped`, whose caller is the one
     /// that fails.
-    pub fn scoped_now<T>(&self, what: impl Into<String>, allocate: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn scoped_now<T>(
+        &self,
+        what: impl Into<String>,
+        allocate: impl FnOnce() -> Result<T>,
+    ) -> Result<Owned<T>> {
         if let Some(lost) = self.lost() {
             return Err(lost);
         }
         let scope = self.alloc_scope(what.into());
         let value = allocate();
-        let mut outcome = Box::pin(scope.pop());
-        let value = value?;
+        let (buffers, outcome) = scope.pop();
+        let mut outcome = Box::pin(outcome);
+        let value = Owned::own(buffers, value)?;
         match poll_once(outcome.as_mut()) {
             Some(result) => result?,
             None => self.park_when_resolved(outcome),
@@ -229,6 +256,7 @@ impl Gpu {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         AllocScope {
             gpu: self,
+            recording: Recording::start(self.id),
             validation: self.device.push_error_scope(wgpu::ErrorFilter::Validation),
             oom,
             what,
@@ -323,6 +351,7 @@ impl Gpu {
 /// validation error in the region is an engine bug and fails the same call.
 struct AllocScope<'g> {
     gpu: &'g Gpu,
+    recording: Recording,
     // Declared (so dropped) before `oom`: scopes must be popped in reverse order.
     validation: wgpu::ErrorScopeGuard,
     oom: wgpu::ErrorScopeGuard,
@@ -332,13 +361,15 @@ struct AllocScope<'g> {
 }
 
 impl AllocScope<'_> {
-    /// Pops the scope now; the future says whether anything inside ran out of memory.
-    fn pop(self) -> impl Future<Output = Result<()>> + 'static {
+    /// Pops the scope now: the buffers made inside, and a future that says whether any of
+    /// them ran out of memory.
+    fn pop(self) -> (Vec<wgpu::Buffer>, impl Future<Output = Result<()>> + 'static) {
+        let buffers = self.recording.finish();
         let bytes = self.gpu.bytes_created.load(Ordering::Relaxed) - self.bytes_before;
         let invalid = self.validation.pop();
         let oom = self.oom.pop();
         let (what, inject) = (self.what, self.inject);
-        async move {
+        let outcome = async move {
             let (invalid, oom) = (invalid.await, oom.await);
             let oom = if inject { Some(injected_out_of_memory()) } else { oom };
             match (oom, invalid) {
@@ -346,7 +377,91 @@ impl AllocScope<'_> {
                 (Some(other), _) | (None, Some(other)) => Err(uncaptured(other)),
                 (None, None) => Ok(()),
             }
+        };
+        (buffers, outcome)
+    }
+}
+
+/// A value whose GPU buffers were all made inside one [`Gpu::scoped`] call (a model's
+/// weights, a session's buffers, a staging buffer). Dropping it destroys them at once: in
+/// the browser a dropped buffer otherwise keeps its GPU memory until the JavaScript garbage
+/// collector, which knows nothing of GPU memory, collects its handle, so a freed model or a
+/// refused session would still hold memory while the page retries with fewer images.
+pub struct Owned<T> {
+    buffers: Vec<wgpu::Buffer>,
+    value: T,
+}
+
+impl<T> Owned<T> {
+    /// Ties `buffers` to the value; destroys them now if there is none (a failed
+    /// allocation's partial work).
+    fn own(buffers: Vec<wgpu::Buffer>, value: Result<T>) -> Result<Self> {
+        match value {
+            Ok(value) => Ok(Owned { buffers, value }),
+            Err(e) => {
+                buffers.iter().for_each(wgpu::Buffer::destroy);
+                Err(e)
+            }
         }
+    }
+}
+
+impl<T> std::ops::Deref for Owned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        // Safe with work in flight: WebGPU (and wgpu-core) free a destroyed buffer once the
+        // submissions using it are done.
+        for b in &self.buffers {
+            b.destroy();
+        }
+    }
+}
+
+thread_local! {
+    /// The buffers made on this thread inside each open scope, innermost last, each list
+    /// tagged with its [`Gpu`]'s id. Per thread like the error scopes themselves: tests
+    /// share one device across threads, and a scope must only claim its own allocations.
+    static RECORDING: RefCell<Vec<(u64, Vec<wgpu::Buffer>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Collects the buffers a scope makes (popped on drop, so a panic inside leaves no entry).
+struct Recording {
+    depth: usize,
+}
+
+impl Recording {
+    fn start(gpu: u64) -> Self {
+        RECORDING.with_borrow_mut(|r| {
+            r.push((gpu, Vec::new()));
+            Recording { depth: r.len() }
+        })
+    }
+
+    fn add(gpu: u64, buffer: &wgpu::Buffer) {
+        RECORDING.with_borrow_mut(|r| {
+            if let Some((_, list)) = r.iter_mut().rev().find(|(id, _)| *id == gpu) {
+                list.push(buffer.clone());
+            }
+        });
+    }
+
+    fn finish(self) -> Vec<wgpu::Buffer> {
+        RECORDING
+            .with_borrow_mut(|r| r.get_mut(self.depth - 1).map(|(_, list)| std::mem::take(list)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        RECORDING.with_borrow_mut(|r| r.truncate(self.depth - 1));
     }
 }
 

@@ -17,7 +17,7 @@ pub mod time_mlp;
 pub mod timestep_embedding;
 pub mod upsample;
 
-pub use context::Gpu;
+pub use context::{Gpu, Owned};
 pub use pipeline::{Cost, Dispatch, Kernel, KernelDef};
 pub use tensor::Tensor;
 

@@ -1,6 +1,9 @@
 //! A dense f32 tensor in one GPU storage buffer, NCHW (or [rows, cols]) row-major.
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{EngineError, Result};
+use crate::gpu::context::lock;
 use crate::gpu::Gpu;
 
 /// Cloning shares the buffer (a handle, no copy).
@@ -8,6 +11,9 @@ use crate::gpu::Gpu;
 pub struct Tensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
+    /// The loss slot of the device that made it: names that device, and says whether it
+    /// was lost (see [`Tensor::check_device`]).
+    device: Arc<Mutex<Option<EngineError>>>,
 }
 
 impl Tensor {
@@ -28,7 +34,7 @@ impl Tensor {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor { buffer, shape: shape.to_vec() })
+        Ok(Tensor { buffer, shape: shape.to_vec(), device: gpu.lost_slot() })
     }
 
     pub fn from_slice(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
@@ -56,7 +62,21 @@ impl Tensor {
                 format!("{:?} cannot be viewed as {shape:?}", self.shape),
             ));
         }
-        Ok(Tensor { buffer: self.buffer.clone(), shape: shape.to_vec() })
+        Ok(Tensor { buffer: self.buffer.clone(), shape: shape.to_vec(), device: self.device.clone() })
+    }
+
+    /// Fails unless the tensor was made on `gpu`. wgpu does not refuse a buffer of another
+    /// device natively (each device has its own instance, whose tables the foreign id indexes:
+    /// a panic or another buffer's data), so weights are checked where a pass is planned:
+    /// those of a model loaded before its device was lost report that loss (the model must
+    /// be loaded again on the new device); any other mix-up is an engine bug.
+    pub fn check_device(&self, gpu: &Gpu) -> Result<()> {
+        if gpu.made(&self.device) {
+            return Ok(());
+        }
+        Err(lock(&self.device).clone().unwrap_or_else(|| {
+            EngineError::Internal("a tensor of one GPU device was used on another".into())
+        }))
     }
 
     pub fn shape(&self) -> &[usize] {

@@ -371,6 +371,12 @@ impl UNet {
     }
 
     fn plan_in(&self, gpu: &Gpu, batch: usize, mut arena: Arena) -> Result<Forward> {
+        // Weights of another device must not reach a bind group: wgpu-core looks their ids
+        // up in this device's tables (a panic, or another buffer's data). All were uploaded
+        // together, so one tells for all; a lost device's report names the loss.
+        if let Some(weight) = self.params.values().next() {
+            weight.check_device(gpu)?;
+        }
         let cfg = self.config();
         let [cin, h, w] = self.sample_shape();
         let (c0, d) = (cfg.block_out_channels[0], cfg.time_embed_dim());
