@@ -141,7 +141,9 @@ fn bad_requests_are_errors() {
         ),
         (
             SampleRequest {
-                init_noise: Some((0..2 * 3 * 16 * 16).map(|i| if i == 900 { f32::INFINITY } else { 0.1 }).collect()),
+                init_noise: Some(
+                    (0..2 * 3 * 16 * 16).map(|i| if i == 900 { f32::INFINITY } else { 0.1 }).collect(),
+                ),
                 ..request(SamplerKind::Ddim, vec![0, 1], 1, 0)
             },
             "initial noise holds inf at [1, 132]",

@@ -5,11 +5,11 @@
 mod common;
 
 use common::{gpu, rng, uniform, upload};
+use diffusion_playground::fast::{CpuEngine, CpuSession};
 use diffusion_playground::gpu::nonfinite::{decode, NonFiniteCheck};
 use diffusion_playground::model::{UNet, UNetConfig};
-use diffusion_playground::pipeline::{activation_floats, check_image_count, image_bytes, max_images};
-use diffusion_playground::fast::{CpuEngine, CpuSession};
 use diffusion_playground::pipeline::SampleRequest;
+use diffusion_playground::pipeline::{activation_floats, check_image_count, image_bytes, max_images};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
 use diffusion_playground::ErrorKind;
 
