@@ -112,6 +112,12 @@ fn sample(args: &[&str]) -> Outcome {
     };
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
+    eprintln!(
+        "exit {:?} after {:?}, peak RSS {peak_kb} KiB: {}",
+        status.code(),
+        started.elapsed(),
+        stderr.trim()
+    );
     Outcome { code: status.code(), stderr, peak_kb }
 }
 
