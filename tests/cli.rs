@@ -78,6 +78,17 @@ fn high_water_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The largest peak RSS of any child this process has waited for, in KiB (Linux reports
+/// `ru_maxrss` in KiB). It catches a spike between two polls of a child that exits at once;
+/// the cases run one at a time, so the maximum so far bounds every case.
+fn children_peak_kb() -> u64 {
+    // SAFETY: getrusage only writes the struct it is handed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    usage.ru_maxrss.max(0) as u64
+}
+
 /// Runs `sample` with `args`, polling its memory high-water mark until it exits; kills it
 /// (and fails) past the time limit or the memory limit.
 fn sample(args: &[&str]) -> Outcome {
@@ -114,6 +125,7 @@ fn sample(args: &[&str]) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let peak_kb = peak_kb.max(children_peak_kb());
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let _ = std::fs::remove_file(&stderr_path);
     eprintln!(
