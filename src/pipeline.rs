@@ -78,7 +78,9 @@ pub(crate) fn check_request(
     if !req.guidance.is_finite() {
         return Err(EngineError::shape("sample", format!("guidance {} is not a number", req.guidance)));
     }
-    let per_image = c * h * w;
+    let per_image = c.checked_mul(h).and_then(|p| p.checked_mul(w)).ok_or_else(|| {
+        EngineError::limit("images", format!("[{c}, {h}, {w}] images are too large to index"))
+    })?;
     if let Some(x) = &req.init_noise {
         let want = n
             .checked_mul(per_image)
