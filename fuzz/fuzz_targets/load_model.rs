@@ -12,11 +12,26 @@ use libfuzzer_sys::fuzz_target;
 /// Rare in JSON and in weights; also in `fuzz/load_model.dict` so mutations keep it.
 const SEPARATOR: &[u8] = b"\n#####\n";
 
+/// The first occurrence of [`SEPARATOR`]: scanned for its first byte and only then
+/// compared whole. Every slice comparison goes through libFuzzer's instrumented memcmp;
+/// comparing at every offset took about a fifth of each run (the corpus of the first
+/// 14-minute run replays in 9.6 s instead of 12.4 s).
+fn find(s: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].iter().position(|&b| b == SEPARATOR[0]) {
+        let at = from + i;
+        if s[at..].starts_with(SEPARATOR) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 fn split(data: &[u8]) -> (&[u8], &[u8], &[u8]) {
-    let cut = |d: &'static [u8], s: &[u8]| -> Option<usize> { s.windows(d.len()).position(|w| w == d) };
-    let Some(a) = cut(SEPARATOR, data) else { return (data, &[], &[]) };
+    let Some(a) = find(data) else { return (data, &[], &[]) };
     let (config, rest) = (&data[..a], &data[a + SEPARATOR.len()..]);
-    let Some(b) = cut(SEPARATOR, rest) else { return (config, rest, &[]) };
+    let Some(b) = find(rest) else { return (config, rest, &[]) };
     (config, &rest[..b], &rest[b + SEPARATOR.len()..])
 }
 
