@@ -31,10 +31,10 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "webgpu" | "gpu" => Ok(BackendChoice::WebGpu),
             "cpu" => Ok(BackendChoice::Cpu),
-            other => Err(EngineError::Unsupported {
-                op: "backend",
-                message: format!("{other:?} is not a backend; use auto, webgpu or cpu"),
-            }),
+            other => Err(EngineError::input(
+                "backend",
+                format!("{other:?} is not a backend; use auto, webgpu or cpu"),
+            )),
         }
     }
 }

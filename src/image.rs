@@ -60,7 +60,7 @@ pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Vec<u8> {
 
 /// Parses a float32 little-endian C-order `.npy` file; returns (shape, data).
 pub fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bad = |m: &str| EngineError::shape("npy", m.to_string());
+    let bad = |m: &str| EngineError::input("npy", format!("npy: {m}"));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (no \\x93NUMPY magic)"));
     }

@@ -58,16 +58,16 @@ pub(crate) fn check_request(
     let guidance = match null {
         None => {
             if !req.classes.is_empty() {
-                return Err(EngineError::Unsupported {
-                    op: "sample",
-                    message: "this model has no classes (num_class_embeds is null)".into(),
-                });
+                return Err(EngineError::input(
+                    "class",
+                    "this model has no classes (num_class_embeds is null): give none",
+                ));
             }
             Guidance::Conditional
         }
         Some(_) if req.classes.len() != n => {
-            return Err(EngineError::shape(
-                "sample",
+            return Err(EngineError::input(
+                "class",
                 format!("{} classes for {n} images: give one class per image", req.classes.len()),
             ))
         }
@@ -76,7 +76,10 @@ pub(crate) fn check_request(
         Some(_) => Guidance::Classifier,
     };
     if !req.guidance.is_finite() {
-        return Err(EngineError::shape("sample", format!("guidance {} is not a number", req.guidance)));
+        return Err(EngineError::input(
+            "guidance",
+            format!("guidance {} is not a finite number", req.guidance),
+        ));
     }
     let per_image = c.checked_mul(h).and_then(|p| p.checked_mul(w)).ok_or_else(|| {
         EngineError::limit("images", format!("[{c}, {h}, {w}] images are too large to index"))
@@ -86,9 +89,9 @@ pub(crate) fn check_request(
             .checked_mul(per_image)
             .ok_or_else(|| EngineError::limit("images", format!("{n} images are too many to index")))?;
         if x.len() != want {
-            return Err(EngineError::shape(
-                "sample",
-                format!("initial noise has {} values; {n} images need {want}", x.len()),
+            return Err(EngineError::input(
+                "init_noise",
+                format!("the initial noise has {} values; {n} images need {want}", x.len()),
             ));
         }
         // NaN noise would sample NaN images without a single kernel going wrong: say which
@@ -106,7 +109,7 @@ pub(crate) fn check_request(
         }
     }
     if req.first_image.checked_add(n as u32).is_none() {
-        return Err(EngineError::shape("sample", "first_image + image count overflows u32"));
+        return Err(EngineError::input("first_image", "first_image + image count overflows u32"));
     }
     let plan = plan(
         sched,
@@ -506,5 +509,48 @@ impl Session {
             dispatches.push(check);
         }
         Ok(dispatches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn request(classes: Vec<u32>, guidance: f32, init_noise: Option<Vec<f32>>) -> SampleRequest {
+        SampleRequest {
+            classes,
+            guidance,
+            kind: SamplerKind::Ddim,
+            steps: 2,
+            eta: 0.0,
+            seed: 1,
+            first_image: 0,
+            init_noise,
+        }
+    }
+
+    /// A bad request is the caller's mistake: kind `input`, naming the option, never an
+    /// internal shape error.
+    #[test]
+    fn bad_requests_are_input_errors_naming_the_option() {
+        let sched = SchedulerConfig::default();
+        let check = |null, req: &SampleRequest| check_request(null, 2, [1, 4, 4], &sched, req).err().unwrap();
+        for (null, req, field) in [
+            (None, request(vec![1, 1], 2.0, None), "class"),
+            (Some(10), request(vec![1], 2.0, None), "class"),
+            (Some(10), request(vec![1, 1], f32::NAN, None), "guidance"),
+            (Some(10), request(vec![1, 1], 2.0, Some(vec![0.0; 31])), "init_noise"),
+            (Some(10), request(vec![1, 1], 2.0, Some(vec![f32::INFINITY; 32])), "init_noise"),
+        ] {
+            let e = check(null, &req);
+            assert_eq!((e.kind(), e.field()), (ErrorKind::Input, Some(field)), "{e}");
+        }
+        let e = check(Some(10), &SampleRequest { first_image: u32::MAX, ..request(vec![1, 1], 2.0, None) });
+        assert_eq!((e.kind(), e.field()), (ErrorKind::Input, Some("first_image")), "{e}");
+        let e = crate::image::parse_npy(b"not an npy file").unwrap_err();
+        assert_eq!((e.kind(), e.field()), (ErrorKind::Input, Some("npy")), "{e}");
+        let e = "tpu".parse::<crate::backend::BackendChoice>().unwrap_err();
+        assert_eq!((e.kind(), e.field()), (ErrorKind::Input, Some("backend")), "{e}");
     }
 }
