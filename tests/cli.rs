@@ -269,3 +269,73 @@ fn model_paths_in_messages_stay_on_one_line() {
     assert_eq!(out.stderr.lines().count(), 1, "stderr:\n{}", out.stderr);
     assert!(out.error_line().contains("config.json"), "{}", out.stderr);
 }
+
+/// The model copy without `manifest.json`, so the hostile edit reaches the loader instead of
+/// the checksum check (a hostile folder would ship a matching manifest anyway).
+fn unlisted_copy(tag: &str) -> ModelCopy {
+    let dir = ModelCopy::new(tag);
+    std::fs::remove_file(dir.path("manifest.json")).unwrap();
+    dir
+}
+
+fn edit_config(dir: &ModelCopy, from: &str, to: &str) {
+    let path = dir.path("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from:?} not in the shipped config");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn hostile_config_numbers_are_refused_before_any_work() {
+    // Each of these once grew past 9 GB or sampled an all-NaN grid with exit status 0.
+    for (tag, from, to, words) in [
+        (
+            "layers",
+            "\"layers_per_block\": 1",
+            "\"layers_per_block\": 1048576",
+            &["config", "layers_per_block"][..],
+        ),
+        ("shift", "\"freq_shift\": 0", "\"freq_shift\": 16", &["config", "freq_shift"][..]),
+        ("eps", "\"norm_eps\": 1e-05", "\"norm_eps\": 0", &["config", "norm_eps"][..]),
+        ("eps-f32", "\"norm_eps\": 1e-05", "\"norm_eps\": 1e-50", &["config", "norm_eps"][..]),
+        (
+            "scale",
+            "\"mid_block_scale_factor\": 1",
+            "\"mid_block_scale_factor\": 1e39",
+            &["config", "mid_block_scale_factor"][..],
+        ),
+    ] {
+        let dir = unlisted_copy(tag);
+        edit_config(&dir, from, to);
+        for backend in ["cpu", "webgpu"] {
+            let mut args =
+                model_args(dir.dir.to_str().unwrap(), &["--class", "0", "--n", "1", "--steps", "2"]);
+            args[3] = backend;
+            sample(&args).assert_refused(words);
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_or_absurd_weight_is_refused_naming_the_tensor() {
+    let dir = unlisted_copy("weight");
+    let path = dir.path("diffusion_pytorch_model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // Poke a value into the F32 tensor stored first in the data section.
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (name, _) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, t)| t["data_offsets"][0] == 0 && t["dtype"] == "F32")
+        .expect("an F32 tensor at offset 0");
+    let name = name.clone();
+    let first = 8 + header_len + 4 * 5; // its element 5
+    for value in [f32::NAN, 3e38, -2e4] {
+        bytes[first..first + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        sample(&model_args(dir.dir.to_str().unwrap(), &["--class", "0", "--n", "1", "--steps", "2"]))
+            .assert_refused(&["weights", &name]);
+    }
+}
