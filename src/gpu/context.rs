@@ -208,15 +208,7 @@ impl Gpu {
         what: impl Into<String>,
         allocate: impl FnOnce() -> Result<T>,
     ) -> Result<Owned<T>> {
-        if let Some(lost) = self.lost() {
-            return Err(lost);
-        }
-        let scope = self.alloc_scope(what.into());
-        let value = allocate();
-        // Popped synchronously, before any await: scopes are a per-thread stack, and another
-        // task interleaving its own push and pop must not pop ours.
-        let (buffers, outcome) = scope.pop();
-        let value = Owned::own(buffers, value);
+        let (value, outcome) = self.run_scope(what.into(), allocate)?;
         let outcome = outcome.await;
         if let Some(lost) = self.lost() {
             return Err(lost);
@@ -236,19 +228,33 @@ impl Gpu {
         what: impl Into<String>,
         allocate: impl FnOnce() -> Result<T>,
     ) -> Result<Owned<T>> {
-        if let Some(lost) = self.lost() {
-            return Err(lost);
-        }
-        let scope = self.alloc_scope(what.into());
-        let value = allocate();
-        let (buffers, outcome) = scope.pop();
+        let (value, outcome) = self.run_scope(what.into(), allocate)?;
         let mut outcome = Box::pin(outcome);
-        let value = Owned::own(buffers, value)?;
+        let value = value?;
         match poll_once(outcome.as_mut()) {
             Some(result) => result?,
             None => self.park_when_resolved(outcome),
         }
         Ok(value)
+    }
+
+    /// What [`Gpu::scoped`] and [`Gpu::scoped_now`] share: refuse a lost device, run
+    /// `allocate` inside the scope and pop it, returning the owned value and the scope's
+    /// answer still to be awaited.
+    fn run_scope<T>(
+        &self,
+        what: String,
+        allocate: impl FnOnce() -> Result<T>,
+    ) -> Result<(Result<Owned<T>>, impl Future<Output = Result<()>> + 'static)> {
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        let scope = self.alloc_scope(what);
+        let value = allocate();
+        // Popped synchronously, before any await: scopes are a per-thread stack, and another
+        // task interleaving its own push and pop must not pop ours.
+        let (buffers, outcome) = scope.pop();
+        Ok((Owned::own(buffers, value), outcome))
     }
 
     fn alloc_scope(&self, what: String) -> AllocScope<'_> {
