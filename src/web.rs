@@ -231,7 +231,8 @@ impl Model {
     /// (`clipSample`, a boolean, overrides the scheduler config's `clip_sample`).
     ///
     /// `on_step({step, steps, timestep, xt, x0})` is called after every step (`xt` and `x0`
-    /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent).
+    /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent); when
+    /// it returns a Promise, the next step waits for it (a paused run).
     /// `signal` (an `AbortSignal`, or anything with an `aborted` field) is checked before
     /// every step: once aborted the run stops there and resolves to
     /// `{cancelled: true, stepsDone}`. Otherwise it resolves to
@@ -295,7 +296,7 @@ impl Model {
                 session.check_finite(gpu).await.map_err(|e| self.fail(e))?;
             }
             if let Some(f) = &on_step {
-                f.call1(&JsValue::NULL, &info)?;
+                call_step(f, &info).await?;
             }
         }
         let x = match last {
@@ -564,7 +565,7 @@ impl CpuModel {
                 set(&info, "x0", js_sys::Reflect::get(&r, &"x0".into())?);
             }
             if let Some(f) = &on_step {
-                f.call1(&JsValue::NULL, &info)?;
+                call_step(f, &info).await?;
             }
             // Let the event loop run (the signal's abort, the page's paint) between steps.
             yield_now().await;
@@ -580,6 +581,16 @@ impl CpuModel {
 }
 
 /// Resolves on the next macrotask (a zero-delay timer), so events queued meanwhile run.
+/// Calls the page's per-step callback; a Promise it returns is awaited before the next
+/// step, which is how the page pauses a run between steps (its Pause and Step buttons).
+async fn call_step(f: &js_sys::Function, info: &JsValue) -> Result<(), JsValue> {
+    let r = f.call1(&JsValue::NULL, info)?;
+    if let Ok(p) = r.dyn_into::<js_sys::Promise>() {
+        wasm_bindgen_futures::JsFuture::from(p).await?;
+    }
+    Ok(())
+}
+
 async fn yield_now() {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let global = js_sys::global();

@@ -459,7 +459,8 @@ export class CpuPool {
                 if (preview) [info.xt, info.x0] = [results[0].x, results[0].x0];
             }
             if (preview) last = info.xt;
-            onStep?.(info);
+            // A Promise from the callback holds the run here (the page's Pause and Step).
+            await onStep?.(info);
         }
         const x = last ?? (byImage ? merge(await all(shares, (s) => s.w.call({ type: "read" })), "x") : (await parts[0].w.call({ type: "read" })).x);
         return { cancelled: false, stepsDone: steps, x, shape: [n, c, h, w] };

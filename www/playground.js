@@ -1,16 +1,16 @@
-// The playground view: controls, live denoising preview, progress and timing, the step
-// scrubber, PNG download and the forward-process panel. The page (index.html) mounts it in
-// the document with every control; the widget (<diffusion-playground>, widget.js) mounts it
-// in a shadow root with the controls its `controls` attribute names.
+// The playground view, assembled from its panels (panels/*.js): the settings form, the
+// output (live preview or compared rows, scrubber, downloads), the forward process, and on
+// the page the share panel. This module holds what they share: the engine and model, the
+// runs (one, or one per compared value, all from the seed's x_T), pause / step / stop, and
+// the status line. The page (index.html) mounts it with every control; the widget
+// (<diffusion-playground>, widget.js) mounts it in a shadow root with the controls its
+// `controls` attribute names.
 
 import {
     PlaygroundError,
-    BACKENDS,
     Runner,
     chooseBackend,
-    drawGrid,
     fromEngineError,
-    gaussian,
     gridGeometry,
     isAbort,
     loadModel,
@@ -21,78 +21,53 @@ import {
     releaseModel,
     restartGpu,
 } from "./engine.js";
+import { ALL_CONTROLS, DEFAULTS, fmtMs, parseCompare, usesClip, usesEta } from "./settings.js";
+import { CONTROL_IDS, controlsHtml, fillLabels, wireControls, writeControls } from "./panels/controls.js";
+import { OUTPUT_IDS, drawFrame, enableScrubber, finishRow, layoutRows, outputHtml, wireOutput } from "./panels/output.js";
+import { FORWARD_IDS, drawForward, forwardHtml, setupForward, wireForward } from "./panels/forward.js";
+import { SHARE_IDS, shareHtml, wireShare } from "./panels/share.js";
 
-export const SAMPLERS = [
-    ["ddim", "DDIM"],
-    ["ddpm", "DDPM (ancestral)"],
-    ["dpmpp2m", "DPM-Solver++ (2M)"],
-    ["euler_a", "Euler ancestral"],
-];
-export const GRID_SIZES = [1, 4, 16, 64];
-export const SHIPPED_MODELS = [
-    ["fashion", "Fashion-MNIST"],
-    ["digits", "MNIST digits"],
-];
-/** Every control a view can show (the widget's `controls` attribute picks among them). */
-export const ALL_CONTROLS = ["model", "backend", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "scrubber", "download", "forward", "run"];
-/** x0 clipping of DDPM and DDIM: "auto" clips for DDPM and follows the model's
- * scheduler_config.json for DDIM (the shipped models: DDPM 1000 steps is recognised 100 % of
- * the time with clipping, 72-88 % without; diffusers' DDIM clips x0 but not eps, and does
- * better unclipped); "on" and "off" override the config for both. */
-const CLIP_MODES = [
-    ["auto", "Auto (on for DDPM)"],
-    ["on", "On: clamp x̂₀ to [-1, 1]"],
-    ["off", "Off"],
-];
-/** The settings a link, a widget attribute or a query parameter carries (besides autoplay). */
-export const SETTING_KEYS = ["model", "backend", "class", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view"];
-/** Where sampling runs: auto picks WebGPU on a hardware GPU, else the CPU engine. */
-const BACKEND_LABELS = {
-    auto: "Auto (GPU if there is one)",
-    webgpu: "WebGPU (GPU)",
-    cpu: "CPU (Web Workers)",
-};
-/** Which samplers read eta (DDIM) and clip (DDPM and DDIM). */
-export const usesEta = (sampler) => sampler === "ddim";
-export const usesClip = (sampler) => sampler === "ddpm" || sampler === "ddim";
-
-export const DEFAULTS = {
-    model: "fashion",
-    backend: "auto",
-    class: "0",
-    steps: 20,
-    guidance: 2,
-    sampler: "ddim",
-    eta: 0,
-    clip: "auto",
-    seed: 1,
-    grid: 16,
-    view: "xt",
-    autoplay: true,
-};
+export {
+    ALL_CONTROLS,
+    CLIP_MODES,
+    COMPARE_KEYS,
+    DEFAULTS,
+    GRID_SIZES,
+    SAMPLERS,
+    SETTING_KEYS,
+    SHIPPED_MODELS,
+    WIDGET_CONTROLS,
+    embedTag,
+    fmtMs,
+    parseCompare,
+    parseControls,
+    parseSettings,
+    settingsQuery,
+    usesClip,
+    usesEta,
+} from "./settings.js";
 
 const DEBOUNCE_MS = 250;
-// Per-step frames kept for the scrubber, at most this many bytes (older steps are thinned).
+// Per-step frames kept for the scrubber, at most this many bytes over all compared rows
+// (older steps are thinned).
 const FRAME_BUDGET = 48 << 20;
 
 let uid = 0;
 
-/** Parses a `controls` list ("all", "none", or names separated by spaces or commas). */
-export function parseControls(text, fallback) {
-    if (text == null || text.trim() === "") return new Set(fallback);
-    const words = text.toLowerCase().split(/[\s,]+/).filter(Boolean);
-    if (words.includes("all")) return new Set(ALL_CONTROLS);
-    if (words.includes("none")) return new Set();
-    return new Set(words.filter((w) => ALL_CONTROLS.includes(w)));
+/** The caption of a compared row: "guidance 2", "sampler ddim", "label Sneaker". */
+function captionOf(key, value, names) {
+    if (key === "label" && /^\d+$/.test(String(value)) && names?.[Number(value)]) return `label ${names[Number(value)]}`;
+    return `${key} ${value}`;
 }
 
 export class Playground {
     /**
      * @param {HTMLElement} host where the view is built (a div in the page or a shadow root's)
      * @param {object} o settings (see DEFAULTS) plus `controls` (a Set), `models` (the model
-     *   picker's [value, label] list), `compact` (widget layout), `autoRestart` (restart the
-     *   GPU by itself after a device loss instead of offering a button), `onState(state,
-     *   text, error)`, `onResult(result)`, `onChange(settings)`, `title`.
+     *   picker's [value, label] list), `compact` (widget layout: the output above the form),
+     *   `share` (the page's share panel), `autoRestart` (restart the GPU by itself after a
+     *   device loss instead of offering a button), `onState(state, text, error)`,
+     *   `onResult(result)`, `onStep({step, of, t, ms, row, value})`, `onChange(settings)`.
      */
     constructor(host, o = {}) {
         this.host = host;
@@ -103,239 +78,82 @@ export class Playground {
         this.loaded = null; // the loaded model entry, once it may sample
         this.held = null; // the model entry this view holds (engine.js releaseModel frees it)
         this.loading = null; // the AbortController of the load in flight
-        this.frames = []; // per step: {step, timestep, xt, x0} (quantized bytes)
-        this.frameStride = 1;
+        this.rows = []; // the last run's rows: {value, caption, settings, steps, shape, frames, x, ms}
         this.lastResult = null;
         this.runs = []; // a log of runs: {id, settings, status, stepsDone, ms}
         this.state = "idle";
+        this.gate = null; // resolves a paused run's step callback
+        this.pauseAfterStep = false;
         this.id = `dp${++uid}`;
         this.build();
         this.unsubscribeGpu = onGpuEvent((ev) => this.onGpuEvent(ev));
+    }
+
+    /** Frames of the single run (the first row when comparing), for the scrubber and tests. */
+    get frames() {
+        return this.rows[0]?.frames ?? [];
     }
 
     // -------------------------------------------------------------------------------------
     // DOM
 
     build() {
-        const c = this.controls;
-        const hide = (name) => (c.has(name) ? "" : " hidden");
-        const models = this.o.models ?? SHIPPED_MODELS;
         this.host.classList.add("dp");
         if (this.o.compact) this.host.classList.add("dp-compact");
-        this.host.innerHTML = `
-<form class="dp-controls" novalidate aria-label="Sampling settings">
-  <div class="dp-field"${hide("model")}>
-    <label for="model">Model</label>
-    <select id="model" name="model">${models.map(([v, l]) => `<option value="${esc(v)}">${esc(l)}</option>`).join("")}</select>
-  </div>
-  <div class="dp-field"${hide("backend")}>
-    <label for="backend">Engine</label>
-    <select id="backend" name="backend" aria-describedby="backend-help">${BACKENDS.map((v) => `<option value="${v}">${BACKEND_LABELS[v]}</option>`).join("")}</select>
-    <small id="backend-help" class="dp-help">where the images are computed</small>
-  </div>
-  <div class="dp-field"${hide("class")}>
-    <label for="class">Class</label>
-    <select id="class" name="class" disabled><option>loading…</option></select>
-  </div>
-  <div class="dp-field dp-range"${hide("steps")}>
-    <label for="steps">Steps</label>
-    <input type="range" id="steps" name="steps" min="1" max="1000" step="1" aria-describedby="steps-help">
-    <input type="number" id="steps-num" min="1" max="1000" step="1" aria-label="Steps (number)" inputmode="numeric">
-    <small id="steps-help" class="dp-help">denoising steps, 1 to 1000</small>
-  </div>
-  <div class="dp-field dp-range"${hide("guidance")}>
-    <label for="guidance">Guidance</label>
-    <input type="range" id="guidance" name="guidance" min="0" max="10" step="0.1" aria-describedby="guidance-help">
-    <output id="guidance-out" for="guidance"></output>
-    <small id="guidance-help" class="dp-help">classifier-free guidance w: 0 ignores the class, 1 is plain conditional</small>
-  </div>
-  <div class="dp-field"${hide("sampler")}>
-    <label for="sampler">Sampler</label>
-    <select id="sampler" name="sampler">${SAMPLERS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
-  </div>
-  <div class="dp-field dp-range" id="eta-field"${hide("eta")}>
-    <label for="eta">DDIM η</label>
-    <input type="range" id="eta" name="eta" min="0" max="1" step="0.05" aria-describedby="eta-help">
-    <output id="eta-out" for="eta"></output>
-    <small id="eta-help" class="dp-help">0 is deterministic, 1 adds DDPM-like noise</small>
-  </div>
-  <div class="dp-field" id="clip-field"${hide("clip")}>
-    <label for="clip">Clip x̂₀</label>
-    <select id="clip" name="clip" aria-describedby="clip-help">${CLIP_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
-    <small id="clip-help" class="dp-help">DDPM and DDIM: clamp the predicted image before each step</small>
-  </div>
-  <div class="dp-field"${hide("seed")}>
-    <label for="seed">Seed</label>
-    <span class="dp-row">
-      <input type="number" id="seed" name="seed" min="0" max="4294967295" step="1" inputmode="numeric">
-      <button type="button" id="randomise" aria-label="Random seed" title="Pick a random seed">Random</button>
-    </span>
-  </div>
-  <div class="dp-field"${hide("grid")}>
-    <label for="grid">Images</label>
-    <select id="grid" name="grid">${GRID_SIZES.map((n) => `<option value="${n}">${n === 1 ? "1" : `${n} (${Math.sqrt(n)}×${Math.sqrt(n)})`}</option>`).join("")}</select>
-  </div>
-  <div class="dp-buttons"${c.has("run") || c.has("download") ? "" : " hidden"}>
-    <button type="submit" id="run" disabled${hide("run")}>Sample</button>
-    <button type="button" id="download" disabled${hide("download")}>Download PNG</button>
-  </div>
-</form>
-<section class="dp-output" aria-label="Result">
-  <fieldset class="dp-view"${hide("view")}>
-    <legend class="dp-sr">Show</legend>
-    <label><input type="radio" name="view-${this.id}" value="xt"> noisy x<sub>t</sub></label>
-    <label><input type="radio" name="view-${this.id}" value="x0"> predicted x̂<sub>0</sub></label>
-  </fieldset>
-  <div class="dp-canvas-wrap">
-    <canvas id="canvas" width="30" height="30" role="img" aria-label="Sampled images (none yet)"></canvas>
-  </div>
-  <progress id="progress" max="1" value="0" aria-label="Progress"></progress>
-  <p id="status" class="dp-status" role="status" aria-live="polite" data-state="loading">Starting the engine…</p>
-  <p id="engine" class="dp-engine" aria-live="polite"></p>
-  <p id="warning" class="dp-warning" role="note" hidden></p>
-  <p id="timing" class="dp-timing" aria-live="off"></p>
-  <button type="button" id="restart" hidden>Restart the GPU</button>
-  <div class="dp-field dp-range dp-scrub"${hide("scrubber")}>
-    <label for="scrub">Replay step</label>
-    <input type="range" id="scrub" min="0" max="0" value="0" disabled>
-    <output id="scrub-out" for="scrub"></output>
-  </div>
-</section>
-<section class="dp-forward"${hide("forward")} aria-labelledby="fwd-title-${this.id}">
-  <h2 id="fwd-title-${this.id}">The forward process q(x<sub>t</sub> | x<sub>0</sub>)</h2>
-  <p class="dp-help">Noise is added in closed form: x<sub>t</sub> = √ᾱ<sub>t</sub> x<sub>0</sub> + √(1 − ᾱ<sub>t</sub>) ε, with ᾱ<sub>t</sub> from the model's own schedule (scheduler_config.json). x<sub>0</sub> is the first image of the last run.</p>
-  <div class="dp-fwd-row">
-    <figure><canvas id="fwd-x0" width="28" height="28" role="img" aria-label="x0: the clean image"></canvas><figcaption>x<sub>0</sub></figcaption></figure>
-    <figure><canvas id="fwd-xt" width="28" height="28" role="img" aria-label="x_t: the noised image"></canvas><figcaption>x<sub>t</sub></figcaption></figure>
-    <figure class="dp-chart"><canvas id="fwd-chart" width="240" height="120" role="img" aria-label="Signal and noise levels over t"></canvas><figcaption><span class="dp-key-signal">signal √ᾱ<sub>t</sub></span> · <span class="dp-key-noise">noise √(1−ᾱ<sub>t</sub>)</span></figcaption></figure>
-  </div>
-  <div class="dp-field dp-range">
-    <label for="fwd-t">t</label>
-    <input type="range" id="fwd-t" min="0" max="999" value="300" disabled aria-describedby="fwd-levels">
-    <output id="fwd-t-out" for="fwd-t"></output>
-  </div>
-  <p id="fwd-levels" class="dp-levels" aria-live="polite"></p>
-</section>`;
+        // The DOM order is the visual order of the one-column layouts, so that Tab follows
+        // what is seen: the widget shows its output above the form, the narrow page the form
+        // first (the wide page puts the form on the left).
+        const form = controlsHtml(this), out = outputHtml(this, shareHtml(this));
+        this.host.innerHTML = (this.o.compact ? out + form : form + out) + forwardHtml(this);
         const $ = (id) => this.host.querySelector(`#${id}`);
-        this.el = Object.fromEntries(
-            [
-                "model", "backend", "engine", "class", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
-                "seed", "randomise", "grid", "run", "download", "canvas", "progress", "status", "timing", "restart", "warning",
-                "scrub", "scrub-out", "fwd-x0", "fwd-xt", "fwd-chart", "fwd-t", "fwd-t-out", "fwd-levels",
-            ].map((id) => [id, $(id)]),
-        );
+        const ids = [...CONTROL_IDS, ...OUTPUT_IDS, ...FORWARD_IDS, ...(this.o.share ? SHARE_IDS : [])];
+        this.el = Object.fromEntries(ids.map((id) => [id, $(id)]));
         this.el.form = this.host.querySelector("form");
         this.el.views = [...this.host.querySelectorAll(`input[name="view-${this.id}"]`)];
-        this.writeControls();
-        this.wire();
+        writeControls(this);
+        wireControls(this);
+        wireOutput(this);
+        wireForward(this);
+        wireShare(this);
+        this.el.restart.addEventListener("click", () => this.restartGpu());
+        this.host.addEventListener("keydown", (ev) => this.onKey(ev));
     }
 
-    /** Puts `this.settings` into the controls. */
-    writeControls() {
-        const s = this.settings, e = this.el;
-        if (![...e.model.options].some((o) => o.value === s.model)) {
-            e.model.append(new Option(s.model.length > 40 ? `…${s.model.slice(-38)}` : s.model, s.model));
-        }
-        e.model.value = s.model;
-        e.backend.value = s.backend;
-        e.steps.value = e["steps-num"].value = s.steps;
-        e.guidance.value = s.guidance;
-        e["guidance-out"].value = Number(s.guidance).toFixed(1);
-        e.sampler.value = s.sampler;
-        e.eta.value = s.eta;
-        e["eta-out"].value = Number(s.eta).toFixed(2);
-        e.clip.value = s.clip;
-        this.showSamplerOptions(s.sampler);
-        e.seed.value = s.seed;
-        if (![...e.grid.options].some((o) => Number(o.value) === s.grid)) e.grid.append(new Option(String(s.grid), s.grid));
-        e.grid.value = String(s.grid);
-        for (const r of e.views) r.checked = r.value === s.view;
-        if (this.loaded) this.fillClasses();
-    }
-
-    /** Greys out the options the sampler ignores (eta: DDIM only; clip: DDPM and DDIM). */
-    showSamplerOptions(sampler) {
-        const e = this.el;
-        e["eta-field"].classList.toggle("dp-off", !usesEta(sampler));
-        e.eta.disabled = !usesEta(sampler);
-        e["clip-field"].classList.toggle("dp-off", !usesClip(sampler));
-        e.clip.disabled = !usesClip(sampler);
-    }
-
-    wire() {
-        const e = this.el;
-        const changed = (key, value, { now = false, resample = true } = {}) => {
-            this.settings[key] = value;
-            this.o.onChange?.(this.settings);
-            if (resample) now ? this.sample() : this.scheduleSample();
-        };
-        e.form.addEventListener("submit", (ev) => {
-            ev.preventDefault();
-            this.sample();
-        });
-        e.model.addEventListener("change", () => {
-            this.settings.model = e.model.value;
-            this.o.onChange?.(this.settings);
-            this.load();
-        });
-        e.backend.addEventListener("change", () => {
-            this.settings.backend = e.backend.value;
-            this.o.onChange?.(this.settings);
-            this.start();
-        });
-        e.class.addEventListener("change", () => changed("class", e.class.value));
-        const setSteps = (v) => {
-            const n = Math.min(1000, Math.max(1, Math.round(Number(v)) || 1));
-            e.steps.value = e["steps-num"].value = n;
-            changed("steps", n);
-        };
-        e.steps.addEventListener("input", () => setSteps(e.steps.value));
-        e["steps-num"].addEventListener("change", () => setSteps(e["steps-num"].value));
-        e.guidance.addEventListener("input", () => {
-            e["guidance-out"].value = Number(e.guidance.value).toFixed(1);
-            changed("guidance", Number(e.guidance.value));
-        });
-        e.sampler.addEventListener("change", () => {
-            this.showSamplerOptions(e.sampler.value);
-            changed("sampler", e.sampler.value);
-        });
-        e.clip.addEventListener("change", () => changed("clip", e.clip.value));
-        e.eta.addEventListener("input", () => {
-            e["eta-out"].value = Number(e.eta.value).toFixed(2);
-            changed("eta", Number(e.eta.value));
-        });
-        e.seed.addEventListener("change", () => {
-            const v = Math.min(4294967295, Math.max(0, Math.floor(Number(e.seed.value)) || 0));
-            e.seed.value = v;
-            changed("seed", v);
-        });
-        e.randomise.addEventListener("click", () => {
-            const v = crypto.getRandomValues(new Uint32Array(1))[0];
-            e.seed.value = v;
-            changed("seed", v, { now: true });
-        });
-        e.grid.addEventListener("change", () => changed("grid", Number(e.grid.value)));
-        for (const r of e.views) {
-            r.addEventListener("change", () => {
-                this.settings.view = r.value;
-                this.o.onChange?.(this.settings);
-                this.redraw();
-            });
-        }
-        e.scrub.addEventListener("input", () => this.showFrame(Number(e.scrub.value)));
-        e.download.addEventListener("click", () => this.download());
-        e.restart.addEventListener("click", () => this.restartGpu());
-        e["fwd-t"].addEventListener("input", () => this.drawForward());
+    /** Space plays or pauses, unless a control that types or toggles has the focus. */
+    onKey(ev) {
+        if (ev.key !== " " || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+        const t = ev.composedPath?.()[0] ?? ev.target;
+        if (t instanceof Element && t.closest("textarea, select, button, summary, a, input:not([type=range])")) return;
+        ev.preventDefault();
+        this.playPause();
     }
 
     /** Changes one setting from outside (the widget's attributes, the page's URL). */
     set(key, value) {
         this.settings[key] = value;
-        this.writeControls();
+        writeControls(this);
+        this.refreshShare?.();
         if (key === "model") this.load();
         else if (key === "backend") this.start();
-        else if (key === "view") this.redraw();
+        else if (key === "view") this.redrawRows();
         else this.scheduleSample();
+    }
+
+    /** Puts the settings into the controls (after a change that should not re-sample). */
+    syncControls() {
+        writeControls(this);
+        this.refreshShare?.();
+    }
+
+    redrawRows() {
+        for (const row of this.rows) if (row.shown) drawFrame(this, row, row.shown);
+    }
+
+    /** Sample, Pause and Step follow whether a model is loaded; Stop whether a run is on. */
+    enableButtons(on = !!this.loaded) {
+        const e = this.el;
+        e.run.disabled = e.pause.disabled = e.step.disabled = !on;
+        e.stop.disabled = !["running", "paused", "queued"].includes(this.state);
     }
 
     /** Shows `text`; `error` (a PlaygroundError) when the state is "error". The status
@@ -351,16 +169,18 @@ export class Playground {
         st.dataset.httpStatus = error?.status ?? "";
         this.state = state;
         this.error = error;
+        this.el.stop.disabled = !["running", "paused", "queued"].includes(state);
         this.o.onState?.(state, text, error);
     }
 
     showError(err) {
         const e = err instanceof PlaygroundError ? err : fromEngineError(err);
         this.runner.cancel();
+        this.releaseGate();
         this.setStatus(e.message, "error", e);
         this.el.progress.value = 0;
         const lost = e.kind === "gpu-lost";
-        this.el.run.disabled = e.kind === "gpu-unavailable" || lost || !this.loaded;
+        this.enableButtons(!(e.kind === "gpu-unavailable" || lost || !this.loaded));
         if (e.kind === "gpu-unavailable") this.el.engine.textContent = "Choose Engine: CPU (or Auto) to sample without WebGPU.";
         this.el.restart.hidden = !lost;
     }
@@ -373,14 +193,14 @@ export class Playground {
             if (this.o.autoRestart) this.restartGpu();
         } else if (ev.type === "restarting") {
             this.el.restart.hidden = true;
-            this.el.run.disabled = true;
+            this.enableButtons(false);
             this.setStatus("Restarting the GPU: a new device, then the model again…", "loading");
         } else if (ev.type === "restored") {
             if (!this.loaded) {
                 this.load(); // it was lost while loading
                 return;
             }
-            this.el.run.disabled = false;
+            this.enableButtons(true);
             this.setStatus(`Ready on ${this.backend.label}: the GPU was restarted and the ${this.loaded.name} model uploaded again.`, "ready");
             if (this.settings.autoplay) this.sample();
         } else if (ev.type === "restart-failed") {
@@ -436,8 +256,8 @@ export class Playground {
         this.loading?.abort(); // a load still in flight: its download stops unless shared
         const loading = new AbortController();
         this.loading = loading;
-        this.el.run.disabled = true;
-        this.el.class.disabled = true;
+        this.enableButtons(false);
+        this.el.label.disabled = true;
         this.el.progress.removeAttribute("value");
         this.setStatus(`Loading the ${spec} model…`, "loading");
         this.el.restart.hidden = true;
@@ -480,13 +300,13 @@ export class Playground {
         this.loadMs = performance.now() - started;
         this.el.progress.max = 1;
         this.el.progress.value = 0;
-        this.fillClasses();
-        this.el.class.disabled = false;
-        this.el.run.disabled = false;
+        fillLabels(this);
+        this.el.label.disabled = false;
+        this.enableButtons();
         const how = entry.source === "cache" ? "from the browser cache" : `${(entry.bytes / 1048576).toFixed(1)} MB downloaded`;
-        this.setStatus(`Ready on ${backend.label}: ${entry.name} model loaded (${how}, ${this.loadMs.toFixed(0)} ms).`, "ready");
+        this.setStatus(`Ready on ${backend.label}: ${entry.name} model loaded (${how}, ${fmtMs(this.loadMs)}).`, "ready");
         this.o.onLoaded?.(entry);
-        this.setupForward();
+        setupForward(this);
         if (this.settings.autoplay) this.sample();
     }
 
@@ -503,21 +323,10 @@ export class Playground {
         this.el.warning.hidden = list.length === 0;
     }
 
-    fillClasses() {
-        const names = this.loaded.classNames;
-        const sel = this.el.class;
-        const opts = names.map((n, i) => new Option(`${n}`, String(i)));
-        if (names.length > 1) opts.push(new Option("All classes (one per image)", "all"));
-        if (names.length === 0) opts.push(new Option("(unconditional model)", ""));
-        sel.replaceChildren(...opts);
-        sel.value = String(this.classIndex() ?? "all");
-        if (sel.value === "" && names.length) sel.value = "0";
-    }
-
-    /** The class setting as an index (names match case-insensitively), "all", or null. */
-    classIndex() {
+    /** The label setting as an index (names match case-insensitively), "all", or null. */
+    labelIndex(label = this.settings.label) {
         const names = this.loaded?.classNames ?? [];
-        const v = String(this.settings.class ?? "0").trim();
+        const v = String(label ?? "0").trim();
         if (v.toLowerCase() === "all") return "all";
         if (/^\d+$/.test(v) && Number(v) < names.length) return Number(v);
         const i = names.findIndex((n) => n.toLowerCase() === v.toLowerCase());
@@ -531,16 +340,14 @@ export class Playground {
         clearTimeout(this.debounce);
         if (!this.loaded) return;
         this.runner.cancel(); // stop the run in flight now; the new one starts after the pause
+        this.releaseGate();
         this.debounce = setTimeout(() => this.sample(), DEBOUNCE_MS);
     }
 
-    sample() {
-        clearTimeout(this.debounce);
-        const entry = this.loaded;
-        if (!entry) return Promise.resolve(null);
-        const s = { ...this.settings };
+    /** The engine's options for one run of `s`. */
+    options(s, entry) {
         const n = s.grid;
-        const ci = this.classIndex();
+        const li = this.labelIndex(s.label);
         const k = entry.classNames.length;
         const opts = {
             count: n,
@@ -551,69 +358,206 @@ export class Playground {
             seed: s.seed,
             preview: true,
         };
+        // Options only `compare` sets today; the engine reads them by these names.
+        for (const key of ["spacing", "variance"]) if (s[key] != null) opts[key] = s[key];
         if (s.clip !== "auto") opts.clipSample = s.clip === "on";
         else if (s.sampler === "ddpm") opts.clipSample = true;
-        if (k > 0) opts.classes = Array.from({ length: n }, (_, i) => (ci === "all" ? i % k : ci));
+        if (k > 0) opts.classes = Array.from({ length: n }, (_, i) => (li === "all" ? i % k : li));
+        return opts;
+    }
+
+    /** The runs a sample makes: one, or one per value of `compare` (an input error names
+     *  the field when the spec or one of its labels is wrong). */
+    variants(s, entry) {
+        const cmp = parseCompare(s.compare);
+        if (!cmp) return [{ value: null, caption: "", settings: s }];
+        const names = entry.classNames;
+        return cmp.values.map((value) => {
+            if (cmp.key === "label") {
+                const v = String(value).trim();
+                const ok = v.toLowerCase() === "all" || (/^\d+$/.test(v) && Number(v) < names.length) || names.some((n) => n.toLowerCase() === v.toLowerCase());
+                if (!ok) {
+                    throw new PlaygroundError("input", `compare="${s.compare}": “${v}” is not a label of this model (0..${names.length - 1} or ${names.join(", ")}).`, { field: "compare" });
+                }
+            }
+            return { value, caption: captionOf(cmp.key, value, names), settings: { ...s, [cmp.key]: value } };
+        });
+    }
+
+    /** Samples with the current settings; `{pauseAfterFirst}` stops after its first step
+     *  (the Step button on an idle view). Resolves when the run ends. */
+    sample({ pauseAfterFirst = false } = {}) {
+        clearTimeout(this.debounce);
+        const entry = this.loaded;
+        if (!entry) return Promise.resolve(null);
+        const s = { ...this.settings };
+        let variants;
+        try {
+            variants = this.variants(s, entry);
+        } catch (e) {
+            // The view stays usable: fix the spec (or empty it) and sample again.
+            this.runner.cancel();
+            this.releaseGate();
+            this.setStatus(e.message, "error", e);
+            this.enableButtons(true);
+            return Promise.resolve(null);
+        }
+        this.releaseGate();
+        this.pauseAfterStep = pauseAfterFirst;
+        this.stopRequested = false;
+        const n = s.grid;
         const [c, h, w] = entry.shape;
         const shape = [n, c, h, w];
         const record = { id: this.runs.length + 1, settings: s, status: "queued", stepsDone: 0, msPerStep: [], totalMs: 0 };
         this.runs.push(record);
         this.setStatus(entry.backend === "cpu" ? "Waiting for the CPU engine…" : "Waiting for the GPU…", "queued");
         return this.runner.request(async (signal) => {
+            signal.addEventListener("abort", () => this.releaseGate());
             record.status = "running";
-            this.frames = [];
-            this.frameStride = Math.max(1, Math.ceil((s.steps * 2 * n * c * h * w) / FRAME_BUDGET));
+            const totalSteps = variants.reduce((a, v) => a + v.settings.steps, 0);
+            const rows = variants.map((v) => ({ ...v, steps: v.settings.steps, shape, frames: [], x: null, ms: null }));
+            this.rows = rows;
+            const stride = Math.max(1, Math.ceil((totalSteps * 2 * n * c * h * w) / FRAME_BUDGET));
+            layoutRows(this, rows);
             this.el.scrub.disabled = true;
-            this.el.progress.max = s.steps;
+            this.el.progress.max = totalSteps;
             this.el.progress.value = 0;
-            this.setStatus(`Sampling ${n} image${n > 1 ? "s" : ""}: step 0 of ${s.steps}…`, "running");
+            const what = `${n} image${n > 1 ? "s" : ""}`;
+            this.setStatus(rows.length > 1 ? `Sampling ${what} for each of ${rows.length} runs (${rows.map((r) => r.caption).join(", ")})…` : `Sampling ${what}, ${s.steps} step${s.steps > 1 ? "s" : ""}…`, "running");
             const started = performance.now();
-            let last = started;
-            let result;
-            try {
-                result = await entry.model.sample(
-                    opts,
-                    (info) => {
-                        const now = performance.now();
-                        record.msPerStep.push(now - last);
-                        last = now;
-                        record.stepsDone = info.step + 1;
-                        if (signal.aborted) return;
-                        const frame = { step: info.step, timestep: info.timestep, xt: quantize(info.xt), x0: quantize(info.x0) };
-                        if (info.step % this.frameStride === 0 || info.step === info.steps - 1) this.frames.push(frame);
-                        this.current = { frame, shape };
-                        this.draw(frame, shape);
-                        this.el.progress.value = info.step + 1;
-                        this.setStatus(`Sampling ${n} image${n > 1 ? "s" : ""}: step ${info.step + 1} of ${info.steps} (t = ${info.timestep})…`, "running");
-                        this.showTiming(record, now - started, info.steps);
-                    },
-                    signal,
-                );
-            } catch (e) {
-                record.status = "error";
-                this.showError(this.runError(e, n, entry));
-                return null;
+            let done = 0;
+            for (const [i, row] of rows.entries()) {
+                const opts = this.options(row.settings, entry);
+                const rowStart = performance.now();
+                let last = rowStart;
+                finishRow(row, "running…");
+                let result;
+                try {
+                    result = await entry.model.sample(
+                        opts,
+                        (info) => {
+                            const now = performance.now();
+                            const ms = now - last;
+                            record.msPerStep.push(ms);
+                            last = now;
+                            record.stepsDone = done + info.step + 1;
+                            if (signal.aborted) return undefined;
+                            const frame = { step: info.step, timestep: info.timestep, xt: quantize(info.xt), x0: quantize(info.x0) };
+                            if (info.step % stride === 0 || info.step === info.steps - 1) row.frames.push(frame);
+                            drawFrame(this, row, frame);
+                            this.el.progress.value = done + info.step + 1;
+                            const text = `step ${info.step + 1} of ${info.steps} (t = ${info.timestep})`;
+                            this.el.progress.setAttribute("aria-valuetext", rows.length > 1 ? `${row.caption}: ${text}` : text);
+                            this.showTiming(record, now - started, totalSteps);
+                            this.o.onStep?.({ step: info.step + 1, of: info.steps, t: info.timestep, ms, row: i, value: row.value });
+                            return this.maybePause(row, info);
+                        },
+                        signal,
+                    );
+                } catch (e) {
+                    record.status = "error";
+                    this.showError(this.runError(e, n, entry));
+                    return null;
+                }
+                if (result.cancelled) {
+                    record.status = "cancelled";
+                    record.stepsDone = done + result.stepsDone;
+                    record.totalMs = performance.now() - started;
+                    if (this.stopRequested) this.stopped(record, row, done + result.stepsDone, totalSteps);
+                    return result;
+                }
+                row.x = result.x;
+                row.ms = performance.now() - rowStart;
+                finishRow(row, fmtMs(row.ms));
+                done += row.steps;
             }
             record.totalMs = performance.now() - started;
-            if (result.cancelled) {
-                record.status = "cancelled";
-                record.stepsDone = result.stepsDone;
-                return result;
-            }
             record.status = "done";
-            this.lastResult = { x: result.x, shape, settings: s, steps: result.stepsDone };
-            this.showTiming(record, record.totalMs, result.stepsDone, true);
-            this.setStatus(`Done: ${n} image${n > 1 ? "s" : ""} of ${this.describe(s)} in ${fmtMs(record.totalMs)}.`, "done");
-            this.el.canvas.setAttribute("aria-label", `${n} sampled image${n > 1 ? "s" : ""}: ${this.describe(s)}, ${s.sampler}, ${s.steps} steps, seed ${s.seed}`);
-            this.el.download.disabled = false;
-            this.el.scrub.disabled = this.frames.length === 0;
-            this.el.scrub.max = Math.max(0, this.frames.length - 1);
-            this.el.scrub.value = this.el.scrub.max;
-            this.updateScrubLabel();
-            this.drawForward();
+            const first = rows[0];
+            this.lastResult = { x: first.x, shape, settings: s, steps: first.steps };
+            if (rows.length > 1 || first.value != null) {
+                this.lastResult.compare = parseCompare(s.compare);
+                this.lastResult.rows = rows.map((r) => ({ value: r.value, caption: r.caption, x: r.x, steps: r.steps, ms: r.ms, settings: r.settings }));
+            }
+            this.showTiming(record, record.totalMs, totalSteps, true);
+            const how = rows.length > 1 ? `${rows.length} runs of ${what}` : what;
+            this.setStatus(`Done: ${how} of ${this.describe(s)} in ${fmtMs(record.totalMs)}.`, "done");
+            this.el.canvas.setAttribute("aria-label", `${what}: ${this.describe(s)}, ${s.sampler}, ${s.steps} steps, seed ${s.seed}`);
+            this.el.download.disabled = this.el.filmstrip.disabled = false;
+            enableScrubber(this);
+            drawForward(this);
             this.o.onResult?.(this.lastResult);
             return result;
         });
+    }
+
+    /** A Promise that holds the run after this step when a pause was asked for (the engine
+     *  awaits what the step callback returns), else undefined. */
+    maybePause(row, info) {
+        if (!this.pauseAfterStep) return undefined;
+        this.pauseAfterStep = false;
+        const where = `${this.rows.length > 1 ? `${row.caption}: ` : ""}step ${info.step + 1} of ${info.steps}`;
+        this.setStatus(`Paused at ${where}. Space or Pause resumes; Step runs one more step.`, "paused");
+        this.el.pause.textContent = "Resume";
+        // The frames so far can be replayed while paused.
+        enableScrubber(this);
+        return new Promise((resolve) => (this.gate = resolve));
+    }
+
+    /** Lets a paused run go on (or end, when it was aborted meanwhile). */
+    releaseGate() {
+        const g = this.gate;
+        this.gate = null;
+        this.el.pause.textContent = "Pause";
+        g?.();
+    }
+
+    /** Space and the Pause button: pause a run, resume a paused one, or start one. */
+    playPause() {
+        if (!this.loaded) return;
+        if (this.gate) {
+            this.releaseGate();
+            this.setStatus("Sampling, resumed…", "running");
+            this.el.scrub.disabled = true;
+        } else if (this.state === "running" || this.state === "queued") {
+            this.pauseAfterStep = true;
+        } else {
+            this.sample();
+        }
+    }
+
+    /** The Step button: one more step of a paused (or running) run, or the first step of a
+     *  new one. */
+    stepOnce() {
+        if (!this.loaded) return;
+        if (this.gate) {
+            this.pauseAfterStep = true;
+            const g = this.gate;
+            this.gate = null;
+            this.el.scrub.disabled = true;
+            g();
+        } else if (this.state === "running" || this.state === "queued") {
+            this.pauseAfterStep = true;
+        } else {
+            this.sample({ pauseAfterFirst: true });
+        }
+    }
+
+    /** The Stop button: ends the run in flight (paused or not) after its current step. */
+    stop() {
+        if (!["running", "paused", "queued"].includes(this.state)) return;
+        this.stopRequested = true;
+        this.pauseAfterStep = false;
+        this.runner.cancel();
+        this.releaseGate();
+        if (this.state === "queued") this.setStatus("Stopped before it started.", "stopped");
+    }
+
+    stopped(record, row, stepsDone, totalSteps) {
+        this.setStatus(`Stopped after ${stepsDone} of ${totalSteps} steps (${fmtMs(record.totalMs)}). The scrubber replays them; Sample starts again.`, "stopped");
+        if (row.msEl) finishRow(row, "stopped");
+        this.el.filmstrip.disabled = !this.rows.some((r) => r.frames.length);
+        enableScrubber(this);
     }
 
     /** The error a failed run shows: a lost device wins over whatever it caused; running out
@@ -636,8 +580,8 @@ export class Playground {
     }
 
     describe(s) {
-        const ci = this.classIndex();
-        return ci === "all" ? "every class" : ci === null ? "the model" : `“${this.loaded.classNames[ci]}”`;
+        const li = this.labelIndex(s.label);
+        return li === "all" ? "every label" : li === null ? "the model" : `“${this.loaded.classNames[li]}”`;
     }
 
     showTiming(record, elapsed, steps, final = false) {
@@ -646,179 +590,18 @@ export class Playground {
         const sorted = [...per].sort((a, b) => a - b);
         const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
         this.el.timing.textContent = final
-            ? `${median.toFixed(1)} ms/step (median of ${per.length}) · total ${fmtMs(elapsed)}`
-            : `${median.toFixed(1)} ms/step · ${fmtMs(elapsed)} so far of ~${fmtMs(median * steps)}`;
-    }
-
-    // -------------------------------------------------------------------------------------
-    // Drawing, scrubber, download
-
-    draw(frame, shape) {
-        const bytes = this.settings.view === "x0" ? frame.x0 : frame.xt;
-        drawGrid(this.el.canvas, bytes, shape);
-        this.shown = { frame, shape };
-    }
-
-    redraw() {
-        if (this.shown) this.draw(this.shown.frame, this.shown.shape);
-    }
-
-    showFrame(i) {
-        const f = this.frames[i];
-        if (!f || !this.lastResult) return;
-        this.draw(f, this.lastResult.shape);
-        this.updateScrubLabel();
-    }
-
-    updateScrubLabel() {
-        const f = this.frames[Number(this.el.scrub.value)];
-        if (!f) return;
-        const text = `step ${f.step + 1} of ${this.lastResult?.steps ?? "?"} (t = ${f.timestep})`;
-        this.el["scrub-out"].value = text;
-        this.el.scrub.setAttribute("aria-valuetext", text);
-    }
-
-    download() {
-        const src = this.el.canvas;
-        const scale = Math.max(1, Math.floor(512 / Math.max(src.width, src.height)));
-        const out = document.createElement("canvas");
-        out.width = src.width * scale;
-        out.height = src.height * scale;
-        const ctx = out.getContext("2d");
-        ctx.imageSmoothingEnabled = false;
-        ctx.drawImage(src, 0, 0, out.width, out.height);
-        const s = this.lastResult?.settings ?? this.settings;
-        const name = `${this.loaded?.name ?? "diffusion"}-class${s.class}-${s.sampler}${s.steps}-w${s.guidance}-seed${s.seed}.png`;
-        out.toBlob((blob) => {
-            const a = document.createElement("a");
-            a.href = URL.createObjectURL(blob);
-            a.download = name.replace(/[^\w.-]+/g, "_");
-            a.click();
-            setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
-        }, "image/png");
-    }
-
-    // -------------------------------------------------------------------------------------
-    // Forward process q(x_t | x_0)
-
-    setupForward() {
-        if (!this.controls.has("forward") || !this.loaded) return;
-        const T = this.loaded.alphas.length;
-        const t = this.el["fwd-t"];
-        t.max = T - 1;
-        if (Number(t.value) > T - 1) t.value = Math.floor((T - 1) * 0.3);
-        this.drawChart();
-        this.drawForward();
-    }
-
-    drawForward() {
-        if (!this.controls.has("forward") || !this.loaded) return;
-        const a = this.loaded.alphas;
-        const t = Math.min(a.length - 1, Number(this.el["fwd-t"].value));
-        const at = a[t];
-        const signal = Math.sqrt(at), noise = Math.sqrt(1 - at);
-        const snr = at / (1 - at);
-        const text = `t = ${t}: ᾱ = ${at.toPrecision(4)}, signal √ᾱ = ${signal.toFixed(3)}, noise √(1−ᾱ) = ${noise.toFixed(3)}, SNR = ${snr < 0.01 ? snr.toExponential(1) : snr.toPrecision(3)}`;
-        this.el["fwd-t-out"].value = `t = ${t}`;
-        this.el["fwd-t"].setAttribute("aria-valuetext", text);
-        this.el["fwd-levels"].textContent = text;
-        this.drawChart(t);
-        const r = this.lastResult;
-        this.el["fwd-t"].disabled = !r;
-        if (!r) {
-            this.el["fwd-levels"].textContent = `${text}. Sample an image to see it noised.`;
-            return;
-        }
-        const [, c, h, w] = r.shape;
-        const x0 = r.x.subarray(0, c * h * w);
-        if (!this.eps || this.eps.length !== x0.length || this.epsSeed !== r.settings.seed) {
-            const g = gaussian(r.settings.seed + 12345);
-            this.eps = Float32Array.from({ length: x0.length }, g);
-            this.epsSeed = r.settings.seed;
-        }
-        const xt = new Float32Array(x0.length);
-        for (let i = 0; i < xt.length; i++) xt[i] = signal * x0[i] + noise * this.eps[i];
-        drawGrid(this.el["fwd-x0"], quantize(x0), [1, c, h, w], 0);
-        drawGrid(this.el["fwd-xt"], quantize(xt), [1, c, h, w], 0);
-    }
-
-    drawChart(tMark) {
-        const cv = this.el["fwd-chart"];
-        const ctx = cv.getContext("2d");
-        const a = this.loaded.alphas;
-        const W = cv.width, H = cv.height, pad = 6;
-        ctx.clearRect(0, 0, W, H);
-        ctx.lineWidth = 2;
-        for (const [f, color] of [
-            [(x) => Math.sqrt(x), "#2f81f7"],
-            [(x) => Math.sqrt(1 - x), "#e5534b"],
-        ]) {
-            ctx.strokeStyle = color;
-            ctx.beginPath();
-            for (let i = 0; i < W - 2 * pad; i++) {
-                const t = Math.round((i / (W - 2 * pad - 1)) * (a.length - 1));
-                const y = H - pad - f(a[t]) * (H - 2 * pad);
-                i ? ctx.lineTo(pad + i, y) : ctx.moveTo(pad + i, y);
-            }
-            ctx.stroke();
-        }
-        if (tMark !== undefined) {
-            const x = pad + (tMark / (a.length - 1)) * (W - 2 * pad - 1);
-            ctx.strokeStyle = "#888";
-            ctx.lineWidth = 1;
-            ctx.beginPath();
-            ctx.moveTo(x, 0);
-            ctx.lineTo(x, H);
-            ctx.stroke();
-        }
+            ? `${fmtMs(median)} per step (median of ${per.length}) · total ${fmtMs(elapsed)}`
+            : `step ${per.length} of ${steps} · ${fmtMs(median)} per step · ${fmtMs(elapsed)} so far of ~${fmtMs(median * steps)}`;
     }
 
     destroy() {
         clearTimeout(this.debounce);
         this.runner.cancel();
+        this.releaseGate();
         this.loading?.abort();
         this.releaseModel();
         this.unsubscribeGpu();
     }
-}
-
-function fmtMs(ms) {
-    return ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`;
-}
-
-function esc(s) {
-    return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-/** Reads settings from a query string or attribute map (strings), validating each. */
-export function parseSettings(get) {
-    const out = {};
-    const num = (key, lo, hi, int) => {
-        const v = get(key);
-        if (v == null || v === "") return;
-        const n = Number(v);
-        if (Number.isFinite(n)) out[key] = Math.min(hi, Math.max(lo, int ? Math.round(n) : n));
-    };
-    const model = get("model");
-    if (model) out.model = model;
-    const cls = get("class");
-    if (cls != null && cls !== "") out.class = cls;
-    num("steps", 1, 1000, true);
-    num("guidance", 0, 10, false);
-    num("eta", 0, 1, false);
-    num("seed", 0, 4294967295, true);
-    num("grid", 1, 64, true);
-    const sampler = get("sampler");
-    if (SAMPLERS.some(([v]) => v === sampler)) out.sampler = sampler;
-    const clip = get("clip");
-    if (CLIP_MODES.some(([v]) => v === clip)) out.clip = clip;
-    const backend = get("backend");
-    if (BACKENDS.includes(backend)) out.backend = backend;
-    const view = get("view");
-    if (view === "xt" || view === "x0") out.view = view;
-    const autoplay = get("autoplay");
-    if (autoplay != null) out.autoplay = !/^(0|false|no|off)$/i.test(autoplay);
-    return out;
 }
 
 export { gridGeometry };

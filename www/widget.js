@@ -1,7 +1,7 @@
 // <diffusion-playground>: the playground as an embeddable custom element.
 //
 //   <script type="module" src="https://example.org/playground/widget.js"></script>
-//   <diffusion-playground model="digits" class="7" steps="20" guidance="2" sampler="ddim"
+//   <diffusion-playground model="digits" label="7" steps="20" guidance="2" sampler="ddim"
 //       seed="1" grid="4" controls="steps,guidance,seed" autoplay></diffusion-playground>
 //
 // Attributes (all optional; README.md "The widget" documents them):
@@ -10,7 +10,9 @@
 //   model     a shipped model name (fashion, digits: next to this script) or the URL of a
 //             model folder (config.json, diffusion_pytorch_model.safetensors, manifest.json,
 //             scheduler_config.json), resolved against the page; default fashion
-//   class     class index or class name (case-insensitive), or "all" (one class per image)
+//   label     the diffusion class: index or name (case-insensitive), or "all" (one label per
+//             image). HTML's `class` attribute is only a CSS class here: it never changes
+//             the label and never re-samples.
 //   steps     1..1000 (default 20)      guidance  0..10 (default 2)
 //   sampler   ddim | ddpm | dpmpp2m | euler_a (default ddim)      eta  DDIM's eta, 0..1
 //   clip      auto | on | off: clamp x0_hat in DDPM/DDIM (default auto: on for DDPM, the
@@ -18,26 +20,35 @@
 //   seed      integer (default 1)
 //   grid      the NUMBER of images, 1..64 (1, 4, 16, 64 make square grids; default 4)
 //   view      xt | x0: what the live preview shows (default xt)
-//   controls  which controls to show: "all", "none", or a list of model, backend, class, steps,
-//             guidance, sampler, eta, clip, seed, grid, view, scrubber, download, forward, run
-//             (default "class steps guidance sampler seed view run")
-//   autoplay  present (or "true"): sample as soon as the model is loaded; absent or
-//             "false": wait for the Sample button
+//   compare   key:v1,v2,… (sampler, guidance, steps, eta, clip, spacing, variance, label):
+//             one row per value, all from the seed's x_T, one shared scrubber
+//   controls  which controls to show: "all", "none", or a list of model, backend, label,
+//             steps, guidance, sampler, eta, clip, seed, grid, view, compare, scrubber,
+//             download, forward, run (default "label steps guidance sampler seed view run")
+//   autoplay  present (or "true"): sample once the model is loaded; "eager": also load at
+//             once instead of when the widget nears the viewport; absent or "false": wait
+//             for the Sample button
+//
+// Nothing is downloaded until the widget comes within about a screen of the viewport
+// (IntersectionObserver), unless autoplay="eager". Space (with the focus in the widget)
+// plays or pauses; the run row has Sample, Pause, Step and Stop.
 //
 // Every widget on a page shares one GPU device and engine, one loaded copy of each model,
-// and takes turns on the GPU (engine.js's queue). Properties: `lastResult` ({x, shape,
-// settings}); the element's `data-state` attribute mirrors its status (loading, ready,
-// queued, running, done, error); events `dp-result` and `dp-error` bubble out (`dp-error`'s
-// detail: {message, kind, field, tensor, status, url, worker}, kind from engine.js
-// ERROR_KINDS). After a GPU device loss the widget restarts the GPU by itself. A widget
-// removed from the page stops its load and lets go of its model, which is freed when no
-// other view holds it.
+// and takes turns on the GPU (engine.js's queue; a paused run keeps its turn). Properties:
+// `lastResult` ({x, shape, settings, rows?}); the element's `data-state` attribute mirrors
+// its status (idle, loading, ready, queued, running, paused, stopped, done, error); events
+// `dp-step` ({step, of, t, ms, row, value}: after every denoising step), `dp-result` and
+// `dp-error` bubble out (`dp-error`'s detail: {message, kind, field, tensor, status, url,
+// worker}, kind from engine.js ERROR_KINDS). After a GPU device loss the widget restarts
+// the GPU by itself. A widget removed from the page stops its load and lets go of its
+// model, which is freed when no other view holds it. Theming: README.md "Theming".
 
-import { DEFAULTS, Playground, SETTING_KEYS, parseControls, parseSettings } from "./playground.js";
+import { DEFAULTS, Playground, SETTING_KEYS, WIDGET_CONTROLS, parseControls, parseSettings } from "./playground.js";
 
 const CSS_URL = new URL("./playground.css", import.meta.url).href;
-const DEFAULT_CONTROLS = ["class", "steps", "guidance", "sampler", "seed", "view", "run"];
 const ATTRIBUTES = [...SETTING_KEYS, "controls", "autoplay"];
+/** How far outside the viewport a widget starts loading: about one screen. */
+const NEAR = "100% 0px 100% 0px";
 
 export class DiffusionPlayground extends HTMLElement {
     static observedAttributes = ATTRIBUTES;
@@ -49,10 +60,11 @@ export class DiffusionPlayground extends HTMLElement {
         const host = document.createElement("div");
         root.append(host);
         const settings = { ...DEFAULTS, grid: 4, ...this.readSettings() };
+        const emit = (type, detail) => this.dispatchEvent(new CustomEvent(type, { bubbles: true, detail }));
         this.pg = new Playground(host, {
             settings,
             compact: true,
-            controls: parseControls(this.getAttribute("controls"), DEFAULT_CONTROLS),
+            controls: parseControls(this.getAttribute("controls"), WIDGET_CONTROLS),
             base: document.baseURI,
             // A widget has no one watching it to press "Restart the GPU".
             autoRestart: true,
@@ -60,12 +72,31 @@ export class DiffusionPlayground extends HTMLElement {
                 this.dataset.state = state;
                 if (state === "error") {
                     const { kind, field, tensor, status, url, worker } = error ?? {};
-                    this.dispatchEvent(new CustomEvent("dp-error", { bubbles: true, detail: { message: text, kind, field, tensor, status, url, worker } }));
+                    emit("dp-error", { message: text, kind, field, tensor, status, url, worker });
                 }
             },
-            onResult: (r) => this.dispatchEvent(new CustomEvent("dp-result", { bubbles: true, detail: r })),
+            onStep: (d) => emit("dp-step", d),
+            onResult: (r) => emit("dp-result", r),
         });
-        this.pg.start();
+        if (this.eager() || typeof IntersectionObserver === "undefined") {
+            this.pg.start();
+            return;
+        }
+        this.pg.setStatus("The model loads when this comes into view.", "idle");
+        this.observer = new IntersectionObserver(
+            (entries) => {
+                if (!entries.some((e) => e.isIntersecting) || !this.pg) return;
+                this.observer.disconnect();
+                this.observer = null;
+                this.pg.start();
+            },
+            { rootMargin: NEAR },
+        );
+        this.observer.observe(this);
+    }
+
+    eager() {
+        return /^eager$/i.test(this.getAttribute("autoplay") ?? "");
     }
 
     readSettings() {
@@ -81,15 +112,30 @@ export class DiffusionPlayground extends HTMLElement {
         const s = this.readSettings();
         if (name === "autoplay") {
             this.pg.settings.autoplay = s.autoplay;
+            if (this.eager() && this.observer) {
+                this.observer.disconnect();
+                this.observer = null;
+                this.pg.start();
+            }
             return;
         }
-        if (s[name] !== undefined) this.pg.set(name, s[name]);
+        const v = s[name] ?? (name === "compare" ? "" : undefined);
+        if (v === undefined) return;
+        // Before the widget has come into view there is no model: just remember the value.
+        if (this.observer) {
+            this.pg.settings[name] = v;
+            this.pg.syncControls();
+            return;
+        }
+        this.pg.set(name, v);
     }
 
     disconnectedCallback() {
         // A widget moved in the DOM is reconnected at once; only a removed one stops.
         queueMicrotask(() => {
             if (!this.isConnected && this.pg) {
+                this.observer?.disconnect();
+                this.observer = null;
                 this.pg.destroy();
                 this.pg = null;
                 this.shadowRoot.replaceChildren();
@@ -104,6 +150,21 @@ export class DiffusionPlayground extends HTMLElement {
     /** Samples now with the current settings; resolves when the run ends. */
     sample() {
         return this.pg?.sample();
+    }
+
+    /** Pauses a run, resumes a paused one, or starts one (the Space key). */
+    playPause() {
+        this.pg?.playPause();
+    }
+
+    /** Runs one denoising step, then pauses. */
+    step() {
+        this.pg?.stepOnce();
+    }
+
+    /** Stops the run in flight. */
+    stop() {
+        this.pg?.stop();
     }
 }
 

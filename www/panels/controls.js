@@ -1,0 +1,196 @@
+// The settings form: model, engine, label, steps, guidance, sampler, eta, clip, seed, grid,
+// compare, and the Sample / Pause / Step / Stop row.
+
+import { BACKENDS } from "../engine.js";
+import { CLIP_MODES, GRID_SIZES, SAMPLERS, SHIPPED_MODELS, esc, usesClip, usesEta } from "../settings.js";
+
+/** Where sampling runs: auto picks WebGPU on a hardware GPU, else the CPU engine. */
+const BACKEND_LABELS = {
+    auto: "Auto (GPU if there is one)",
+    webgpu: "WebGPU (GPU)",
+    cpu: "CPU (Web Workers)",
+};
+
+export const CONTROL_IDS = [
+    "model", "backend", "label", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
+    "seed", "randomise", "grid", "compare", "run", "pause", "step", "stop",
+];
+
+export function controlsHtml(pg) {
+    const c = pg.controls;
+    const hide = (name) => (c.has(name) ? "" : " hidden");
+    const models = pg.o.models ?? SHIPPED_MODELS;
+    return `
+<form class="dp-controls" novalidate aria-label="Sampling settings">
+  <div class="dp-field"${hide("model")}>
+    <label for="model">Model</label>
+    <select id="model" name="model">${models.map(([v, l]) => `<option value="${esc(v)}">${esc(l)}</option>`).join("")}</select>
+  </div>
+  <div class="dp-field"${hide("backend")}>
+    <label for="backend">Engine</label>
+    <select id="backend" name="backend" aria-describedby="backend-help">${BACKENDS.map((v) => `<option value="${v}">${BACKEND_LABELS[v]}</option>`).join("")}</select>
+    <small id="backend-help" class="dp-help">where the images are computed</small>
+  </div>
+  <div class="dp-field"${hide("label")}>
+    <label for="label">Label</label>
+    <select id="label" name="label" disabled><option>loading…</option></select>
+  </div>
+  <div class="dp-field dp-range"${hide("steps")}>
+    <label for="steps">Steps</label>
+    <input type="range" id="steps" name="steps" min="1" max="1000" step="1" aria-describedby="steps-help">
+    <input type="number" id="steps-num" min="1" max="1000" step="1" aria-label="Steps (number)" inputmode="numeric">
+    <small id="steps-help" class="dp-help">denoising steps, 1 to 1000</small>
+  </div>
+  <div class="dp-field dp-range"${hide("guidance")}>
+    <label for="guidance">Guidance</label>
+    <input type="range" id="guidance" name="guidance" min="0" max="10" step="0.1" aria-describedby="guidance-help">
+    <output id="guidance-out" for="guidance"></output>
+    <small id="guidance-help" class="dp-help">classifier-free guidance w: 0 ignores the label, 1 is plain conditional</small>
+  </div>
+  <div class="dp-field"${hide("sampler")}>
+    <label for="sampler">Sampler</label>
+    <select id="sampler" name="sampler">${SAMPLERS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
+  </div>
+  <div class="dp-field dp-range" id="eta-field"${hide("eta")}>
+    <label for="eta">DDIM η</label>
+    <input type="range" id="eta" name="eta" min="0" max="1" step="0.05" aria-describedby="eta-help">
+    <output id="eta-out" for="eta"></output>
+    <small id="eta-help" class="dp-help">0 is deterministic, 1 adds DDPM-like noise</small>
+  </div>
+  <div class="dp-field" id="clip-field"${hide("clip")}>
+    <label for="clip">Clip x̂₀</label>
+    <select id="clip" name="clip" aria-describedby="clip-help">${CLIP_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
+    <small id="clip-help" class="dp-help">DDPM and DDIM: clamp the predicted image before each step</small>
+  </div>
+  <div class="dp-field"${hide("seed")}>
+    <label for="seed">Seed</label>
+    <span class="dp-row">
+      <input type="number" id="seed" name="seed" min="0" max="4294967295" step="1" inputmode="numeric">
+      <button type="button" id="randomise" aria-label="Random seed" title="Pick a random seed">Random</button>
+    </span>
+  </div>
+  <div class="dp-field"${hide("grid")}>
+    <label for="grid">Images</label>
+    <select id="grid" name="grid">${GRID_SIZES.map((n) => `<option value="${n}">${n === 1 ? "1" : `${n} (${Math.sqrt(n)}×${Math.sqrt(n)})`}</option>`).join("")}</select>
+  </div>
+  <div class="dp-field"${hide("compare")}>
+    <label for="compare">Compare</label>
+    <input type="text" id="compare" name="compare" spellcheck="false" autocomplete="off" placeholder="e.g. guidance:0,2,4" aria-describedby="compare-help">
+    <small id="compare-help" class="dp-help">one row per value, all from the same starting noise: sampler:ddim,ddpm · guidance:0,2,4 · steps:1,5,20 · eta:0,1 · spacing:leading,trailing · label:0,1,2. Empty: one run.</small>
+  </div>
+  <div class="dp-buttons"${hide("run")}>
+    <button type="submit" id="run" disabled>Sample</button>
+    <button type="button" id="pause" disabled aria-keyshortcuts="Space" title="Pause or resume (Space)">Pause</button>
+    <button type="button" id="step" disabled title="Run one denoising step, then pause">Step</button>
+    <button type="button" id="stop" disabled title="Stop this run">Stop</button>
+  </div>
+</form>`;
+}
+
+/** Puts `pg.settings` into the controls. */
+export function writeControls(pg) {
+    const s = pg.settings, e = pg.el;
+    if (![...e.model.options].some((o) => o.value === s.model)) {
+        e.model.append(new Option(s.model.length > 40 ? `…${s.model.slice(-38)}` : s.model, s.model));
+    }
+    e.model.value = s.model;
+    e.backend.value = s.backend;
+    e.steps.value = e["steps-num"].value = s.steps;
+    e.guidance.value = s.guidance;
+    e["guidance-out"].value = Number(s.guidance).toFixed(1);
+    e.sampler.value = s.sampler;
+    e.eta.value = s.eta;
+    e["eta-out"].value = Number(s.eta).toFixed(2);
+    e.clip.value = s.clip;
+    showSamplerOptions(pg, s.sampler);
+    e.seed.value = s.seed;
+    if (![...e.grid.options].some((o) => Number(o.value) === s.grid)) e.grid.append(new Option(String(s.grid), s.grid));
+    e.grid.value = String(s.grid);
+    e.compare.value = s.compare ?? "";
+    for (const r of e.views) r.checked = r.value === s.view;
+    if (pg.loaded) fillLabels(pg);
+}
+
+/** Greys out the options the sampler ignores (eta: DDIM only; clip: DDPM and DDIM). */
+export function showSamplerOptions(pg, sampler) {
+    const e = pg.el;
+    e["eta-field"].classList.toggle("dp-off", !usesEta(sampler));
+    e.eta.disabled = !usesEta(sampler);
+    e["clip-field"].classList.toggle("dp-off", !usesClip(sampler));
+    e.clip.disabled = !usesClip(sampler);
+}
+
+export function fillLabels(pg) {
+    const names = pg.loaded.classNames;
+    const sel = pg.el.label;
+    const opts = names.map((n, i) => new Option(`${n}`, String(i)));
+    if (names.length > 1) opts.push(new Option("All labels (one per image)", "all"));
+    if (names.length === 0) opts.push(new Option("(unconditional model)", ""));
+    sel.replaceChildren(...opts);
+    sel.value = String(pg.labelIndex() ?? "all");
+    if (sel.value === "" && names.length) sel.value = "0";
+}
+
+export function wireControls(pg) {
+    const e = pg.el;
+    const changed = (key, value, { now = false } = {}) => {
+        pg.settings[key] = value;
+        pg.o.onChange?.(pg.settings);
+        now ? pg.sample() : pg.scheduleSample();
+    };
+    e.form.addEventListener("submit", (ev) => {
+        ev.preventDefault();
+        // Enter in the compare box submits before (or without) its change event.
+        if (e.compare.value.trim() !== (pg.settings.compare ?? "")) {
+            pg.settings.compare = e.compare.value.trim();
+            pg.o.onChange?.(pg.settings);
+        }
+        pg.sample();
+    });
+    e.model.addEventListener("change", () => {
+        pg.settings.model = e.model.value;
+        pg.o.onChange?.(pg.settings);
+        pg.load();
+    });
+    e.backend.addEventListener("change", () => {
+        pg.settings.backend = e.backend.value;
+        pg.o.onChange?.(pg.settings);
+        pg.start();
+    });
+    e.label.addEventListener("change", () => changed("label", e.label.value));
+    const setSteps = (v) => {
+        const n = Math.min(1000, Math.max(1, Math.round(Number(v)) || 1));
+        e.steps.value = e["steps-num"].value = n;
+        changed("steps", n);
+    };
+    e.steps.addEventListener("input", () => setSteps(e.steps.value));
+    e["steps-num"].addEventListener("change", () => setSteps(e["steps-num"].value));
+    e.guidance.addEventListener("input", () => {
+        e["guidance-out"].value = Number(e.guidance.value).toFixed(1);
+        changed("guidance", Number(e.guidance.value));
+    });
+    e.sampler.addEventListener("change", () => {
+        showSamplerOptions(pg, e.sampler.value);
+        changed("sampler", e.sampler.value);
+    });
+    e.clip.addEventListener("change", () => changed("clip", e.clip.value));
+    e.eta.addEventListener("input", () => {
+        e["eta-out"].value = Number(e.eta.value).toFixed(2);
+        changed("eta", Number(e.eta.value));
+    });
+    e.seed.addEventListener("change", () => {
+        const v = Math.min(4294967295, Math.max(0, Math.floor(Number(e.seed.value)) || 0));
+        e.seed.value = v;
+        changed("seed", v);
+    });
+    e.randomise.addEventListener("click", () => {
+        const v = crypto.getRandomValues(new Uint32Array(1))[0];
+        e.seed.value = v;
+        changed("seed", v, { now: true });
+    });
+    e.grid.addEventListener("change", () => changed("grid", Number(e.grid.value)));
+    e.compare.addEventListener("change", () => changed("compare", e.compare.value.trim(), { now: true }));
+    e.pause.addEventListener("click", () => pg.playPause());
+    e.step.addEventListener("click", () => pg.stepOnce());
+    e.stop.addEventListener("click", () => pg.stop());
+}
