@@ -65,7 +65,8 @@ export class Playground {
      * @param {HTMLElement} host where the view is built (a div in the page or a shadow root's)
      * @param {object} o settings (see DEFAULTS) plus `controls` (a Set), `models` (the model
      *   picker's [value, label] list), `compact` (widget layout: the output above the form),
-     *   `share` (the page's share panel), `autoRestart` (restart the GPU by itself after a
+     *   `share` (the page's share panel; `shareControls`: the controls it ticks at first),
+     *   `autoRestart` (restart the GPU by itself after a
      *   device loss instead of offering a button), `onState(state, text, error)`,
      *   `onResult(result)`, `onStep({step, of, t, ms, row, value})`, `onChange(settings)`.
      */

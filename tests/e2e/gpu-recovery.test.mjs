@@ -11,7 +11,7 @@ import { waitForState } from "./playground-helpers.mjs";
 
 // One step, guidance 1 (one U-Net pass per image): SwiftShader compiles the pipelines once
 // per device, most of a minute on a loaded machine, then runs a pass in about a second.
-const PAGE = "model=digits&backend=webgpu&class=3&grid=1&steps=1&guidance=1&seed=2";
+const PAGE = "model=digits&backend=webgpu&label=3&grid=1&steps=1&guidance=1&seed=2";
 const WIDGETS = [
     { seed: "3", grid: "2" }, // two images: a new allocation after the page's one-image runs
     { seed: "4", grid: "1" },
@@ -23,7 +23,7 @@ function addWidgets(page) {
         await import("./widget.js");
         for (const w of widgets) {
             const el = document.createElement("diffusion-playground");
-            const attrs = { backend: "webgpu", model: "digits", class: "5", steps: "1", guidance: "1", autoplay: "", ...w };
+            const attrs = { backend: "webgpu", model: "digits", label: "5", steps: "1", guidance: "1", autoplay: "", ...w };
             for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
             el.results = 0;
             el.errors = [];

@@ -21,7 +21,7 @@ test("no WebGPU adapter: auto samples on CPU workers, says why, equals the CLI, 
     t.diagnostic(`native: ${native.log.replace(/\n/g, " | ")}`);
 
     await withPage(t, { webgpu: false }, async ({ page, url, pageErrors, consoleErrors }) => {
-        await page.goto(`${url}?model=fashion&class=7&grid=4&steps=20&guidance=2&seed=5&sampler=ddim`);
+        await page.goto(`${url}?model=fashion&label=7&grid=4&steps=20&guidance=2&seed=5&sampler=ddim`);
         const done = await waitForState(page, "done", { timeout: 120_000 });
         assert.equal(done.state, "done", done.text);
         t.diagnostic(`${done.text} · ${await page.textContent("#timing")}`);
@@ -100,13 +100,18 @@ test("no navigator.gpu: the page and blog.html sample on the CPU with no action 
         delete Navigator.prototype.gpu;
     };
     await withPage(t, { webgpu: false, initScript }, async ({ page, url, pageErrors }) => {
-        await page.goto(`${url}?model=digits&class=3&grid=1&steps=5`);
+        await page.goto(`${url}?model=digits&label=3&grid=1&steps=5`);
         const done = await waitForState(page, "done", { timeout: 90_000 });
         assert.equal(done.state, "done", done.text);
         assert.equal(await page.evaluate(() => "gpu" in navigator), false);
         assert.match(await page.textContent("#engine"), /^This browser has no WebGPU: sampling on \d+ CPU threads?\.$/);
 
         await page.goto(new URL("examples/blog.html", url).href);
+        // The widgets load when scrolled near: bring each into view.
+        for (const i of [0, 1]) {
+            await page.$$eval("diffusion-playground", (els, i) => els[i].scrollIntoView(), i);
+            await page.waitForFunction((i) => document.querySelectorAll("diffusion-playground")[i].dataset.state !== "idle", i, { timeout: 10_000 });
+        }
         await page.waitForFunction(
             () => {
                 const els = [...document.querySelectorAll("diffusion-playground")];

@@ -25,7 +25,7 @@ test("page samples a fixed seed like the native CLI, any grid size; download, fo
 
     await withPage(t, {}, async ({ page, url, pageErrors, consoleErrors }) => {
         const started = Date.now();
-        await page.goto(`${url}?model=fashion&class=7&grid=1&steps=3&guidance=2&seed=5&sampler=ddim`);
+        await page.goto(`${url}?model=fashion&label=7&grid=1&steps=3&guidance=2&seed=5&sampler=ddim`);
         const done = await waitForState(page, "done");
         assert.equal(done.state, "done", done.text);
         t.diagnostic(`1 image, 3 steps: ${done.text} (${Date.now() - started} ms wall incl. engine start and model load)`);
@@ -40,8 +40,8 @@ test("page samples a fixed seed like the native CLI, any grid size; download, fo
         const spread = Math.max(...x) - Math.min(...x);
         assert.ok(spread > 0.5, `the image is flat (range ${spread})`);
 
-        // The canvas shows it, the scrubber holds every step, the class list is the manifest's.
-        assert.equal(await page.$eval("#class option:checked", (o) => o.textContent), "Sneaker");
+        // The canvas shows it, the scrubber holds every step, the label list is the manifest's.
+        assert.equal(await page.$eval("#label option:checked", (o) => o.textContent), "Sneaker");
         assert.equal(await page.$eval("#scrub", (s) => [s.disabled, s.max].join()), "false,2");
         const px = await page.$eval("#canvas", (c) => [c.width, c.height]);
         assert.deepEqual(px, [32, 32]);
@@ -58,7 +58,7 @@ test("page samples a fixed seed like the native CLI, any grid size; download, fo
             return Buffer.concat(chunks);
         });
         assert.deepEqual([...png.subarray(1, 4)], [0x50, 0x4e, 0x47], "PNG magic");
-        assert.match(download.suggestedFilename(), /^fashion-class7-ddim3-w2-seed5\.png$/);
+        assert.match(download.suggestedFilename(), /^fashion-label7-ddim3-w2-seed5\.png$/);
 
         // Forward process: t = 999 is almost pure noise, t = 0 almost the image.
         await page.locator("#fwd-t").fill("999");
@@ -90,7 +90,7 @@ test("page samples a fixed seed like the native CLI, any grid size; download, fo
         await screenshot(page, "playground-3-grid4");
 
         // Second visit: the weights come from the Cache API.
-        await page.goto(`${url}?model=fashion&class=7&grid=1&steps=3&autoplay=0`);
+        await page.goto(`${url}?model=fashion&label=7&grid=1&steps=3&autoplay=0`);
         const ready = await waitForState(page, "ready", { timeout: 60_000 });
         assert.match(ready.text, /from the browser cache/, ready.text);
         assert.equal(await page.evaluate(() => window.__playground.loaded.source), "cache");
@@ -112,7 +112,7 @@ test("DDPM clips x0_hat by default (clip=auto) like the CLI's --clip-sample on; 
     assert.ok(effect > 0.05, `clipping changed nothing (${effect})`);
 
     await withPage(t, {}, async ({ page, url, pageErrors }) => {
-        await page.goto(`${url}?model=fashion&class=7&grid=1&steps=3&guidance=2&seed=5&sampler=ddpm`);
+        await page.goto(`${url}?model=fashion&label=7&grid=1&steps=3&guidance=2&seed=5&sampler=ddpm`);
         const done = await waitForState(page, "done");
         assert.equal(done.state, "done", done.text);
         assert.equal(await page.$eval("#clip", (c) => [c.value, c.disabled].join()), "auto,false");
@@ -139,7 +139,7 @@ test("DDPM clips x0_hat by default (clip=auto) like the CLI's --clip-sample on; 
 
 test("moving a slider mid-run cancels it and re-samples; device loss is shown and the GPU restarts", { timeout: 480_000 }, async (t) => {
     await withPage(t, {}, async ({ page, url, pageErrors }) => {
-        await page.goto(`${url}?model=digits&class=3&grid=1&steps=40&guidance=2&seed=2`);
+        await page.goto(`${url}?model=digits&label=3&grid=1&steps=40&guidance=2&seed=2`);
         await page.waitForFunction(() => window.__playground.runs[0]?.stepsDone >= 2, null, { timeout: 120_000 });
         await screenshot(page, "playground-4-mid-run");
         const moved = Date.now();
@@ -197,7 +197,7 @@ test("moving a slider mid-run cancels it and re-samples; device loss is shown an
 
 test("phone-sized viewport: no horizontal scrolling, controls labelled", { timeout: 120_000 }, async (t) => {
     await withPage(t, { viewport: { width: 375, height: 740 } }, async ({ page, url }) => {
-        await page.goto(`${url}?model=digits&class=1&grid=1&steps=1&autoplay=0`);
+        await page.goto(`${url}?model=digits&label=1&grid=1&steps=1&autoplay=0`);
         await waitForState(page, "ready", { timeout: 60_000 });
         const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
         assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
@@ -212,5 +212,98 @@ test("phone-sized viewport: no horizontal scrolling, controls labelled", { timeo
         await page.keyboard.press("Tab");
         await screenshot(page, "playground-6-phone");
         t.diagnostic("ok");
+    });
+});
+
+// Issue 14's page side: compare rows with a shared scrubber, `controls` in the URL, the
+// share panel's link and embed code (the tag samples the same rows when pasted into another
+// page), a status line that announces start and end only, formatted times, Tab order that
+// follows the narrow layout, and the kernel check out of the footer's main line.
+test("page: compare and controls in the URL, copy link / embed code, quiet status, narrow focus order", { timeout: 300_000 }, async (t) => {
+    const initScript = () => {
+        window.__statusTexts = [];
+        new MutationObserver(() => {
+            const s = document.getElementById("status");
+            if (s) window.__statusTexts.push(s.textContent);
+        }).observe(document, { subtree: true, childList: true, characterData: true });
+    };
+    await withPage(t, { viewport: { width: 375, height: 740 }, initScript }, async ({ page, url, pageErrors, consoleErrors }) => {
+        const controls = "label,steps,compare,scrubber,download,run";
+        await page.goto(`${url}?model=digits&label=3&grid=1&steps=3&guidance=2&seed=4&compare=guidance:0,2&controls=${controls}`);
+        const done = await waitForState(page, "done", { timeout: 120_000 });
+        t.diagnostic(`${done.text} · ${await page.textContent("#timing")}`);
+        assert.match(done.text, /^Done: 2 runs of 1 image of “3” in \d+(\.\d)? (ms|s)\.$/);
+        assert.match(await page.textContent("#timing"), /^\d+(\.\d)? (ms|s) per step \(median of 6\) · total \d+(\.\d)? (ms|s)$/);
+        // Only the controls the URL names are shown.
+        const visible = await page.$$eval("form input, form select", (els) => els.filter((x) => x.offsetParent !== null).map((x) => x.id));
+        assert.deepEqual(visible.sort(), ["compare", "label", "steps", "steps-num"]);
+        // The live region said when the run started and ended, not every step.
+        const said = await page.evaluate(() => window.__statusTexts.filter((x, i, a) => x !== a[i - 1]));
+        t.diagnostic(`status texts: ${JSON.stringify(said)}`);
+        assert.ok(!said.some((x) => /step \d+ of/.test(x)), "a step was announced");
+        assert.ok(said.some((x) => /^Sampling 1 image for each of 2 runs \(guidance 0, guidance 2\)/.test(x)));
+        // The shared scrubber moves every row by fraction of its run.
+        assert.equal(await page.$eval("#scrub", (s) => s.max), "100");
+        await page.locator("#scrub").fill("0");
+        const caps = await page.$$eval(".dp-cmp-row figcaption", (f) => f.map((x) => x.textContent.trim()));
+        assert.equal(caps.length, 2);
+        for (const c of caps) assert.match(c, /step 1 of 3/, c);
+
+        // Copy link and Copy embed code (the panel ticks the controls the page's link names).
+        await page.context().grantPermissions(["clipboard-read", "clipboard-write"]);
+        await page.click(".dp-share summary");
+        await page.click("#copy-link");
+        await page.waitForFunction(() => /copied|selected/.test(document.getElementById("share-note").textContent));
+        const link = await page.$eval("#embed-code", (x) => x.value);
+        t.diagnostic(`link: ${link}`);
+        const q = new URL(link).searchParams;
+        assert.deepEqual([q.get("model"), q.get("label"), q.get("steps"), q.get("compare"), q.get("controls")], ["digits", "3", "3", "guidance:0,2", controls]);
+        await page.click("#copy-embed");
+        const code = await page.$eval("#embed-code", (x) => x.value);
+        t.diagnostic(`embed code: ${code}`);
+        assert.match(code, /^<script type="module" src="http:\/\/127\.0\.0\.1:\d+\/widget\.js"><\/script>\n<diffusion-playground model="digits" label="3" steps="3" seed="4" grid="1" compare="guidance:0,2" controls="label,steps,compare,scrubber,download,run" autoplay><\/diffusion-playground>$/);
+        const clip = await page.evaluate(() => navigator.clipboard.readText().catch(() => null));
+        if (clip !== null) assert.equal(clip, code);
+
+        // Tab order follows what is seen in this one-column layout: top to bottom.
+        await page.evaluate(() => window.scrollTo(0, 0));
+        await page.click("header h1"); // Tab starts from here
+        const order = [];
+        for (let i = 0; i < 30; i++) {
+            await page.keyboard.press("Tab");
+            const at = await page.evaluate(() => {
+                const e = document.activeElement;
+                if (!e || e === document.body || !e.closest("#playground")) return null;
+                const r = e.getBoundingClientRect();
+                return { id: e.id || e.tagName, y: r.top + scrollY, bottom: r.bottom + scrollY, x: r.left };
+            });
+            if (at) order.push(at);
+        }
+        t.diagnostic(`tab order: ${order.map((o) => `${o.id}@${Math.round(o.y)}`).join(" ")}`);
+        assert.ok(order.length >= 8, "few focusable controls reached");
+        for (let i = 1; i < order.length; i++) {
+            const [a, b] = [order[i - 1], order[i]];
+            // Further down, or on the same line (the boxes overlap vertically) further right.
+            const sameLine = b.y < a.bottom && b.bottom > a.y;
+            assert.ok(b.y >= a.bottom - 4 || (sameLine && b.x >= a.x), `Tab went back from ${a.id} (${a.y}) to ${b.id} (${b.y})`);
+        }
+        // The kernel check is a developers' link, out of the footer's main line.
+        assert.equal(await page.$$eval("footer > p a[href='selftest.html']", (a) => a.length), 0);
+        assert.equal(await page.$$eval("footer details a[href='selftest.html']", (a) => a.length), 1);
+        // The model cards are linked from the header.
+        assert.deepEqual(await page.$$eval("header a", (a) => a.map((x) => x.getAttribute("href"))), ["models/fashion/README.md", "models/digits/README.md"]);
+
+        // The embed code pasted into another page samples the same rows.
+        const first = await page.evaluate(() => window.__playground.lastResult.rows.map((r) => Array.from(r.x)));
+        await page.goto(new URL("examples/blog.html", url).href); // any page of the site, for its origin
+        await page.evaluate((code) => {
+            document.body.innerHTML = code.replace(/<script[^>]*><\/script>\n/, "");
+            import(new URL("../widget.js", location.href).href);
+        }, code);
+        await page.waitForFunction(() => document.querySelector("diffusion-playground")?.dataset.state === "done", null, { timeout: 120_000 });
+        const again = await page.$eval("diffusion-playground", (e) => e.lastResult.rows.map((r) => Array.from(r.x)));
+        assert.deepEqual(again, first, "the embed code drew other rows");
+        assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+        assert.deepEqual(consoleErrors, [], "console errors");
     });
 });

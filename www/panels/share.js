@@ -7,8 +7,10 @@ export const SHARE_IDS = ["share-controls", "copy-link", "copy-embed", "embed-co
 
 export function shareHtml(pg) {
     if (!pg.o.share) return "";
+    // Ticked at first: the controls the page's own link names, else the widget's default.
+    const ticked = pg.o.shareControls ?? WIDGET_CONTROLS;
     const boxes = ALL_CONTROLS.map(
-        (c) => `<label><input type="checkbox" value="${c}"${WIDGET_CONTROLS.includes(c) ? " checked" : ""}> ${c}</label>`,
+        (c) => `<label><input type="checkbox" value="${c}"${ticked.includes(c) ? " checked" : ""}> ${c}</label>`,
     ).join("");
     return `
 <details class="dp-share">
