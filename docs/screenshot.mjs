@@ -10,7 +10,7 @@ import { ROOT, withPage } from "../tests/e2e/harness.mjs";
 import { waitForState } from "../tests/e2e/playground-helpers.mjs";
 
 const out = path.resolve(process.argv[2] ?? path.join(ROOT, "docs/playground.png"));
-const settings = "model=fashion&class=Sneaker&grid=16&steps=20&guidance=2&sampler=ddim&seed=1";
+const settings = "model=fashion&label=Sneaker&grid=16&steps=20&guidance=2&sampler=ddim&seed=1";
 // withPage wants a node:test context only for its name and diagnostics.
 const t = { name: "docs-screenshot", diagnostic: console.log };
 

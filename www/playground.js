@@ -163,6 +163,7 @@ export class Playground {
     setStatus(text, state, error = null) {
         const st = this.el.status;
         st.textContent = text;
+        delete st.dataset.phase;
         st.dataset.state = state;
         st.dataset.kind = error?.kind ?? "";
         st.dataset.field = error?.field ?? "";
@@ -274,7 +275,15 @@ export class Playground {
                         this.el.progress.max = p.total;
                         this.el.progress.value = p.done;
                     }
-                    this.setStatus(`Downloading the ${spec} weights: ${mb(p.done)} of ${p.total ? mb(p.total) : "?"} MB…`, "loading");
+                    // The live status says once that the download started; the megabytes
+                    // go to the (silent) timing line and the progress bar.
+                    const text = `${mb(p.done)} of ${p.total ? mb(p.total) : "?"} MB`;
+                    this.el.progress.setAttribute("aria-valuetext", text);
+                    this.el.timing.textContent = `Downloaded ${text}`;
+                    if (this.el.status.dataset.phase !== "download") {
+                        this.setStatus(`Downloading the ${spec} weights${p.total ? ` (${mb(p.total)} MB)` : ""}…`, "loading");
+                        this.el.status.dataset.phase = "download";
+                    }
                 } else if (p.phase === "cache") {
                     this.setStatus(`Loading the ${spec} weights from the browser cache…`, "loading");
                 } else if (p.phase === "verify") {
@@ -305,6 +314,7 @@ export class Playground {
         this.el.label.disabled = false;
         this.enableButtons();
         const how = entry.source === "cache" ? "from the browser cache" : `${(entry.bytes / 1048576).toFixed(1)} MB downloaded`;
+        this.el.timing.textContent = "";
         this.setStatus(`Ready on ${backend.label}: ${entry.name} model loaded (${how}, ${fmtMs(this.loadMs)}).`, "ready");
         this.o.onLoaded?.(entry);
         setupForward(this);
