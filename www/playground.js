@@ -66,7 +66,7 @@ export class Playground {
      * @param {object} o settings (see DEFAULTS) plus `controls` (a Set), `models` (the model
      *   picker's [value, label] list), `compact` (widget layout: the output above the form),
      *   `share` (the page's share panel; `shareControls`: the controls it ticks at first),
-     *   `autoRestart` (restart the GPU by itself after a
+     *   `selftest` (the kernel check's URL, linked under the Engine control), `autoRestart` (restart the GPU by itself after a
      *   device loss instead of offering a button), `onState(state, text, error)`,
      *   `onResult(result)`, `onStep({step, of, t, ms, row, value})`, `onChange(settings)`.
      */
@@ -437,12 +437,12 @@ export class Playground {
             this.setStatus(rows.length > 1 ? `Sampling ${what} for each of ${rows.length} runs (${rows.map((r) => r.caption).join(", ")})…` : `Sampling ${what}, ${s.steps} step${s.steps > 1 ? "s" : ""}…`, "running");
             const started = performance.now();
             let done = 0;
+            let result;
             for (const [i, row] of rows.entries()) {
                 const opts = this.options(row.settings, entry);
                 const rowStart = performance.now();
                 let last = rowStart;
                 finishRow(row, "running…");
-                let result;
                 try {
                     result = await entry.model.sample(
                         opts,

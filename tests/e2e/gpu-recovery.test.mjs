@@ -23,7 +23,8 @@ function addWidgets(page) {
         await import("./widget.js");
         for (const w of widgets) {
             const el = document.createElement("diffusion-playground");
-            const attrs = { backend: "webgpu", model: "digits", label: "5", steps: "1", guidance: "1", autoplay: "", ...w };
+            // eager: they sit below the page, further than the screen a lazy widget looks ahead.
+            const attrs = { backend: "webgpu", model: "digits", label: "5", steps: "1", guidance: "1", autoplay: "eager", ...w };
             for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
             el.results = 0;
             el.errors = [];

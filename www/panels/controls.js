@@ -29,7 +29,7 @@ export function controlsHtml(pg) {
   <div class="dp-field"${hide("backend")}>
     <label for="backend">Engine</label>
     <select id="backend" name="backend" aria-describedby="backend-help">${BACKENDS.map((v) => `<option value="${v}">${BACKEND_LABELS[v]}</option>`).join("")}</select>
-    <small id="backend-help" class="dp-help">where the images are computed</small>
+    <small id="backend-help" class="dp-help">where the images are computed${pg.o.selftest ? ` · <a href="${esc(pg.o.selftest)}">check its kernels</a>` : ""}</small>
   </div>
   <div class="dp-field"${hide("label")}>
     <label for="label">Label</label>
