@@ -293,6 +293,12 @@ test("page: compare and controls in the URL, copy link / embed code, quiet statu
         // The model cards are linked from the header.
         assert.deepEqual(await page.$$eval("header a", (a) => a.map((x) => x.getAttribute("href"))), ["models/fashion/README.md", "models/digits/README.md"]);
 
+        // Space with nothing focused plays: a new run of the same rows.
+        const runs = await page.evaluate(() => window.__playground.runs.length);
+        await page.click("header h1");
+        await page.keyboard.press("Space");
+        await page.waitForFunction((n) => window.__playground.runs.length > n && window.__playground.runs.at(-1).status === "done", runs, { timeout: 60_000 });
+
         // The embed code pasted into another page samples the same rows.
         const first = await page.evaluate(() => window.__playground.lastResult.rows.map((r) => Array.from(r.x)));
         await page.goto(new URL("examples/blog.html", url).href); // any page of the site, for its origin

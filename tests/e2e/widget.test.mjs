@@ -128,6 +128,12 @@ test("a bad compare spec is an input error naming compare; fixing it samples aga
         await page.$eval("diffusion-playground", (e) => e.setAttribute("compare", "steps:1,2"));
         await page.waitForFunction(() => document.querySelector("diffusion-playground").lastResult?.rows?.length === 2, null, { timeout: 60_000 });
         assert.match(await page.$eval("diffusion-playground", (e) => e.shadowRoot.querySelector("#status").textContent), /“7”/);
+        // sample() resolves once every row has run.
+        const ran = await page.$eval("diffusion-playground", async (e) => {
+            const r = await e.sample();
+            return [r.cancelled, e.lastResult.rows.map((x) => x.steps)];
+        });
+        assert.deepEqual(ran, [false, [1, 2]]);
         await page.$eval("diffusion-playground", (e) => e.removeAttribute("compare"));
         await page.waitForFunction(() => {
             const e = document.querySelector("diffusion-playground");
