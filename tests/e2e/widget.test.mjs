@@ -314,3 +314,31 @@ test("a widget's model changing rapidly loads only the last; removed widgets fre
         assert.deepEqual(consoleErrors, [], "console errors");
     });
 });
+
+// The WebGPU engine's run loop is Rust (src/web.rs): a Promise returned by the step callback
+// is awaited there, which is what holds a paused run. SwiftShader compiles the pipelines once
+// (most of a minute on a loaded machine), then a one-image pass takes about a second.
+test("WebGPU: Step pauses the wasm run loop between steps; Space resumes it", { timeout: 300_000 }, async (t) => {
+    await withPage(t, {}, async ({ page, url, pageErrors, consoleErrors }) => {
+        await page.goto(new URL("embed.html?model=digits&backend=webgpu&label=4&grid=1&steps=3&guidance=1&autoplay=0", url).href);
+        await page.waitForFunction(() => ["ready", "error"].includes(document.querySelector("diffusion-playground")?.dataset.state), null, { timeout: 120_000 });
+        await page.$eval("diffusion-playground", (e) => {
+            window.steps = [];
+            e.addEventListener("dp-step", (ev) => window.steps.push(ev.detail.step));
+        });
+        const waitState = (s) => page.waitForFunction((s) => document.querySelector("diffusion-playground").dataset.state === s, s, { timeout: 180_000 });
+        await page.locator("diffusion-playground #step").click();
+        await waitState("paused");
+        await page.waitForTimeout(3000); // three passes' worth: a run that went on would show
+        assert.deepEqual(await page.evaluate(() => window.steps), [1]);
+        await page.locator("diffusion-playground #single").focus();
+        await page.keyboard.press("Space");
+        await waitState("done");
+        assert.deepEqual(await page.evaluate(() => window.steps), [1, 2, 3]);
+        const text = await page.$eval("diffusion-playground", (e) => e.shadowRoot.querySelector("#engine").textContent);
+        t.diagnostic(text);
+        assert.match(text, /WebGPU/i);
+        assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+        assert.deepEqual(consoleErrors, [], "console errors");
+    });
+});
