@@ -580,7 +580,6 @@ impl CpuModel {
     }
 }
 
-/// Resolves on the next macrotask (a zero-delay timer), so events queued meanwhile run.
 /// Calls the page's per-step callback; a Promise it returns is awaited before the next
 /// step, which is how the page pauses a run between steps (its Pause and Step buttons).
 async fn call_step(f: &js_sys::Function, info: &JsValue) -> Result<(), JsValue> {
@@ -591,6 +590,7 @@ async fn call_step(f: &js_sys::Function, info: &JsValue) -> Result<(), JsValue> 
     Ok(())
 }
 
+/// Resolves on the next macrotask (a zero-delay timer), so events queued meanwhile run.
 async fn yield_now() {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let global = js_sys::global();
