@@ -158,7 +158,7 @@ impl Sampler {
     }
 
     /// x_t after the last step (and the step's x0 estimate with `with_x0`).
-    pub async fn read(&self, backend: &Backend, with_x0: bool) -> Result<Readout> {
+    pub async fn read(&mut self, backend: &Backend, with_x0: bool) -> Result<Readout> {
         match (self, backend) {
             (Sampler::Gpu(s), Backend::Gpu { gpu, .. }) => s.read(gpu, with_x0).await,
             (Sampler::Cpu(s), Backend::Cpu(_)) => s.read(with_x0),

@@ -8,6 +8,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::gpu::nonfinite::{self, NonFiniteCheck};
+use crate::gpu::readback::{ReadRing, ReadTicket};
 use crate::gpu::sampler_step::{SamplerBuffers, SamplerRun};
 use crate::gpu::{Dispatch, Gpu, Owned, Tensor};
 use crate::model::config::{DownBlockType, UpBlockType};
@@ -251,6 +252,29 @@ pub struct Session {
     check: NonFiniteCheck,
     /// Steps of the last started run, for the message of a non-finite step.
     steps: usize,
+    /// Staging buffers reused by every read of the session.
+    ring: ReadRing,
+}
+
+/// Reads a loop may hold at once: the one it waits for and the one behind the step it has
+/// just submitted.
+const READS_IN_FLIGHT: usize = 2;
+
+/// What a [`Session::enqueue_read`] brings back besides the non-finite flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readback {
+    /// Only the flag: the cheapest way to wait for a step and check it.
+    Flag,
+    X,
+    XAndX0,
+}
+
+/// A read queued by [`Session::enqueue_read`].
+pub struct PendingRead {
+    ticket: ReadTicket,
+    what: Readback,
+    shards: usize,
+    per_shard: usize,
 }
 
 /// How a run's images are split so no buffer outgrows a storage binding: equal shards of
@@ -346,7 +370,13 @@ impl Layout {
 impl Session {
     pub fn new(gpu: &Gpu, unet: &UNet, images: usize) -> Result<Self> {
         check_images(images, unet.config())?;
-        Ok(Session { images, layout: None, check: NonFiniteCheck::new(gpu)?, steps: 0 })
+        Ok(Session {
+            images,
+            layout: None,
+            check: NonFiniteCheck::new(gpu)?,
+            steps: 0,
+            ring: ReadRing::new(READS_IN_FLIGHT),
+        })
     }
 
     fn non_finite(&self, step: usize) -> EngineError {
@@ -355,15 +385,19 @@ impl Session {
 
     /// Fails with [`EngineError::NonFinite`] if a submitted step produced NaN or infinity.
     /// Reads four bytes back, so it also waits for the GPU (use it instead of `sync`).
-    pub async fn check_finite(&self, gpu: &Gpu) -> Result<()> {
-        match self.check.first_bad_step(gpu).await? {
-            Some(k) => Err(self.non_finite(k)),
-            None => Ok(()),
-        }
+    pub async fn check_finite(&mut self, gpu: &Gpu) -> Result<()> {
+        let pending = self.enqueue_read(gpu, Readback::Flag).await?;
+        self.finish_read(gpu, pending).await.map(drop)
     }
 
     pub fn images(&self) -> usize {
         self.images
+    }
+
+    /// Staging buffers the session's reads have allocated so far: two at most for a run of
+    /// any length, unless a read outgrows them.
+    pub fn staging_buffers_created(&self) -> usize {
+        self.ring.buffers_created()
     }
 
     /// Allocates the buffers `req` needs, unless the session holds them already, inside an
@@ -392,28 +426,54 @@ impl Session {
 
     /// Reads x_t after the last submitted step (the final images once the run is done)
     /// and, with `with_x0`, the sampler's x0 estimate, in one GPU round trip.
-    pub async fn read(&self, gpu: &Gpu, with_x0: bool) -> Result<Readout> {
+    pub async fn read(&mut self, gpu: &Gpu, with_x0: bool) -> Result<Readout> {
+        let what = if with_x0 { Readback::XAndX0 } else { Readback::X };
+        let pending = self.enqueue_read(gpu, what).await?;
+        let readout = self.finish_read(gpu, pending).await?;
+        readout.ok_or_else(|| EngineError::Internal("a read of x_t returned no values".into()))
+    }
+
+    /// Queues a copy of what `what` names, as of the last submitted step, without waiting
+    /// for it: a loop submits the next step before [`Session::finish_read`], so the GPU never
+    /// idles through the round trip. The non-finite flag always rides along, so a read never
+    /// hands out NaN images. Two reads may be in flight at once; staging buffers are reused.
+    pub async fn enqueue_read(&mut self, gpu: &Gpu, what: Readback) -> Result<PendingRead> {
         let layout =
             self.layout.as_ref().ok_or_else(|| EngineError::shape("sample", "read() before start()"))?;
-        let mut tensors: Vec<&Tensor> = layout.shards.iter().map(|s| &s.state).collect();
-        if with_x0 {
+        let mut tensors: Vec<&Tensor> = Vec::new();
+        if what != Readback::Flag {
+            tensors.extend(layout.shards.iter().map(|s| &s.state));
+        }
+        if what == Readback::XAndX0 {
             tensors.extend(layout.shards.iter().map(|s| &s.x0_hat));
         }
-        // The flag rides along in the same round trip: a read-back never hands out NaN images.
         tensors.push(self.check.flag());
-        let mut parts = Tensor::read_many(gpu, &tensors).await?;
+        let shards = layout.shards.len();
+        let per_shard = layout.per_shard;
+        let ticket = self.ring.enqueue(gpu, &tensors).await?;
+        Ok(PendingRead { ticket, what, shards, per_shard })
+    }
+
+    /// Waits for a read queued by [`Session::enqueue_read`]: `None` for a flag-only read,
+    /// else x_t (and x0_hat) of every image; fails if the flag reports a non-finite step.
+    pub async fn finish_read(&mut self, gpu: &Gpu, pending: PendingRead) -> Result<Option<Readout>> {
+        let PendingRead { ticket, what, shards, per_shard } = pending;
+        let mut parts = self.ring.take(gpu, ticket).await?;
         let flag = parts.pop().unwrap_or_default();
         if let Some(k) = nonfinite::decode(&flag) {
             return Err(self.non_finite(k));
         }
-        let len = self.images * parts[0].len() / layout.per_shard;
+        if what == Readback::Flag {
+            return Ok(None);
+        }
+        let len = self.images * parts[0].len() / per_shard;
         let join = |parts: &[Vec<f32>]| {
             let mut all = parts.concat();
             all.truncate(len);
             all
         };
-        let (x, x0) = parts.split_at(layout.shards.len());
-        Ok(Readout { x: join(x), x0_hat: with_x0.then(|| join(x0)) })
+        let (x, x0) = parts.split_at(shards);
+        Ok(Some(Readout { x: join(x), x0_hat: (what == Readback::XAndX0).then(|| join(x0)) }))
     }
 
     /// Plans a run and submits its initialisation (x_T and the first model input).

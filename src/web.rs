@@ -24,7 +24,7 @@ use crate::error::EngineError;
 use crate::fast::{CpuEngine, CpuRun, CpuSession};
 use crate::gpu::{Gpu, Owned};
 use crate::model::{UNet, UNetConfig};
-use crate::pipeline::{check_image_count, SampleRequest, Session};
+use crate::pipeline::{check_image_count, PendingRead, Readback, Run, SampleRequest, Session};
 use crate::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
 
 #[wasm_bindgen(start)]
@@ -232,7 +232,8 @@ impl Model {
     ///
     /// `on_step({step, steps, timestep, xt, x0})` is called after every step (`xt` and `x0`
     /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent); when
-    /// it returns a Promise, the next step waits for it (a paused run).
+    /// it returns a Promise, no further step is submitted until it settles (a paused run).
+    /// Step k is reported once step k + 1 is queued, so the GPU never waits on the page.
     /// `signal` (an `AbortSignal`, or anything with an `aborted` field) is checked before
     /// every step: once aborted the run stops there and resolves to
     /// `{cancelled: true, stepsDone}`. Otherwise it resolves to
@@ -271,32 +272,29 @@ impl Model {
         session.prepare(gpu, &self.unet, sched, &request).await.map_err(|e| self.fail(e))?;
         let run = session.start(gpu, &self.unet, sched, &request).map_err(|e| self.fail(e))?;
         let steps = run.steps();
+        let what = if opts.preview { Readback::XAndX0 } else { Readback::Flag };
         let mut last: Option<Vec<f32>> = None;
+        // Step k's read-back is waited for only after step k + 1 is submitted, so the GPU
+        // always has the next step queued while the page takes a preview (or, with the
+        // preview off, checks the non-finite flag) and the event loop runs.
+        let mut in_flight: Option<(usize, PendingRead)> = None;
         for k in 0..steps {
             if is_aborted(&signal) {
+                // A read still in flight is settled by the session's next read.
                 *self.session.borrow_mut() = Some(session);
                 return Ok(object(&[("cancelled", JsValue::TRUE), ("stepsDone", (k as f64).into())]));
             }
             session.step(gpu, &run, k).map_err(|e| self.fail(e))?;
-            let info = object(&[
-                ("step", (k as f64).into()),
-                ("steps", (steps as f64).into()),
-                ("timestep", run.plan().steps[k].timestep.into()),
-            ]);
-            if opts.preview {
-                let r = session.read(gpu, true).await.map_err(|e| self.fail(e))?;
-                let x0 = r.x0_hat.unwrap_or_default();
-                set(&info, "xt", js_sys::Float32Array::from(r.x.as_slice()).into());
-                set(&info, "x0", js_sys::Float32Array::from(x0.as_slice()).into());
-                last = Some(r.x);
-            } else {
-                // The non-finite flag's read-back waits for the step as `sync` would, and
-                // stops a run that went NaN here rather than at the end. With previews,
-                // `read` checks the same flag.
-                session.check_finite(gpu).await.map_err(|e| self.fail(e))?;
+            let pending = session.enqueue_read(gpu, what).await.map_err(|e| self.fail(e))?;
+            if let Some((done, previous)) = in_flight.replace((k, pending)) {
+                if let Some(x) = self.deliver(&mut session, &run, done, previous, on_step.as_ref()).await? {
+                    last = Some(x);
+                }
             }
-            if let Some(f) = &on_step {
-                call_step(f, &info).await?;
+        }
+        if let Some((done, previous)) = in_flight {
+            if let Some(x) = self.deliver(&mut session, &run, done, previous, on_step.as_ref()).await? {
+                last = Some(x);
             }
         }
         let x = match last {
@@ -323,6 +321,35 @@ impl Model {
     /// An error of a run; a lost device wins over whatever it caused.
     fn fail(&self, e: EngineError) -> JsValue {
         to_js(self.gpu.lost().unwrap_or(e))
+    }
+
+    /// Waits for step `done`'s read-back and hands it to the page's callback: x_t and x0_hat
+    /// with the preview on (x_t is returned), else only the step's number once its
+    /// non-finite flag is known to be clean.
+    async fn deliver(
+        &self,
+        session: &mut Session,
+        run: &Run,
+        done: usize,
+        pending: PendingRead,
+        on_step: Option<&js_sys::Function>,
+    ) -> Result<Option<Vec<f32>>, JsValue> {
+        let readout = session.finish_read(&self.gpu, pending).await.map_err(|e| self.fail(e))?;
+        let info = object(&[
+            ("step", (done as f64).into()),
+            ("steps", (run.steps() as f64).into()),
+            ("timestep", run.plan().steps[done].timestep.into()),
+        ]);
+        let x = readout.map(|r| {
+            let x0 = r.x0_hat.unwrap_or_default();
+            set(&info, "xt", js_sys::Float32Array::from(r.x.as_slice()).into());
+            set(&info, "x0", js_sys::Float32Array::from(x0.as_slice()).into());
+            r.x
+        });
+        if let Some(f) = on_step {
+            call_step(f, &info).await?;
+        }
+        Ok(x)
     }
 }
 

@@ -221,3 +221,62 @@ fn fashion_ddim20_cfg2_matches_diffusers() {
     let x = pollster::block_on(session.read(gpu, false)).unwrap().x;
     common::assert_close("x_final", &x, &f32s(&fx, "x_final"), &shape, 1e-3, 0.0);
 }
+
+/// The browser's loop: step k + 1 is submitted before step k's read-back is waited for.
+/// Each read must still hold x_t and x0_hat as of its own step (copies run in submission
+/// order), flag-only reads must pass a clean run, and the whole run must get by with the
+/// ring's two staging buffers instead of one new buffer per step.
+#[test]
+fn pipelined_read_backs_hold_their_own_step_and_reuse_two_buffers() {
+    use diffusion_playground::pipeline::Readback;
+    let gpu = common::gpu();
+    let unet = load("tests/fixtures/unet_small");
+    let sched = SchedulerConfig::default();
+    let req = SampleRequest { steps: 6, ..request(SamplerKind::DpmSolverPp2m, vec![0, 1, 2], 11, 0) };
+
+    let mut sync = Session::new(gpu, &unet, 3).unwrap();
+    let run = sync.start(gpu, &unet, &sched, &req).unwrap();
+    let mut want = Vec::new();
+    for k in 0..run.steps() {
+        sync.step(gpu, &run, k).unwrap();
+        let r = pollster::block_on(sync.read(gpu, true)).unwrap();
+        want.push((r.x, r.x0_hat.unwrap()));
+    }
+
+    for what in [Readback::XAndX0, Readback::Flag] {
+        let mut session = Session::new(gpu, &unet, 3).unwrap();
+        let run = session.start(gpu, &unet, &sched, &req).unwrap();
+        let mut got = Vec::new();
+        let mut in_flight = None;
+        for k in 0..run.steps() {
+            session.step(gpu, &run, k).unwrap();
+            let pending = pollster::block_on(session.enqueue_read(gpu, what)).unwrap();
+            if let Some((done, previous)) = in_flight.replace((k, pending)) {
+                got.push((done, pollster::block_on(session.finish_read(gpu, previous)).unwrap()));
+            }
+        }
+        let (done, last) = in_flight.unwrap();
+        got.push((done, pollster::block_on(session.finish_read(gpu, last)).unwrap()));
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..run.steps()).collect::<Vec<_>>());
+        for (k, readout) in got {
+            match (what, readout) {
+                (Readback::XAndX0, Some(r)) => {
+                    assert_eq!(r.x, want[k].0, "x_t of step {k}");
+                    assert_eq!(r.x0_hat.as_ref(), Some(&want[k].1), "x0_hat of step {k}");
+                }
+                (Readback::Flag, None) => {}
+                (w, r) => panic!("{w:?} read of step {k} returned values: {}", r.is_some()),
+            }
+        }
+        assert_eq!(session.staging_buffers_created(), 2, "{what:?}: one staging buffer per ring slot");
+        // A read left in flight (a cancelled loop) does not block the session's next run.
+        let _abandoned = pollster::block_on(session.enqueue_read(gpu, what)).unwrap();
+        let _abandoned_too = pollster::block_on(session.enqueue_read(gpu, what)).unwrap();
+        let run = session.start(gpu, &unet, &sched, &req).unwrap();
+        for k in 0..run.steps() {
+            session.step(gpu, &run, k).unwrap();
+        }
+        let r = pollster::block_on(session.read(gpu, true)).unwrap();
+        assert_eq!(r.x, want[run.steps() - 1].0, "{what:?}: a fresh run after abandoned reads");
+    }
+}

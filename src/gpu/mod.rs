@@ -11,6 +11,7 @@ pub mod group_norm;
 pub mod linear;
 pub mod nonfinite;
 pub mod pipeline;
+pub mod readback;
 pub mod sampler_step;
 pub mod tensor;
 pub mod time_mlp;

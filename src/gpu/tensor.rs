@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{EngineError, Result};
 use crate::gpu::context::lock;
+use crate::gpu::readback::ReadRing;
 use crate::gpu::Gpu;
 
 /// Cloning shares the buffer (a handle, no copy).
@@ -98,55 +99,11 @@ impl Tensor {
     }
 
     /// Copies several tensors into one staging buffer and maps it once: one wait for the GPU
-    /// however many tensors (the page reads x_t and x0_hat every step).
+    /// however many tensors. Loops that read every step keep a [`ReadRing`] instead.
     pub async fn read_many(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
-        gpu.check()?;
-        let sizes: Vec<u64> = tensors.iter().map(|t| t.numel() as u64 * 4).collect();
-        let total: u64 = sizes.iter().sum();
-        // The staging buffer is as large as what it reads (every image of a run, twice with
-        // x0_hat), so it may be the allocation that no longer fits.
-        let staging = gpu
-            .scoped(format!("a read-back buffer of {total} bytes"), || {
-                Ok(gpu.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("read-back"),
-                    size: total,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                }))
-            })
-            .await?;
-        let mut encoder =
-            gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
-        let mut offset = 0;
-        for (t, &size) in tensors.iter().zip(&sizes) {
-            encoder.copy_buffer_to_buffer(&t.buffer, 0, &staging, offset, size);
-            offset += size;
-        }
-        gpu.queue.submit([encoder.finish()]);
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.poll_wait()?;
-        rx.await
-            .map_err(|_| EngineError::ReadBack("the map callback was dropped".into()))?
-            .map_err(|e| EngineError::ReadBack(e.to_string()))?;
-        gpu.check()?;
-        let out = {
-            let view = staging.get_mapped_range(..).map_err(|e| EngineError::ReadBack(e.to_string()))?;
-            let all: &[f32] = bytemuck::cast_slice(&view);
-            let mut start = 0;
-            sizes
-                .iter()
-                .map(|&s| {
-                    let len = (s / 4) as usize;
-                    start += len;
-                    all[start - len..start].to_vec()
-                })
-                .collect()
-        };
-        staging.unmap();
-        Ok(out)
+        let mut ring = ReadRing::new(1);
+        let ticket = ring.enqueue(gpu, tensors).await?;
+        ring.take(gpu, ticket).await
     }
 }
 
