@@ -102,13 +102,21 @@ impl Mixture {
             if !c.mean.iter().all(|m| m.is_finite() && m.abs() <= 1e3) {
                 return Err(EngineError::input(
                     "mixture.mean",
-                    format!("`mixture.mean` of component {k} is {:?}; it must be finite, |m| <= 1000", c.mean),
+                    format!(
+                        "`mixture.mean` of component {k} is {:?}; it must be finite, |m| <= 1000",
+                        c.mean
+                    ),
                 ));
             }
             let [a, b, d] = c.cov;
             let det = a * d - b * b;
             // A floor on the smallest eigenvalue keeps C_k^-1 well conditioned in f64 at t = 0.
-            if !(c.cov.iter().all(|v| v.is_finite()) && a >= 1e-8 && d >= 1e-8 && det >= 1e-16 && a + d <= 1e6) {
+            if !(c.cov.iter().all(|v| v.is_finite())
+                && a >= 1e-8
+                && d >= 1e-8
+                && det >= 1e-16
+                && a + d <= 1e6)
+            {
                 return Err(EngineError::input(
                     "mixture.cov",
                     format!(
@@ -126,10 +134,13 @@ impl Mixture {
 
     /// From the wasm API's flat layout: [w, mx, my, sxx, sxy, syy] per component.
     pub fn from_flat(flat: &[f64]) -> Result<Self> {
-        if flat.len() % 6 != 0 {
+        if !flat.len().is_multiple_of(6) {
             return Err(EngineError::input(
                 "mixture",
-                format!("`mixture` has {} numbers; it needs 6 per component (w, mx, my, sxx, sxy, syy)", flat.len()),
+                format!(
+                    "`mixture` has {} numbers; it needs 6 per component (w, mx, my, sxx, sxy, syy)",
+                    flat.len()
+                ),
             ));
         }
         Self::new(
@@ -273,7 +284,10 @@ impl Mixture {
             let e = philox4x32_10([i as u32, 1, 0, 1], key);
             let (e0, e1) = box_muller(e[0], e[1]);
             x0s.extend([x0[0] as f32, x0[1] as f32]);
-            xts.extend([(alpha * x0[0] + sigma * e0 as f64) as f32, (alpha * x0[1] + sigma * e1 as f64) as f32]);
+            xts.extend([
+                (alpha * x0[0] + sigma * e0 as f64) as f32,
+                (alpha * x0[1] + sigma * e1 as f64) as f32,
+            ]);
         }
         (x0s, xts)
     }
@@ -405,11 +419,15 @@ struct LabStep {
 /// Runs `opts` on the exact model of `mix`, with the schedule of `cfg`.
 pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Trajectories> {
     if opts.points == 0 || opts.points > MAX_POINTS {
-        return Err(EngineError::limit("points", format!("`points` = {}: it must be 1 to {MAX_POINTS}", opts.points)));
+        return Err(EngineError::limit(
+            "points",
+            format!("`points` = {}: it must be 1 to {MAX_POINTS}", opts.points),
+        ));
     }
     let (steps, init_sigma, scale0) = match opts.sampler {
         LabSampler::Plan(kind) => {
-            let p = sched::plan(cfg, &SamplerOptions { eta: opts.eta, ..SamplerOptions::new(kind, opts.steps) })?;
+            let p =
+                sched::plan(cfg, &SamplerOptions { eta: opts.eta, ..SamplerOptions::new(kind, opts.steps) })?;
             let steps = (0..p.steps.len())
                 .map(|k| LabStep {
                     coeffs: p.steps[k].coeffs,
@@ -432,7 +450,7 @@ pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Tr
     fused::init(&mut state, &mut model_in, 1, 2, init_sigma, scale0, Some((opts.seed, 0)), &mut noise);
     let mut frames = vec![state.clone()];
     let pred = cfg.prediction_type;
-    for st in &steps {
+    for (i, st) in steps.iter().enumerate() {
         let field = match st.level {
             Level::Vp(a) => mix.at_vp(a),
             Level::Flow(t) => mix.at_flow(t),
@@ -465,7 +483,11 @@ pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Tr
             first_image: 0,
             next_scale: st.next_scale,
         };
-        fused::step(&params, &mut state, &model_out, &mut x0_hat, &mut history, &mut model_in, &mut noise);
+        if !fused::step(&params, &mut state, &model_out, &mut x0_hat, &mut history, &mut model_in, &mut noise)
+        {
+            // As the image pipeline does: stop at the first non-finite x_t rather than draw NaN.
+            return Err(EngineError::NonFinite { step: i + 1, steps: steps.len(), what: "x_t".into() });
+        }
         if st.record {
             frames.push(state.clone());
         }

@@ -97,7 +97,13 @@ impl Lab {
 
     /// log p_t on the same kind of grid.
     #[wasm_bindgen(js_name = logDensityGrid)]
-    pub fn log_density_grid(&self, t: usize, nx: usize, ny: usize, bounds: &[f64]) -> Result<Vec<f32>, JsValue> {
+    pub fn log_density_grid(
+        &self,
+        t: usize,
+        nx: usize,
+        ny: usize,
+        bounds: &[f64],
+    ) -> Result<Vec<f32>, JsValue> {
         let (a, b) = self.grid(t, nx, ny, bounds)?;
         Ok(lab::log_density_grid(&self.mix.at_vp(a), nx, ny, b))
     }
@@ -136,7 +142,12 @@ impl Lab {
             .try_into()
             .ok()
             .filter(|b: &[f64; 4]| b.iter().all(|v| v.is_finite()) && b[0] < b[1] && b[2] < b[3])
-            .ok_or_else(|| to_js(EngineError::input("bounds", "`bounds` must be finite [x0, x1, y0, y1], x0 < x1, y0 < y1")))?;
+            .ok_or_else(|| {
+                to_js(EngineError::input(
+                    "bounds",
+                    "`bounds` must be finite [x0, x1, y0, y1], x0 < x1, y0 < y1",
+                ))
+            })?;
         Ok((a, b))
     }
 }
