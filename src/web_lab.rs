@@ -6,7 +6,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::lab::{self, LabOptions, LabSampler, Mixture};
-use crate::sched::{alphas_cumprod, SchedulerConfig};
+use crate::sched::{alphas_cumprod, SchedulerConfig, TimestepSpacing};
 use crate::EngineError;
 
 use crate::web::to_js;
@@ -34,6 +34,9 @@ struct RunOptions {
     langevin_step: f64,
     #[serde(default = "default_per_level")]
     langevin_per_level: usize,
+    /// Overrides the schedule's `timestep_spacing` ("leading", "trailing", "linspace").
+    #[serde(default)]
+    spacing: Option<String>,
 }
 
 fn default_langevin_step() -> f64 {
@@ -109,7 +112,7 @@ impl Lab {
     }
 
     /// One sampler's trajectories, flat [frames][points][2] (frames = steps + 1). Options:
-    /// { sampler, steps, points, seed, eta?, langevin_step?, langevin_per_level? }.
+    /// { sampler, steps, points, seed, eta?, langevin_step?, langevin_per_level?, spacing? }.
     pub fn trajectories(&self, options: JsValue) -> Result<Vec<f32>, JsValue> {
         let o: RunOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| to_js(EngineError::input("options", format!("lab options: {e}"))))?;
@@ -123,7 +126,11 @@ impl Lab {
             langevin_step: o.langevin_step,
             langevin_per_level: o.langevin_per_level,
         };
-        let tr = lab::run(&self.mix, &self.cfg, &opts).map_err(to_js)?;
+        let mut cfg = self.cfg.clone();
+        if let Some(spacing) = o.spacing.filter(|s| !s.is_empty()) {
+            cfg.timestep_spacing = Some(spacing.parse::<TimestepSpacing>().map_err(to_js)?);
+        }
+        let tr = lab::run(&self.mix, &cfg, &opts).map_err(to_js)?;
         Ok(tr.frames.concat())
     }
 }

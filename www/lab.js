@@ -100,6 +100,13 @@ export class LabView {
             this.layers.set(id, box);
             layerBox.append(el("label", {}, box, label));
         }
+        this.spacing = el(
+            "select",
+            { name: "spacing" },
+            el("option", { value: "" }, "as shipped (leading)"),
+            el("option", { value: "trailing" }, "trailing"),
+            el("option", { value: "linspace" }, "linspace"),
+        );
         this.preset = el("select", { name: "preset" }, ...PRESETS.map((p) => el("option", { value: p }, p)));
         this.preset.value = PRESETS.includes(s.preset) ? s.preset : "moons";
         this.weight = slider("Weight", { name: "weight", min: 0.05, max: 5, step: 0.05, value: 1 }, (v) => v.toFixed(2));
@@ -122,7 +129,7 @@ export class LabView {
             samplerBox,
             this.editor,
             layerBox,
-            el("details", {}, el("summary", {}, "More"), this.points.row, this.seed.row, this.eta.row, this.lstep.row, this.lper.row),
+            el("details", {}, el("summary", {}, "More"), this.points.row, this.seed.row, this.eta.row, this.lstep.row, this.lper.row, el("label", {}, "Timestep spacing ", this.spacing)),
         );
         controls.addEventListener("submit", (e) => e.preventDefault());
         this.legend = el("p", { class: "lab-legend" });
@@ -142,6 +149,7 @@ export class LabView {
         const rerun = () => this.schedule(true);
         for (const c of [this.steps, this.points, this.seed, this.eta, this.lstep, this.lper]) c.input.addEventListener("input", rerun);
         for (const box of this.checks.values()) box.addEventListener("change", rerun);
+        this.spacing.addEventListener("change", rerun);
         for (const box of this.layers.values()) box.addEventListener("change", redraw);
         this.t.input.addEventListener("input", redraw);
         this.preset.addEventListener("change", () => this.loadPreset(this.preset.value));
@@ -285,6 +293,7 @@ export class LabView {
                 eta: this.eta.value,
                 langevin_step: this.lstep.value,
                 langevin_per_level: this.lper.value,
+                spacing: this.spacing.value,
             };
             const flat = this.lab.trajectories(opts);
             this.runs.push({ ...sm, flat, frames: flat.length / (2 * points), points });

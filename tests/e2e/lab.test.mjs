@@ -134,6 +134,11 @@ test("lab.html draws arrows and trajectories and follows its controls", { timeou
         // The selected component's weight slider reweights it.
         await setRange(page, "weight", 4);
         await resultChange(page, s3.result);
+        // The timestep spacing (under "More") reruns the samplers on other timesteps.
+        const s4 = await state(page);
+        await page.click("#lab details summary");
+        await page.selectOption('#lab select[name="spacing"]', "trailing");
+        await resultChange(page, s4.result);
         // A preset replaces the mixture.
         await page.selectOption('#lab select[name="preset"]', "checker");
         await page.waitForFunction(() => document.querySelector("#lab").dataset.components === "8");
