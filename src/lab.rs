@@ -39,6 +39,8 @@ use crate::sched::{self, PredictionType, SamplerKind, SamplerOptions, SchedulerC
 pub const MAX_COMPONENTS: usize = 64;
 /// At most this many points per run (the page uses hundreds to a few thousand).
 pub const MAX_POINTS: usize = 20_000;
+/// At most this many stored trajectory values (points x 2 x frames, 64 MiB of f32) per run.
+pub const MAX_FRAME_VALUES: usize = 16 << 20;
 /// At most this many model evaluations per run.
 pub const MAX_EVALS: usize = 100_000;
 
@@ -398,10 +400,13 @@ impl Trajectories {
     }
 }
 
-/// What the model sees at one step: the VP level a, or the flow time t.
+/// What the model sees at one step and what it outputs: the VP level a with the config's
+/// prediction type, the VP level a with eps (Langevin's coefficients read eps whatever the
+/// config predicts), or the flow time t with the velocity.
 #[derive(Clone, Copy)]
 enum Level {
     Vp(f64),
+    VpEps(f64),
     Flow(f64),
 }
 
@@ -444,6 +449,16 @@ pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Tr
         LabSampler::Langevin => (langevin(cfg, opts)?, 1.0, 1.0),
         LabSampler::FlowEuler => (flow_euler(opts.steps)?, 1.0, 1.0),
     };
+    let frames_len = 1 + steps.iter().filter(|s| s.record).count();
+    if opts.points.saturating_mul(2).saturating_mul(frames_len) > MAX_FRAME_VALUES {
+        return Err(EngineError::limit(
+            "points",
+            format!(
+                "{} points x {frames_len} frames is more than the {MAX_FRAME_VALUES} trajectory values a run keeps",
+                opts.points
+            ),
+        ));
+    }
     let n = opts.points * 2;
     let (mut state, mut model_in, mut model_out) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
     let (mut x0_hat, mut history, mut noise) = (vec![0.0f32; n], vec![0.0f32; n], [0.0f32; 2]);
@@ -452,13 +467,14 @@ pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Tr
     let pred = cfg.prediction_type;
     for (i, st) in steps.iter().enumerate() {
         let field = match st.level {
-            Level::Vp(a) => mix.at_vp(a),
+            Level::Vp(a) | Level::VpEps(a) => mix.at_vp(a),
             Level::Flow(t) => mix.at_flow(t),
         };
         for (inp, out) in model_in.chunks_exact(2).zip(model_out.chunks_exact_mut(2)) {
             let e = field.eval([inp[0] as f64, inp[1] as f64]);
             let m = match st.level {
                 Level::Flow(_) => [e.eps[0] - e.x0[0], e.eps[1] - e.x0[1]],
+                Level::VpEps(_) => e.eps,
                 Level::Vp(a) => {
                     let (alpha, sigma) = (a.sqrt(), (1.0 - a).sqrt());
                     match pred {
@@ -543,7 +559,7 @@ fn langevin(cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Vec<LabStep>> {
                 writes_prev_x0: false,
             };
             let key = out.len() as u32;
-            out.push(LabStep { coeffs, level: Level::Vp(a), next_scale: 1.0, key, record: j + 1 == per });
+            out.push(LabStep { coeffs, level: Level::VpEps(a), next_scale: 1.0, key, record: j + 1 == per });
         }
     }
     Ok(out)
