@@ -7,11 +7,14 @@ pub mod error;
 pub mod fast;
 pub mod gpu;
 pub mod image;
+pub mod lab;
 pub mod model;
 pub mod pipeline;
 pub mod sched;
 pub mod selftest;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
+#[cfg(target_arch = "wasm32")]
+pub mod web_lab;
 
 pub use error::{EngineError, ErrorKind, Result};

@@ -657,7 +657,7 @@ fn js_array(values: &[f64]) -> JsValue {
 
 /// The error as a JS `Error` named `EngineError` with `kind`, and `field` / `tensor` where
 /// the error names one (see the module docs).
-fn to_js(e: EngineError) -> JsValue {
+pub(crate) fn to_js(e: EngineError) -> JsValue {
     let err = js_sys::Error::new(&e.to_string());
     err.set_name("EngineError");
     let props = [("kind", Some(e.kind().as_str())), ("field", e.field()), ("tensor", e.tensor())];

@@ -13,7 +13,7 @@ mod direct;
 mod gemm;
 mod norm;
 mod session;
-mod step;
+pub mod step;
 mod unet;
 
 pub use norm::exp;

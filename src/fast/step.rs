@@ -1,6 +1,8 @@
 //! The fused sampler step on the CPU: `shaders/sampler_step.wgsl`'s `main` and `init_state`
 //! element for element (same coefficients, same Philox keys, same float operations), in
 //! place over the session's buffers. `sched::reference` stays the readable oracle.
+//! Public because the 2-D lab (`crate::lab`) runs its points through this same update, each
+//! point an "image" of two elements.
 
 use crate::sched::noise::{normals4, INIT_STEP};
 use crate::sched::StepCoefficients;
