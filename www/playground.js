@@ -543,6 +543,7 @@ export class Playground {
         const ci = this.classIndex();
         const k = entry.classNames.length;
         const opts = {
+            ...entry.defaults,
             count: n,
             steps: s.steps,
             guidance: s.guidance,
