@@ -394,11 +394,11 @@ fn class_all_cycles_and_clip_auto_means_the_pages_auto() {
     );
     assert_eq!(one, on);
     assert_ne!(one, off);
-    // The spacing flag reaches the sampler: trailing 2 steps start at t = 999, not 500.
-    let trailing = final_images(
-        "trail",
-        &[&["--class", "1", "--n", "1", "--first-image", "11", "--spacing", "trailing"], &common[..]]
-            .concat(),
+    // The spacing flag reaches the sampler: leading 2 steps start at t = 500, not at the
+    // shipped trailing spacing's 999.
+    let leading = final_images(
+        "lead",
+        &[&["--class", "1", "--n", "1", "--first-image", "11", "--spacing", "leading"], &common[..]].concat(),
     );
-    assert_ne!(one, trailing);
+    assert_ne!(one, leading);
 }

@@ -73,7 +73,12 @@ def few_steps_section(rows):
         "trailing spacing alone, in diffusers as in the engine). "
         "The old behaviour: `from_pretrained(dir, timestep_spacing=\"leading\", "
         "clip_sample=False)`. Guidance w = 2, classes balanced, the same seed per (sampler, "
-        "steps) pair; `python evaluate.py --rows 'few_*' --n-scale 0.4` (n = 200).\n")
+        "steps) pair; `python evaluate.py --rows 'few_*' --n-scale 0.4` (n = 200; the rows with "
+        "100 images ran with `--n-scale 0.2` for time). One step is still weak (about half "
+        "recognised): its image is a single x0_hat at t = 999, the eps-prediction model's "
+        "estimate of the posterior mean, blurred over the classes' variety and amplified by "
+        "1 / alpha = 2e4 before clipping; a v-prediction (or x0-prediction) retrain is the known "
+        "cure, and the clipped-eps mode cannot supply it.\n")
     L.append("| Sampler, steps | leading, no clipping (old) | trailing + clip + clipped eps (shipped) | FD old / new | Images |")
     L.append("|---|---|---|---|---|")
     shown = False
@@ -197,7 +202,7 @@ def main():
         c = ev["classifier"]
         L.append(
             "Samples drawn with diffusers' own `DDIMScheduler` (eta 0) / `DDPMScheduler` "
-            "configured from `scheduler_config.json`, classifier-free guidance "
+            "configured from `scheduler_config.json` with the overrides a row names, classifier-free guidance "
             "eps = eps_null + w (eps_class - eps_null), classes balanced. A small CNN classifier "
             f"trained on the real training split ({c['epochs']} epochs, 2 conv layers + a 128-d hidden layer; accuracy on the real "
             f"held-out split: {100 * c['test_acc']:.1f}%) scores them: **accuracy** = fraction "
