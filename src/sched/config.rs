@@ -83,16 +83,11 @@ pub fn manifest_overrides(manifest: &Value) -> Result<SchedulerOverrides> {
     let Value::Object(map) = sampling else {
         return Err(bad("", sampling, "expected an object"));
     };
-    for (k, v) in map {
-        match k.as_str() {
-            "use_clipped_model_output" => {
-                o.use_clipped_model_output =
-                    Some(v.as_bool().ok_or_else(|| bad(k, v, "expected true or false"))?)
-            }
-            // Room for later fields: an older engine ignores what it does not know, as
-            // diffusers ignores unknown config keys.
-            _ => {}
-        }
+    // Other fields are room for later ones: an older engine ignores what it does not know,
+    // as diffusers ignores unknown config keys.
+    if let Some(v) = map.get("use_clipped_model_output") {
+        let k = "use_clipped_model_output";
+        o.use_clipped_model_output = Some(v.as_bool().ok_or_else(|| bad(k, v, "expected true or false"))?);
     }
     Ok(o)
 }
