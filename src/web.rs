@@ -182,7 +182,8 @@ struct SampleOptions {
     /// "fixed_small" | "fixed_large": overrides DDPM's `variance_type`.
     variance: Option<String>,
     /// With clipping, DDIM re-derives eps from the clipped x0 (diffusers'
-    /// `use_clipped_model_output`); the page passes the model manifest's default.
+    /// `use_clipped_model_output`) and DPM-Solver++ clips x0 too; the page passes the model
+    /// manifest's default.
     clipped_eps: Option<bool>,
 }
 

@@ -55,8 +55,9 @@ ROWS = [  # name, sampler, steps, guidance, n[, scheduler_config overrides]
 # Few steps (issue 14): today's defaults (the config's leading spacing, no clipping) against
 # trailing spacing + clip_sample + eps re-derived from the clipped x0 ("tce": diffusers'
 # use_clipped_model_output=True in DDIM's step; DDPM's and DPM-Solver++'s updates read x0
-# only, so clipping is already consistent there; DPM-Solver++ never clips, in diffusers as in
-# the engine, so its row is trailing spacing alone). Rows of one (sampler, steps) share a seed.
+# only, so clipping is already consistent there; DPM-Solver++ clips only in this mode, through
+# diffusers' `thresholding`, see sampling.make_scheduler). Rows of one (sampler, steps) share
+# a seed.
 TCE = {"timestep_spacing": "trailing", "clip_sample": True, "use_clipped_model_output": True}
 LEADING = OLD
 for _kind, _steps in [("ddim", 1), ("ddim", 2), ("ddim", 5), ("ddim", 10), ("ddim", 20),
@@ -227,7 +228,7 @@ def main():
             print("skip", name, flush=True)
             continue
         t1 = time.time()
-        sched = make_scheduler(a.model, kind, **overrides)
+        sched = make_scheduler(a.model, kind, clipped_eps=clipped_eps, **overrides)
         g = torch.Generator().manual_seed(1000 + ri)
         classes = torch.arange(10).repeat_interleave(n // 10)
         imgs = []

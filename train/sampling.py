@@ -9,18 +9,28 @@ def load(model_dir):
     return model
 
 
-def make_scheduler(model_dir, kind, **overrides):
+def make_scheduler(model_dir, kind, clipped_eps=False, **overrides):
     """The model's scheduler_config.json, read by diffusers' own class; `overrides` replace
     fields of it (e.g. clip_sample=True, timestep_spacing="trailing").
 
-    DPMSolverMultistepScheduler has no clip_sample (nor does the engine's DPM-Solver++ clip):
-    the override is dropped there, as from_pretrained drops the file's own clip_sample."""
+    DPMSolverMultistepScheduler has no clip_sample: the engine's DPM-Solver++ clips x0 only
+    in the clipped-eps mode (`clipped_eps` with clip_sample), which here is its
+    `thresholding` with sample_max_value = clip_sample_range: the threshold
+    s = clamp(quantile(|x0|), 1, sample_max_value) is then always 1 * range, a plain clamp."""
     if kind == "ddim":
         return DDIMScheduler.from_pretrained(model_dir, **overrides)
     if kind == "ddpm":
         return DDPMScheduler.from_pretrained(model_dir, **overrides)
     if kind == "dpmpp2m":
-        over = {k: v for k, v in overrides.items() if k not in ("clip_sample", "clip_sample_range")}
+        over = dict(overrides)
+        clip = over.pop("clip_sample", None)
+        rng = over.pop("clip_sample_range", 1.0)
+        if clip is None:
+            clip = DDPMScheduler.load_config(model_dir).get("clip_sample", True)
+        if clipped_eps and clip:
+            if rng != 1.0:
+                raise ValueError("clipped DPM-Solver++ in diffusers needs clip_sample_range 1")
+            over.update(thresholding=True, sample_max_value=1.0)
         return DPMSolverMultistepScheduler.from_pretrained(model_dir, **over)
     raise ValueError(kind)
 

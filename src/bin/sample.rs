@@ -96,7 +96,8 @@ mod native {
         #[arg(long)]
         variance: Option<String>,
         /// on | off: with clipping, DDIM re-derives eps from the clipped x0_hat (diffusers'
-        /// use_clipped_model_output); default: the model's manifest.json
+        /// use_clipped_model_output) and DPM-Solver++ clips x0_hat too (diffusers'
+        /// thresholding with sample_max_value 1); default: the model's manifest.json
         /// sampling.use_clipped_model_output, else off
         #[arg(long)]
         clipped_eps: Option<String>,

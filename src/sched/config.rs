@@ -41,9 +41,11 @@ pub struct SchedulerConfig {
     /// Not a diffusers config field (diffusers takes it per call, DDIM's
     /// `step(..., use_clipped_model_output=True)`): with `clip_sample` on, DDIM re-derives eps
     /// from the clipped x0, eps = (x - sqrt(a) x0) / sqrt(1 - a), so that x0 and eps describe
-    /// the same x_t again. DDPM's and DPM-Solver++'s updates read x0 and x only (no eps), so
-    /// clipping is already consistent there and this changes nothing; Euler ancestral never
-    /// clips. A model ships it in manifest.json (`sampling.use_clipped_model_output`).
+    /// the same x_t again. DDPM's update reads x0 and x only (no eps), so clipping is already
+    /// consistent there; DPM-Solver++ (also x0 and x only), which plain `clip_sample` leaves
+    /// unclipped as diffusers does, clips x0 in this mode (diffusers: `thresholding` with
+    /// `sample_max_value` = the range); Euler ancestral never clips. A model ships it in
+    /// manifest.json (`sampling.use_clipped_model_output`).
     pub use_clipped_model_output: bool,
 }
 

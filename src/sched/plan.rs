@@ -119,7 +119,14 @@ pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
     let steps = match opts.kind {
         SamplerKind::Ddpm => ddpm(cfg, &acp, &ts, clip),
         SamplerKind::Ddim => ddim(cfg, &acp, &ts, clip, opts.eta)?,
-        SamplerKind::DpmSolverPp2m => dpm_solver_pp_2m(cfg, &acp, &ts),
+        // diffusers' DPMSolverMultistepScheduler has no clip_sample, so plain clipping leaves
+        // it alone (parity); the clipped-eps mode clips its x0 too, as its `thresholding`
+        // with sample_max_value = clip_sample_range does (the threshold is then always the
+        // range). Its update reads x0 and x only, so nothing else needs re-deriving; without
+        // the clip, trailing spacing's t = 999 start ruins it (fashion, 5 steps: 46 %).
+        SamplerKind::DpmSolverPp2m => {
+            dpm_solver_pp_2m(cfg, &acp, &ts, clip.filter(|_| cfg.use_clipped_model_output))
+        }
         SamplerKind::EulerAncestral => {
             let (steps, sigma) = euler_ancestral(cfg, &acp, &ts);
             init_noise_sigma = sigma;
@@ -285,12 +292,12 @@ fn ddim(
 /// the timesteps, then 0. With h = lambda' - lambda (lambda = log(alpha / sigma)):
 /// first order x' = (sigma' / sigma) x - alpha' (e^-h - 1) x0; second order replaces x0 by
 /// x0 + (x0 - x0_prev) / (2 r0), r0 = h_prev / h. The first step has no history and the last
-/// (to sigma = 0) is always first order. Never clips (DPM-Solver has no `clip_sample`).
+/// (to sigma = 0) is always first order. Clips x0 only in the clipped-eps mode (see `plan`).
 ///
 /// Guards diffusers does not have: a step between two equal timesteps (h = 0, only N = T
 /// with `linspace` repeats one) keeps x as its first-order update does, and the step after
 /// it falls back to first order where diffusers' r0 = h_prev / h would divide by zero.
-fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> Vec<PlannedStep> {
+fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Vec<PlannedStep> {
     let n = ts.len();
     let mut sigmas: Vec<f64> =
         ts.iter().map(|&t| ((1.0 - acp[t as usize]) / acp[t as usize]).sqrt()).collect();
@@ -327,7 +334,7 @@ fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> Vec<Plann
                     c.reads_prev_x0 = true;
                 }
             }
-            step(ts[k], 1.0, (acp[ts[k] as usize], alpha_t * alpha_t), c, None)
+            step(ts[k], 1.0, (acp[ts[k] as usize], alpha_t * alpha_t), c, clip)
         })
         .collect()
 }
@@ -420,6 +427,31 @@ mod tests {
             let c = p.steps.last().unwrap().coeffs;
             assert_eq!((c.x, c.x0, c.noise), (0.0, 1.0, 0.0), "{kind}");
         }
+    }
+
+    #[test]
+    fn dpm_solver_clips_only_in_the_clipped_eps_mode() {
+        let clip = SchedulerConfig { clip_sample: true, ..cosine() };
+        let opts = SamplerOptions::new(SamplerKind::DpmSolverPp2m, 5);
+        assert!(plan(&clip, &opts).unwrap().steps.iter().all(|s| s.coeffs.clip.is_none()));
+        let mode = SchedulerConfig { use_clipped_model_output: true, ..clip.clone() };
+        let p = plan(&mode, &opts).unwrap();
+        assert!(p.steps.iter().all(|s| s.coeffs.clip == Some(1.0) && !s.coeffs.eps_uses_x0));
+        let off = SchedulerConfig { clip_sample: false, ..mode };
+        assert!(plan(&off, &opts).unwrap().steps.iter().all(|s| s.coeffs.clip.is_none()));
+        // DDIM re-derives eps in the mode; DDPM has no eps term to re-derive.
+        let ddim = plan(
+            &SchedulerConfig { use_clipped_model_output: true, ..clip.clone() },
+            &SamplerOptions::new(SamplerKind::Ddim, 5),
+        )
+        .unwrap();
+        assert!(ddim.steps.iter().all(|s| s.coeffs.eps_uses_x0 && s.coeffs.eps_from_out == 0.0));
+        let ddpm = plan(
+            &SchedulerConfig { use_clipped_model_output: true, ..clip },
+            &SamplerOptions::new(SamplerKind::Ddpm, 5),
+        )
+        .unwrap();
+        assert!(ddpm.steps.iter().all(|s| s.coeffs.eps == 0.0 && s.coeffs.clip.is_some()));
     }
 
     #[test]
