@@ -5,6 +5,8 @@
 //   m   = uncond + w (cond - uncond)       (CFG: model batch [cond; uncond] of 2B images)
 //   x0  = x0_from_x  x + x0_from_out  m,   clamped to +-clip with CLIP
 //   eps = eps_from_x x + eps_from_out m    (from the unclipped x0, as diffusers)
+//       | eps_from_x x + eps_from_x0 x0    (EPS_FROM_X0: from the clipped x0, diffusers'
+//                                            use_clipped_model_output)
 //   x'  = c_x x + c_x0 x0 + c_eps eps + c_prev x0_prev + c_noise z
 //   model_in[g] = next_scale x'            for each of the G = 1 or 2 halves
 //
@@ -41,7 +43,7 @@ struct Params {
     c_prev: f32,
     c_noise: f32,      // init: init_sigma
     next_scale: f32,
-    _pad0: u32,
+    eps_from_x0: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -53,6 +55,7 @@ const READ_PREV: u32 = 8u;
 const WRITE_PREV: u32 = 16u;
 const NOISE: u32 = 32u;
 const INIT_FROM_NOISE: u32 = 64u;
+const EPS_FROM_X0: u32 = 128u;
 
 @group(0) @binding(0) var<storage, read> model_out: array<f32>;      // [G*B, C, H, W]
 @group(0) @binding(1) var<storage, read> supplied: array<f32>;       // [B, C, H, W] or placeholder
@@ -186,9 +189,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             let x = state[idx];
             var x0 = p.x0_from_x * x + p.x0_from_out * m;
-            let eps = p.eps_from_x * x + p.eps_from_out * m;
             if ((p.flags & CLIP) != 0u) {
                 x0 = clamp(x0, -p.clip, p.clip);
+            }
+            var eps: f32;
+            if ((p.flags & EPS_FROM_X0) != 0u) {
+                eps = p.eps_from_x * x + p.eps_from_x0 * x0;
+            } else {
+                eps = p.eps_from_x * x + p.eps_from_out * m;
             }
             var z = 0.0;
             if (noisy) {

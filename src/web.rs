@@ -25,7 +25,10 @@ use crate::fast::{CpuEngine, CpuRun, CpuSession};
 use crate::gpu::{Gpu, Owned};
 use crate::model::{UNet, UNetConfig};
 use crate::pipeline::{check_image_count, PendingRead, Readback, Run, SampleRequest, Session};
-use crate::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
+use crate::sched::inspect::schedule_view;
+use crate::sched::{
+    alphas_cumprod, SamplerKind, SchedulerConfig, SchedulerOverrides, TimestepSpacing, VarianceType,
+};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -174,6 +177,43 @@ struct SampleOptions {
     preview: bool,
     /// Overrides scheduler_config.json's `clip_sample` for this run (DDPM and DDIM only).
     clip_sample: Option<bool>,
+    /// "leading" | "trailing" | "linspace": overrides `timestep_spacing`.
+    spacing: Option<String>,
+    /// "fixed_small" | "fixed_large": overrides DDPM's `variance_type`.
+    variance: Option<String>,
+    /// With clipping, DDIM re-derives eps from the clipped x0 (diffusers'
+    /// `use_clipped_model_output`) and DPM-Solver++ clips x0 too; the page passes the model
+    /// manifest's default.
+    clipped_eps: Option<bool>,
+}
+
+impl SampleOptions {
+    /// The run's scheduler config: the model's with this request's overrides.
+    fn scheduler(&self, base: &SchedulerConfig) -> Result<SchedulerConfig, JsValue> {
+        let spacing = match &self.spacing {
+            Some(v) => Some(v.parse::<TimestepSpacing>().map_err(|e| renamed("spacing", v, e))?),
+            None => None,
+        };
+        let variance = match &self.variance {
+            Some(v) => Some(v.parse::<VarianceType>().map_err(|e| renamed("variance", v, e))?),
+            None => None,
+        };
+        let over = SchedulerOverrides {
+            clip_sample: self.clip_sample,
+            timestep_spacing: spacing,
+            variance_type: variance,
+            use_clipped_model_output: self.clipped_eps,
+        };
+        Ok(over.apply(base))
+    }
+}
+
+/// An enum's parse error re-issued under the page's option name (`spacing`, not
+/// `timestep_spacing`), keeping its list of accepted values.
+fn renamed(field: &str, value: &str, e: EngineError) -> JsValue {
+    let m = e.to_string();
+    let expected = m.rsplit_once(": ").map_or(m.as_str(), |(_, x)| x);
+    to_js(EngineError::input(field, format!("`{field}` = {value:?}: {expected}")))
 }
 
 impl Default for SampleOptions {
@@ -190,6 +230,9 @@ impl Default for SampleOptions {
             first_image: 0,
             preview: true,
             clip_sample: None,
+            spacing: None,
+            variance: None,
+            clipped_eps: None,
         }
     }
 }
@@ -226,9 +269,21 @@ impl Model {
         timesteps_of(&self.sched, sampler, steps)
     }
 
+    /// The schedule of a run of `options` (as `sample` takes them: sampler, steps, eta,
+    /// spacing, variance, clipSample, clippedEps): `{sampler, alphasCumprod, betas}` over all
+    /// T training timesteps (`Float64Array`s), the visited `timesteps` (`Float32Array`), and
+    /// per step `alphaBar`, `alphaBarPrev` (the level it lands on, 1 at x0) and `sigma` (the
+    /// standard deviation of the noise it adds).
+    pub fn schedule(&self, options: JsValue) -> Result<JsValue, JsValue> {
+        schedule_js(&self.sched, options)
+    }
+
     /// Samples `count` images. `options`: `{class | classes, count, steps, guidance, sampler
-    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a"), eta, seed, firstImage, preview, clipSample}`
-    /// (`clipSample`, a boolean, overrides the scheduler config's `clip_sample`).
+    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a"), eta, seed, firstImage, preview, clipSample,
+    /// spacing, variance, clippedEps}` (`clipSample` overrides the scheduler config's
+    /// `clip_sample`, `spacing` ("leading" | "trailing" | "linspace") its `timestep_spacing`,
+    /// `variance` ("fixed_small" | "fixed_large") its `variance_type`; `clippedEps`: with
+    /// clipping, DDIM re-derives eps from the clipped x0, diffusers' `use_clipped_model_output`).
     ///
     /// `on_step({step, steps, timestep, xt, x0})` is called after every step (`xt` and `x0`
     /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent); when
@@ -262,10 +317,7 @@ impl Model {
             Some(s) => s,
             None => Session::new(gpu, &self.unet, n).map_err(|e| self.fail(e))?,
         };
-        let sched = match opts.clip_sample {
-            Some(clip) => &SchedulerConfig { clip_sample: clip, ..self.sched.clone() },
-            None => &self.sched,
-        };
+        let sched = &opts.scheduler(&self.sched)?;
         // Allocates (for a new image count) and waits for the GPU's verdict before anything
         // is submitted: too many images for this GPU reject here with `gpu-oom`, and the
         // failed session is dropped so its buffers go back before the page retries.
@@ -415,6 +467,30 @@ fn parse_scheduler(scheduler_json: Option<String>) -> Result<(SchedulerConfig, V
     Ok((sched, alphas))
 }
 
+fn schedule_js(base: &SchedulerConfig, options: JsValue) -> Result<JsValue, JsValue> {
+    let opts = parse_options(options)?;
+    let sched = opts.scheduler(base)?;
+    let kind: SamplerKind = opts.sampler.parse().map_err(to_js)?;
+    let v = schedule_view(
+        &sched,
+        &crate::sched::SamplerOptions {
+            eta: opts.eta as f64,
+            ..crate::sched::SamplerOptions::new(kind, opts.steps)
+        },
+    )
+    .map_err(to_js)?;
+    let f64a = |v: &[f64]| -> JsValue { js_sys::Float64Array::from(v).into() };
+    Ok(object(&[
+        ("sampler", kind.as_str().into()),
+        ("alphasCumprod", f64a(&v.alphas_cumprod)),
+        ("betas", f64a(&v.betas)),
+        ("timesteps", js_sys::Float32Array::from(v.timesteps.as_slice()).into()),
+        ("alphaBar", f64a(&v.alpha_bar)),
+        ("alphaBarPrev", f64a(&v.alpha_bar_prev)),
+        ("sigma", f64a(&v.sigma)),
+    ]))
+}
+
 fn timesteps_of(sched: &SchedulerConfig, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
     let kind: SamplerKind = sampler.parse().map_err(to_js)?;
     let plan = crate::sched::plan(sched, &crate::sched::SamplerOptions::new(kind, steps)).map_err(to_js)?;
@@ -473,15 +549,62 @@ impl CpuModel {
         timesteps_of(&self.sched, sampler, steps)
     }
 
+    /// As `Model.schedule`.
+    pub fn schedule(&self, options: JsValue) -> Result<JsValue, JsValue> {
+        schedule_js(&self.sched, options)
+    }
+
+    /// Runs step `k` of the started run as `step(k)` does and returns it taken apart:
+    /// `{step, timestep, xt, modelOut, eps, x0, mean, noise, xPrev}` (`Float32Array`s
+    /// [n, C, H, W]: the state before the step, the guided model output, the eps the update
+    /// uses, x0-hat (clipped when the run clips), the update without its noise (DDPM: the
+    /// posterior mean mu-tilde), sigma z, and the new state = mean + noise) and the step's
+    /// scalars `alphaBar`, `alphaBarPrev`, `sigma` and `coefficients` `{x, x0, eps, prevX0,
+    /// noise, clip}` of x' = c.x x + c.x0 x0 + c.eps eps + c.prevX0 x0_prev + c.noise z.
+    #[wasm_bindgen(js_name = inspectStep)]
+    pub fn inspect_step(&self, k: usize) -> Result<JsValue, JsValue> {
+        let mut guard = self.run.borrow_mut();
+        let (session, run, _) = guard
+            .as_mut()
+            .ok_or_else(|| to_js(EngineError::Internal("inspectStep() before start()".into())))?;
+        if k >= run.steps() {
+            return Err(to_js(EngineError::input("step", format!("step {k} of a {}-step run", run.steps()))));
+        }
+        let parts = session.step_inspect(&self.engine, run, k).map_err(to_js)?;
+        let s = &run.plan().steps[k];
+        let c = &s.coeffs;
+        let f32a = |v: &[f32]| -> JsValue { js_sys::Float32Array::from(v).into() };
+        let coefficients = object(&[
+            ("x", c.x.into()),
+            ("x0", c.x0.into()),
+            ("eps", c.eps.into()),
+            ("prevX0", c.prev_x0.into()),
+            ("noise", c.noise.into()),
+            ("clip", c.clip.map_or(JsValue::NULL, JsValue::from)),
+        ]);
+        Ok(object(&[
+            ("step", (k as f64).into()),
+            ("timestep", s.timestep.into()),
+            ("xt", f32a(&parts.x_t)),
+            ("modelOut", f32a(&parts.model_out)),
+            ("eps", f32a(&parts.eps)),
+            ("x0", f32a(&parts.x0)),
+            ("mean", f32a(&parts.mean)),
+            ("noise", f32a(&parts.noise)),
+            ("xPrev", f32a(&parts.x_prev)),
+            ("alphaBar", s.alpha_cumprod.into()),
+            ("alphaBarPrev", s.alpha_cumprod_prev.into()),
+            ("sigma", (c.noise as f64).into()),
+            ("coefficients", coefficients),
+        ]))
+    }
+
     /// Plans a run of `options` (as `Model.sample` takes them; `count` images from global
     /// index `firstImage`) and draws x_T; returns the step count.
     pub fn start(&self, options: JsValue) -> Result<usize, JsValue> {
         let opts = parse_options(options)?;
         let req = request(&opts, &self.sched, self.engine.unet.config())?;
-        let sched = match opts.clip_sample {
-            Some(clip) => SchedulerConfig { clip_sample: clip, ..self.sched.clone() },
-            None => self.sched.clone(),
-        };
+        let sched = opts.scheduler(&self.sched)?;
         // Reuse the buffers of the last run when the image count matches.
         let cached = self.run.borrow_mut().take().map(|(s, ..)| s).filter(|s| s.images() == opts.count);
         let mut session = match cached {

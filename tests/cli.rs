@@ -339,3 +339,66 @@ fn a_non_finite_or_absurd_weight_is_refused_naming_the_tensor() {
             .assert_refused(&["weights", &name]);
     }
 }
+
+#[test]
+fn argument_errors_are_one_line_too() {
+    for (args, want) in [
+        (vec!["--class", "3", "--steps", "abc"], vec!["input", "--steps", "abc"]),
+        (vec!["--class", "3", "--bogus"], vec!["input", "--bogus"]),
+        (vec!["--class", "seven"], vec!["input", "--class \"seven\"", "`all`"]),
+        (vec!["--class", "3", "--spacing", "sideways"], vec!["input", "--spacing \"sideways\"", "trailing"]),
+        (
+            vec!["--class", "3", "--variance", "learned"],
+            vec!["input", "--variance \"learned\"", "fixed_large"],
+        ),
+        (
+            vec!["--class", "3", "--clip-sample", "maybe"],
+            vec!["input", "--clip-sample \"maybe\"", "auto | on | off"],
+        ),
+        (vec!["--class", "3", "--clipped-eps", "2"], vec!["input", "--clipped-eps \"2\""]),
+    ] {
+        let out = sample(&model_args(MODEL, &args));
+        out.assert_refused(&want);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{args:?}: {}", out.stderr);
+    }
+}
+
+/// Runs the CLI on the shipped model and returns its final x_0.
+fn final_images(tag: &str, rest: &[&str]) -> Vec<f32> {
+    let dir = ModelCopy::new(tag);
+    let npy = dir.path("out.npy");
+    let mut args = rest.to_vec();
+    args.extend_from_slice(&["--out-npy", npy.to_str().unwrap()]);
+    let out = sample(&model_args(MODEL, &args));
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    diffusion_playground::image::parse_npy(&std::fs::read(&npy).unwrap()).unwrap().1
+}
+
+#[test]
+fn class_all_cycles_and_clip_auto_means_the_pages_auto() {
+    let per = 28 * 28;
+    let common = ["--steps", "2", "--seed", "5", "--sampler", "ddpm"];
+    let all = final_images("all", &[&["--class", "all", "--n", "12"], &common[..]].concat());
+    // Image 11 is class 1 (11 mod 10), image 11 of its seed.
+    let one =
+        final_images("one", &[&["--class", "1", "--n", "1", "--first-image", "11"], &common[..]].concat());
+    assert_eq!(&all[11 * per..12 * per], &one[..]);
+    // DDPM: auto clips (the page's auto), so it equals --clip-sample on and differs from off.
+    let on = final_images(
+        "on",
+        &[&["--class", "1", "--n", "1", "--first-image", "11", "--clip-sample", "on"], &common[..]].concat(),
+    );
+    let off = final_images(
+        "off",
+        &[&["--class", "1", "--n", "1", "--first-image", "11", "--clip-sample", "off"], &common[..]].concat(),
+    );
+    assert_eq!(one, on);
+    assert_ne!(one, off);
+    // The spacing flag reaches the sampler: leading 2 steps start at t = 500, not at the
+    // shipped trailing spacing's 999.
+    let leading = final_images(
+        "lead",
+        &[&["--class", "1", "--n", "1", "--first-image", "11", "--spacing", "leading"], &common[..]].concat(),
+    );
+    assert_ne!(one, leading);
+}

@@ -86,9 +86,16 @@ fn shipped_fashion_unet_forward_matches_diffusers() {
     check_forward("www/models/fashion", "tests/fixtures/unet_fashion_io.safetensors", 5, 3);
 }
 
+/// The shipped model's sampling defaults: its scheduler_config.json and what its
+/// manifest.json adds (`sampling`), as the CLI and the page read them.
 fn fashion_sched() -> SchedulerConfig {
-    SchedulerConfig::from_json(&std::fs::read_to_string("www/models/fashion/scheduler_config.json").unwrap())
-        .unwrap()
+    let cfg = SchedulerConfig::from_json(
+        &std::fs::read_to_string("www/models/fashion/scheduler_config.json").unwrap(),
+    )
+    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("www/models/fashion/manifest.json").unwrap()).unwrap();
+    diffusion_playground::sched::manifest_overrides(&manifest).unwrap().apply(&cfg)
 }
 
 #[test]
@@ -208,4 +215,67 @@ fn images_do_not_depend_on_their_batch_or_thread_split() {
     assert_eq!(run_all(1, 5, 0), five, "1 thread vs 3 threads");
     let third = run_all(2, 1, 2);
     assert_eq!(&five[2 * 784..3 * 784], &third[..], "image 2 vs first_image 2");
+}
+
+/// The teaching panel's step inspection runs the same step as `step` (the same new state,
+/// bit for bit) and its parts add up: x_prev = mean + noise, x0 within the clip range, eps
+/// re-derived from the clipped x0 where the run asks for it; on DDPM (noise) and
+/// clipped-eps DDIM with eta 1 (trailing spacing, the few-step mode).
+#[test]
+fn step_inspection_matches_the_plain_step() {
+    use diffusion_playground::sched::{SchedulerOverrides, TimestepSpacing};
+    let engine = cpu_engine("tests/fixtures/unet_small", 1);
+    let base = SchedulerConfig::default();
+    for (kind, eta, clipped) in [(SamplerKind::Ddpm, 0.0, false), (SamplerKind::Ddim, 1.0, true)] {
+        let sched = SchedulerOverrides {
+            clip_sample: Some(true),
+            timestep_spacing: Some(TimestepSpacing::Trailing),
+            use_clipped_model_output: Some(clipped),
+            ..Default::default()
+        }
+        .apply(&base);
+        let req = SampleRequest {
+            classes: vec![1, 4],
+            guidance: 3.0,
+            kind,
+            steps: 3,
+            eta,
+            seed: 4,
+            first_image: 1,
+            init_noise: None,
+        };
+        let mut plain = CpuSession::new(&engine, 2).unwrap();
+        let mut inspected = CpuSession::new(&engine, 2).unwrap();
+        let rp = plain.start(&engine, &sched, &req).unwrap();
+        let ri = inspected.start(&engine, &sched, &req).unwrap();
+        for k in 0..rp.steps() {
+            let before = inspected.read(false).unwrap().x;
+            let parts = inspected.step_inspect(&engine, &ri, k).unwrap();
+            plain.step(&engine, &rp, k).unwrap();
+            let after = plain.read(true).unwrap();
+            assert_eq!(parts.x_t, before, "{kind} step {k}");
+            assert_eq!(parts.x_prev, after.x, "{kind} step {k}");
+            assert_eq!(inspected.read(false).unwrap().x, after.x, "{kind} step {k}");
+            assert_eq!(Some(parts.x0.clone()), after.x0_hat, "{kind} step {k}");
+            assert!(parts.x0.iter().all(|v| v.abs() <= 1.0));
+            let c = &ri.plan().steps[k].coeffs;
+            assert_eq!(c.eps_uses_x0, clipped);
+            for i in 0..parts.x_t.len() {
+                assert_eq!(parts.mean[i] + parts.noise[i], parts.x_prev[i]);
+                if clipped {
+                    // eps = (x - sqrt(a) x0) / sqrt(1 - a), as diffusers re-derives it.
+                    let a = ri.plan().steps[k].alpha_cumprod;
+                    let want = (parts.x_t[i] as f64 - a.sqrt() * parts.x0[i] as f64) / (1.0 - a).sqrt();
+                    assert!(
+                        (parts.eps[i] as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "{} vs {want}",
+                        parts.eps[i]
+                    );
+                }
+            }
+            assert!(
+                parts.noise.iter().any(|v| *v != 0.0) || k + 1 == rp.steps() && kind == SamplerKind::Ddim
+            );
+        }
+    }
 }

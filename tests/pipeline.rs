@@ -183,7 +183,12 @@ fn fashion_ddim20_cfg2_matches_diffusers() {
     let gpu = common::gpu();
     let unet = load("www/models/fashion");
     let sched_text = std::fs::read_to_string("www/models/fashion/scheduler_config.json").unwrap();
-    let sched = SchedulerConfig::from_json(&sched_text).unwrap();
+    // With what the manifest adds (`sampling`), as the fixture was made.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("www/models/fashion/manifest.json").unwrap()).unwrap();
+    let sched = diffusion_playground::sched::manifest_overrides(&manifest)
+        .unwrap()
+        .apply(&SchedulerConfig::from_json(&sched_text).unwrap());
     let classes: Vec<u32> = fx
         .tensor("class")
         .unwrap()

@@ -83,9 +83,13 @@ impl Fixture {
         }
     }
 
+    /// The fixture's scheduler config, plus the per-call `use_clipped_model_output` of the
+    /// `clipped` files (diffusers takes it in `step`, the engine in its config).
     fn config(&self) -> SchedulerConfig {
-        SchedulerConfig::from_json(&self.meta["scheduler_config"])
-            .unwrap_or_else(|e| panic!("{}: scheduler_config: {e}", self.name))
+        let mut cfg = SchedulerConfig::from_json(&self.meta["scheduler_config"])
+            .unwrap_or_else(|e| panic!("{}: scheduler_config: {e}", self.name));
+        cfg.use_clipped_model_output = self.meta.get("use_clipped_model_output").is_some_and(|v| v == "true");
+        cfg
     }
 
     fn plan(&self) -> Plan {
@@ -107,8 +111,8 @@ fn fixture_paths() -> Vec<PathBuf> {
         })
         .collect();
     paths.sort();
-    // The 10 of --part small, the 10 of --part euler.
-    assert!(paths.len() >= 20, "expected >= 20 sched_* fixtures in {}, found {}", dir.display(), paths.len());
+    // The 10 of --part small, the 10 of --part euler, the 5 of --part clipped.
+    assert!(paths.len() >= 25, "expected >= 25 sched_* fixtures in {}, found {}", dir.display(), paths.len());
     paths
 }
 
@@ -218,11 +222,23 @@ fn bound(kind: SamplerKind, s: &PlannedStep, i: &Inputs) -> Bound {
     let c = &s.coeffs;
     let ulp16 = 16.0 * f32::EPSILON;
     let x0 = c.x0_from_x * i.x + c.x0_from_out * i.m;
-    let eps = c.eps_from_x * i.x + c.eps_from_out * i.m;
     let b_x0 =
         ulp16 * ((c.x0_from_x * i.x).abs() + c.x0_from_out.abs() * i.m_terms) + c.x0_from_x.abs() * i.x_in;
-    let b_eps =
-        ulp16 * ((c.eps_from_x * i.x).abs() + c.eps_from_out.abs() * i.m_terms) + c.eps_from_x.abs() * i.x_in;
+    // Re-derived from the clipped x0, eps carries x0's error (clamping never enlarges it)
+    // times eps_from_x0, on top of its own roundings.
+    let (eps, b_eps) = if c.eps_uses_x0 {
+        let x0c = c.clip.map_or(x0, |r| x0.clamp(-r, r));
+        let eps = c.eps_from_x * i.x + c.eps_from_x0 * x0c;
+        let b = ulp16 * ((c.eps_from_x * i.x).abs() + (c.eps_from_x0 * x0c).abs())
+            + c.eps_from_x.abs() * i.x_in
+            + c.eps_from_x0.abs() * b_x0;
+        (eps, b)
+    } else {
+        let eps = c.eps_from_x * i.x + c.eps_from_out * i.m;
+        let b = ulp16 * ((c.eps_from_x * i.x).abs() + c.eps_from_out.abs() * i.m_terms)
+            + c.eps_from_x.abs() * i.x_in;
+        (eps, b)
+    };
     let terms = (c.x * i.x).abs()
         + (c.x0 * x0).abs()
         + (c.eps * eps).abs()

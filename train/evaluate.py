@@ -17,10 +17,15 @@ a small classifier trained on the real training split.
    fashion: R and the second set are disjoint 100-per-class subsets of the 10k test split.
    digits:  R is the 1,000 held-out images; the second set is 100 per class from the training
             split (the held-out split has only 1,000 images).
+4. `--rows 'few_*'` (not in the default set): few steps at w = 2, DDIM 1-20, DPM-Solver++
+   5-20, DDPM 20-100, the old defaults (leading, no clipping) against trailing + clip_sample
+   + eps re-derived from the clipped x0 (model_card.py's few-step table); `--list` names
+   every row, `--rows` takes names or shell patterns.
 Results are appended row by row to <work>/eval.json (rows already there are skipped), so a
 killed run resumes where it stopped.
 """
 import argparse
+import fnmatch
 import json
 import os
 import time
@@ -33,16 +38,34 @@ import torch.nn.functional as F
 import data
 from sampling import load, make_scheduler, sample
 
+# The model cards' main rows were measured with the config shipped before issue 14 (leading
+# spacing, no clipping); the overrides keep them meaning that now the config ships trailing
+# spacing and clipping.
+OLD = {"timestep_spacing": "leading", "clip_sample": False}
 ROWS = [  # name, sampler, steps, guidance, n[, scheduler_config overrides]
-    ("ddim20_w2", "ddim", 20, 2.0, 1000),
-    ("ddim20_w1", "ddim", 20, 1.0, 1000),
-    ("ddim20_w4", "ddim", 20, 4.0, 1000),
-    ("ddim50_w2", "ddim", 50, 2.0, 1000),
-    ("ddpm1000_w2", "ddpm", 1000, 2.0, 100),
+    ("ddim20_w2", "ddim", 20, 2.0, 1000, OLD),
+    ("ddim20_w1", "ddim", 20, 1.0, 1000, OLD),
+    ("ddim20_w4", "ddim", 20, 4.0, 1000, OLD),
+    ("ddim50_w2", "ddim", 50, 2.0, 1000, OLD),
+    ("ddpm1000_w2", "ddpm", 1000, 2.0, 100, OLD),
     # Ablation: DDPM's first step (t = 999, beta = 0.999 under the capped cosine schedule)
     # divides by sqrt(alpha_bar_999); Improved DDPM clips x0 there. Same seed as the row above.
-    ("ddpm1000_w2_clip", "ddpm", 1000, 2.0, 100, {"clip_sample": True}),
+    ("ddpm1000_w2_clip", "ddpm", 1000, 2.0, 100, dict(OLD, clip_sample=True)),
 ]
+# Few steps (issue 14): today's defaults (the config's leading spacing, no clipping) against
+# trailing spacing + clip_sample + eps re-derived from the clipped x0 ("tce": diffusers'
+# use_clipped_model_output=True in DDIM's step; DDPM's and DPM-Solver++'s updates read x0
+# only, so clipping is already consistent there; DPM-Solver++ clips only in this mode, through
+# diffusers' `thresholding`, see sampling.make_scheduler). Rows of one (sampler, steps) share
+# a seed.
+TCE = {"timestep_spacing": "trailing", "clip_sample": True, "use_clipped_model_output": True}
+LEADING = OLD
+for _kind, _steps in [("ddim", 1), ("ddim", 2), ("ddim", 5), ("ddim", 10), ("ddim", 20),
+                      ("dpmpp2m", 5), ("dpmpp2m", 10), ("dpmpp2m", 20),
+                      ("ddpm", 20), ("ddpm", 50), ("ddpm", 100)]:
+    # Explicit, so that the rows mean the same whatever the shipped config says.
+    ROWS.append((f"few_{_kind}{_steps}_w2_leading", _kind, _steps, 2.0, 500, LEADING))
+    ROWS.append((f"few_{_kind}{_steps}_w2_tce", _kind, _steps, 2.0, 500, TCE))
 
 
 class Classifier(nn.Module):
@@ -160,12 +183,18 @@ def main():
     p.add_argument("--dataset", choices=["fashion", "digits"], required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--work", required=True, help="folder for classifier.pt and eval.json")
-    p.add_argument("--rows", default=",".join(r[0] for r in ROWS))
+    p.add_argument("--rows", default=",".join(r[0] for r in ROWS if not r[0].startswith("few_")),
+                   help="comma-separated row names or shell patterns (few_ddim*_tce); "
+                        "default: the model card's rows")
+    p.add_argument("--list", action="store_true", help="print the row names and exit")
     p.add_argument("--n-scale", type=float, default=1.0, help="scale n of every row (smoke tests)")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--clf-epochs", type=int, default=0, help="0: 4 for fashion, 10 for digits")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    if a.list:
+        print("\n".join(r[0] for r in ROWS))
+        return
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
     res_path = os.path.join(a.work, "eval.json")
@@ -184,10 +213,14 @@ def main():
 
     model = load(a.model)
     wanted = a.rows.split(",")
+    unknown = [w for w in wanted if not any(fnmatch.fnmatchcase(r[0], w) for r in ROWS)]
+    if unknown:
+        raise SystemExit(f"--rows: no row matches {', '.join(unknown)} (see --list)")
     for name, kind, steps, w, n, *over in ROWS:
-        if name not in wanted:
+        if not any(fnmatch.fnmatchcase(name, pat) for pat in wanted):
             continue
-        overrides = over[0] if over else {}
+        overrides = dict(over[0]) if over else {}
+        clipped_eps = overrides.pop("use_clipped_model_output", False)
         # Rows that differ only in overrides share a seed, so they compare image by image.
         ri = next(i for i, r in enumerate(ROWS) if tuple(r[1:5]) == (kind, steps, w, n))
         n = max(10, int(round(n * a.n_scale / 10)) * 10)
@@ -195,12 +228,13 @@ def main():
             print("skip", name, flush=True)
             continue
         t1 = time.time()
-        sched = make_scheduler(a.model, kind, **overrides)
+        sched = make_scheduler(a.model, kind, clipped_eps=clipped_eps, **overrides)
         g = torch.Generator().manual_seed(1000 + ri)
         classes = torch.arange(10).repeat_interleave(n // 10)
         imgs = []
         for i in range(0, n, a.batch):
-            imgs.append(sample(model, sched, classes[i:i + a.batch], steps, w, g))
+            imgs.append(sample(model, sched, classes[i:i + a.batch], steps, w, g,
+                               clipped_eps=clipped_eps))
             print(f"{name}: {min(n, i + a.batch)}/{n} images, {time.time() - t1:.0f}s", flush=True)
         x = torch.cat(imgs)
         logits = batched(clf, x)
@@ -208,6 +242,8 @@ def main():
         acc = (pred == classes).float().mean().item()
         per_class = [(pred[classes == c] == c).float().mean().item() for c in range(10)]
         fd = frechet(batched(clf.features, x).numpy(), f_ref)
+        if clipped_eps:
+            overrides["use_clipped_model_output"] = True
         row = dict(sampler=kind, steps=steps, guidance=w, n=n, overrides=overrides, acc=acc, fd=fd,
                    floor=res["floor_1000"] if n >= 1000 else res["floor_100"] if n == 100 else None,
                    per_class_acc=per_class, seconds=round(time.time() - t1, 1),

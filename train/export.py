@@ -17,7 +17,7 @@ import torch
 from diffusers import DDPMScheduler
 
 import data
-from model import NULL_CLASS, NUM_CLASSES, SCHEDULE, make_unet
+from model import NULL_CLASS, NUM_CLASSES, SAMPLING, SHIPPED_SCHEDULER, make_unet
 
 
 def sha256(path):
@@ -46,6 +46,8 @@ def write_manifest(out, dataset):
         in_channels=cfg["in_channels"],
         value_range=[-1.0, 1.0],
         weights="diffusion_pytorch_model.safetensors",
+        # What scheduler_config.json cannot say (the engine's SchedulerConfig reads it).
+        sampling=SAMPLING,
         files=files,
     )
     with open(os.path.join(out, "manifest.json"), "w") as f:
@@ -69,7 +71,7 @@ def main():
         model = model.float().eval()
         os.makedirs(a.out, exist_ok=True)
         model.save_pretrained(a.out, safe_serialization=True)
-        DDPMScheduler(**SCHEDULE).save_pretrained(a.out)
+        DDPMScheduler(**SHIPPED_SCHEDULER).save_pretrained(a.out)
         info = dict(step=st["step"], train_seconds=st.get("train_seconds"), args=st.get("args"),
                     null_class=NULL_CLASS)
         with open(os.path.join(a.run, "export_info.json"), "w") as f:

@@ -3,6 +3,7 @@
     python make_fixtures.py --part small      # random small U-Net + sampler trajectories
     python make_fixtures.py --part fashion    # the shipped www/models/fashion U-Net
     python make_fixtures.py --part euler      # Euler ancestral + prediction-type variants
+    python make_fixtures.py --part clipped    # clipped-eps DDIM, trailing, fixed_large DDPM
     python make_fixtures.py --part all
 
 Every tensor is float32 except class labels (int64). Timesteps are float32 (they may
@@ -210,8 +211,13 @@ def part_fashion(mdir=None):
     save_file(t, os.path.join(FIX, "unet_fashion_io.safetensors"),
               metadata={"model": "www/models/fashion", "made_by": "train/make_fixtures.py --part fashion"})
 
-    # End-to-end: DDIM 20 steps (eta 0), guidance 2, classes 7 (Sneaker) and 0 (T-shirt/top).
+    # End-to-end: DDIM 20 steps (eta 0), guidance 2, classes 7 (Sneaker) and 0 (T-shirt/top),
+    # with the model's shipped sampling defaults: scheduler_config.json and manifest.json's
+    # `sampling` (use_clipped_model_output, which diffusers takes per step call).
     sched = DDIMScheduler.from_pretrained(mdir)
+    man_path = os.path.join(mdir, "manifest.json")
+    sampling = json.load(open(man_path)).get("sampling", {}) if os.path.exists(man_path) else {}
+    clipped_eps = bool(sampling.get("use_clipped_model_output", False))
     sched.set_timesteps(20)
     g = torch.Generator().manual_seed(42)
     x = torch.randn(2, 1, 28, 28, generator=g)
@@ -225,7 +231,7 @@ def part_fashion(mdir=None):
             e = model(torch.cat([x, x]), tt, class_labels=torch.cat([cls, null])).sample
             ec, eu = e.chunk(2)
             eps = eu + w * (ec - eu)
-            o = sched.step(eps, tt, x, eta=0.0)
+            o = sched.step(eps, tt, x, eta=0.0, use_clipped_model_output=clipped_eps)
             for k, v in [("x_t", x), ("eps_cond", ec), ("eps_uncond", eu), ("eps", eps),
                          ("x0_pred", o.pred_original_sample), ("x_prev", o.prev_sample)]:
                 rec[k].append(v.clone())
@@ -237,7 +243,8 @@ def part_fashion(mdir=None):
         out[k] = fnum(torch.stack(v))
     save_file(out, os.path.join(FIX, "fashion_ddim20_cfg2.safetensors"),
               metadata={"model": "www/models/fashion", "sampler": "DDIMScheduler eta 0, 20 steps",
-                        "scheduler_config": json.dumps(dict(sched.config))})
+                        "scheduler_config": json.dumps(dict(sched.config)),
+                        "use_clipped_model_output": "true" if clipped_eps else "false"})
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,7 +279,7 @@ def analytic_output(x_in, a, pred, mu=MU, s=S):
     return out.float()
 
 
-def run_trajectory_v2(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S):
+def run_trajectory_v2(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S, clipped_eps=False):
     """A sampler's trajectory on the analytic model output (any prediction type), with the
     noise each step drew: Euler ancestral's model input is the scaled sample and its noise
     level the interpolated sigma; DDPM and Euler draw through their module's randn_tensor,
@@ -321,10 +328,11 @@ def run_trajectory_v2(sched, n_steps, shape, seed, kind, eta=0.0, mu=MU, s=S):
             x0 = o.pred_original_sample
         elif kind == "ddim":
             if eta > 0:
-                o = sched.step(out, t, x, eta=eta, variance_noise=z.clone())
+                o = sched.step(out, t, x, eta=eta, variance_noise=z.clone(),
+                               use_clipped_model_output=clipped_eps)
                 z_used = z
             else:
-                o = sched.step(out, t, x, eta=0.0)
+                o = sched.step(out, t, x, eta=0.0, use_clipped_model_output=clipped_eps)
                 z_used = torch.zeros(shape)
             x0 = o.pred_original_sample
         elif kind == "dpm":
@@ -404,6 +412,47 @@ def part_euler():
     gaussian_laws()
 
 
+# --part clipped (issue 14): trailing spacing with clip_sample and eps re-derived from the
+# clipped x0 (DDIM's step(..., use_clipped_model_output=True), the fixture's metadata
+# `use_clipped_model_output`), and fixed_large DDPM with clipping, on the wide data
+# N(0.5, 1.5^2) so that x0 leaves [-1, 1] and the clipped paths run.
+TRAJECTORIES_CLIPPED = [
+    # name, scheduler class, config overrides, kind, eta, steps, use_clipped_model_output
+    ("ddim_eta0_cos_trailing_clipeps_10", DDIMScheduler, dict(timestep_spacing="trailing"),
+     "ddim", 0.0, 10, True),
+    ("ddim_eta1_cos_trailing_clipeps_8", DDIMScheduler, dict(timestep_spacing="trailing"),
+     "ddim", 1.0, 8, True),
+    ("ddim_eta0_cos_clipeps_2", DDIMScheduler, dict(timestep_spacing="trailing"),
+     "ddim", 0.0, 2, True),
+    ("ddim_v_eta05_linear_trailing_clipeps_6", DDIMScheduler,
+     dict(prediction_type="v_prediction", beta_schedule="linear", timestep_spacing="trailing"),
+     "ddim", 0.5, 6, True),
+    ("ddpm_large_cos_trailing_clip_20", DDPMScheduler,
+     dict(variance_type="fixed_large", timestep_spacing="trailing"), "ddpm", 0.0, 20, False),
+]
+
+
+def part_clipped():
+    os.makedirs(FIX, exist_ok=True)
+    shape = (2, 1, 4, 4)
+    mu, sd = 0.5, 1.5
+    for i, (name, cls, over, kind, eta, n, clipped_eps) in enumerate(TRAJECTORIES_CLIPPED):
+        sched = make_scheduler(cls, over)
+        out = run_trajectory_v2(sched, n, shape, seed=300 + i, kind=kind, eta=eta, mu=mu, s=sd,
+                                clipped_eps=clipped_eps)
+        meta = {"scheduler_class": cls.__name__,
+                "scheduler_config": config_json(sched),
+                "num_inference_steps": str(n), "eta": str(eta),
+                "use_clipped_model_output": "true" if clipped_eps else "false",
+                "prediction_type": sched.config.prediction_type,
+                "model": f"analytic: data N({mu}, {sd}^2) per pixel (see analytic_output)",
+                "mu": str(mu), "s": str(sd), "made_by": "train/make_fixtures.py --part clipped"}
+        save_file(out, os.path.join(FIX, f"sched_{name}.safetensors"), metadata=meta)
+        clipped = int((out["x0_pred"].abs() >= 1.0).sum())
+        print(name, "final mean/std", float(out["x_final"].mean()), float(out["x_final"].std()),
+              f"clipped x0 values: {clipped}/{out['x0_pred'].numel()}")
+
+
 # The Gaussian end-to-end cases of tests/sampler_gaussian.rs: diffusers' own samplers driven
 # by the analytic model, in float64 on many draws, give the law (mean, std) each discretised
 # sampler really ends at, which the Rust test compares its exact propagated law against.
@@ -471,7 +520,7 @@ def gaussian_laws():
 def main():
     global FIX
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["small", "fashion", "euler", "all"], default="all")
+    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "all"], default="all")
     p.add_argument("--fashion-model", default=None, help="default: www/models/fashion")
     p.add_argument("--out", default=FIX, help="default: tests/fixtures")
     a = p.parse_args()
@@ -484,6 +533,8 @@ def main():
         part_fashion(a.fashion_model)
     if a.part in ("euler", "all"):
         part_euler()
+    if a.part in ("clipped", "all"):
+        part_clipped()
     for fn in os.listdir(FIX):
         if fn.endswith(".safetensors"):
             os.chmod(os.path.join(FIX, fn), 0o644)

@@ -1,7 +1,7 @@
 """Batched class-conditional sampling with classifier-free guidance, using diffusers'
-own scheduler code (DDIMScheduler / DDPMScheduler .step())."""
+own scheduler code (DDIMScheduler / DDPMScheduler / DPMSolverMultistepScheduler .step())."""
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 
 def load(model_dir):
@@ -9,20 +9,38 @@ def load(model_dir):
     return model
 
 
-def make_scheduler(model_dir, kind, **overrides):
+def make_scheduler(model_dir, kind, clipped_eps=False, **overrides):
     """The model's scheduler_config.json, read by diffusers' own class; `overrides` replace
-    fields of it (e.g. clip_sample=True)."""
+    fields of it (e.g. clip_sample=True, timestep_spacing="trailing").
+
+    DPMSolverMultistepScheduler has no clip_sample: the engine's DPM-Solver++ clips x0 only
+    in the clipped-eps mode (`clipped_eps` with clip_sample), which here is its
+    `thresholding` with sample_max_value = clip_sample_range: the threshold
+    s = clamp(quantile(|x0|), 1, sample_max_value) is then always 1 * range, a plain clamp."""
     if kind == "ddim":
         return DDIMScheduler.from_pretrained(model_dir, **overrides)
     if kind == "ddpm":
         return DDPMScheduler.from_pretrained(model_dir, **overrides)
+    if kind == "dpmpp2m":
+        over = dict(overrides)
+        clip = over.pop("clip_sample", None)
+        rng = over.pop("clip_sample_range", 1.0)
+        if clip is None:
+            clip = DDPMScheduler.load_config(model_dir).get("clip_sample", True)
+        if clipped_eps and clip:
+            if rng != 1.0:
+                raise ValueError("clipped DPM-Solver++ in diffusers needs clip_sample_range 1")
+            over.update(thresholding=True, sample_max_value=1.0)
+        return DPMSolverMultistepScheduler.from_pretrained(model_dir, **over)
     raise ValueError(kind)
 
 
 @torch.no_grad()
-def sample(model, sched, classes, steps, guidance, generator, eta=0.0):
+def sample(model, sched, classes, steps, guidance, generator, eta=0.0, clipped_eps=False):
     """classes: int64 [B]. guidance w: eps = eps_u + w (eps_c - eps_u); w == 1 runs the
-    conditional branch only. Returns images in [-1, 1], [B, C, H, W]."""
+    conditional branch only. `clipped_eps`: DDIM's use_clipped_model_output (eps re-derived
+    from the clipped x0; DDPM and DPM-Solver++ use x0 only, so it changes nothing there).
+    Returns images in [-1, 1], [B, C, H, W]."""
     cfg = model.config
     b = len(classes)
     null = torch.full_like(classes, cfg.num_class_embeds - 1)
@@ -37,7 +55,8 @@ def sample(model, sched, classes, steps, guidance, generator, eta=0.0):
             ec, eu = e.chunk(2)
             eps = eu + guidance * (ec - eu)
         if isinstance(sched, DDIMScheduler):
-            x = sched.step(eps, t, x, eta=eta, generator=generator).prev_sample
+            x = sched.step(eps, t, x, eta=eta, generator=generator,
+                           use_clipped_model_output=clipped_eps).prev_sample
         else:
             x = sched.step(eps, t, x, generator=generator).prev_sample
     return x.clamp(-1, 1)

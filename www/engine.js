@@ -694,11 +694,24 @@ async function fetchModel(base, progress, backend, signal) {
         source,
         bytes: bytes.byteLength,
         backend: backend?.kind ?? "webgpu",
+        // Sampling options the model ships beyond its scheduler_config.json (manifest.json
+        // `sampling`): spread them under a run's own options, `{...entry.defaults, ...opts}`.
+        defaults: samplingDefaults(manifest),
         warnings: [...warnings],
         // What a GPU restart needs to build the model again: the small texts, and where the
         // weights are (not the weights themselves).
         recipe: { configText, schedText, weights },
     };
+}
+
+/** manifest.json's `sampling` as `Model.sample` options: `use_clipped_model_output` is
+ *  `clippedEps` (DDIM re-derives eps from the clipped x0-hat). Unknown fields are ignored,
+ *  as the engine ignores them. */
+export function samplingDefaults(manifest) {
+    const s = manifest?.sampling;
+    const out = {};
+    if (s && typeof s.use_clipped_model_output === "boolean") out.clippedEps = s.use_clipped_model_output;
+    return out;
 }
 
 async function request(url, what, signal) {

@@ -361,6 +361,7 @@ export class Playground {
         const li = this.labelIndex(s.label);
         const k = entry.classNames.length;
         const opts = {
+            ...entry.defaults,
             count: n,
             steps: s.steps,
             guidance: s.guidance,

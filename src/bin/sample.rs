@@ -11,7 +11,22 @@ fn main() {}
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
     use clap::Parser;
-    let args = native::Args::parse();
+    let args = match native::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // One line as for every other error: clap's first line without its "error: "
+            // (the usage and tips that follow are what --help prints).
+            let text = e.to_string();
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("sample: input error: {first} (see --help)");
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = native::run(&args) {
         // One line whatever the message holds (a path, a nested error), so scripts and
         // tests can take the last line of stderr as the reason.
@@ -32,7 +47,7 @@ mod native {
     use diffusion_playground::image::{grid_rgba, npy_bytes, parse_npy};
     use diffusion_playground::model::UNetConfig;
     use diffusion_playground::pipeline::{check_image_count, SampleRequest};
-    use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+    use diffusion_playground::sched::{manifest_overrides, SamplerKind, SchedulerConfig, SchedulerOverrides};
     use diffusion_playground::EngineError;
     use sha2::{Digest, Sha256};
 
@@ -47,9 +62,9 @@ mod native {
         /// optionally scheduler_config.json and manifest.json (class names)
         #[arg(long)]
         model: PathBuf,
-        /// Class index for every image
+        /// Class index for every image, or `all`: one class per image, cycling 0, 1, ...
         #[arg(long, conflicts_with = "class_name")]
-        class: Option<u32>,
+        class: Option<String>,
         /// Class name from the model's manifest.json (case-insensitive), e.g. Sneaker
         #[arg(long)]
         class_name: Option<String>,
@@ -67,10 +82,25 @@ mod native {
         /// DDIM's eta (0 = deterministic, 1 = DDPM-like noise)
         #[arg(long, default_value_t = 0.0)]
         eta: f32,
-        /// Override scheduler_config.json's clip_sample (DDPM and DDIM clamp x0_hat to
-        /// +-clip_sample_range), as diffusers' `from_pretrained(dir, clip_sample=...)` does
-        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
-        clip_sample: Option<bool>,
+        /// auto | on | off: clamp x0_hat to +-clip_sample_range (DDPM and DDIM). auto, as on
+        /// the page: on for DDPM, scheduler_config.json's clip_sample for DDIM; on / off
+        /// override the file, as diffusers' `from_pretrained(dir, clip_sample=...)` does
+        #[arg(long, default_value = "auto")]
+        clip_sample: String,
+        /// leading | trailing | linspace: which timesteps the steps visit (default: the
+        /// model's scheduler_config.json timestep_spacing)
+        #[arg(long)]
+        spacing: Option<String>,
+        /// fixed_small | fixed_large: DDPM's noise, beta-tilde or beta (default: the model's
+        /// variance_type)
+        #[arg(long)]
+        variance: Option<String>,
+        /// on | off: with clipping, DDIM re-derives eps from the clipped x0_hat (diffusers'
+        /// use_clipped_model_output) and DPM-Solver++ clips x0_hat too (diffusers'
+        /// thresholding with sample_max_value 1); default: the model's manifest.json
+        /// sampling.use_clipped_model_output, else off
+        #[arg(long)]
+        clipped_eps: Option<String>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Global index of the first image: image k of a run equals image 0 of a run with
@@ -148,15 +178,35 @@ mod native {
         drop(weights);
         // A file manifest.json lists was checked to exist above; one it does not list may be
         // absent, and then diffusers' DDPMScheduler defaults apply.
-        let mut sched = match read_text("scheduler_config.json")? {
+        let sched = match read_text("scheduler_config.json")? {
             Some(t) => SchedulerConfig::from_json(&t)?,
             None => SchedulerConfig::default(),
         };
-        if let Some(clip) = a.clip_sample {
-            sched.clip_sample = clip;
+        let mut over = match &manifest {
+            Some(m) => manifest_overrides(m)?,
+            None => SchedulerOverrides::default(),
+        };
+        over.clip_sample = match a.clip_sample.as_str() {
+            "auto" => (kind == SamplerKind::Ddpm).then_some(true),
+            v => Some(on_off("--clip-sample", v, "auto | on | off")?),
+        };
+        if let Some(v) = &a.clipped_eps {
+            over.use_clipped_model_output = Some(on_off("--clipped-eps", v, "on | off")?);
         }
+        if let Some(v) = &a.spacing {
+            over.timestep_spacing = Some(parse_option("--spacing", v)?);
+        }
+        if let Some(v) = &a.variance {
+            over.variance_type = Some(parse_option("--variance", v)?);
+        }
+        let sched = over.apply(&sched);
+        let classes = match class {
+            None => Vec::new(),
+            Some(Class::One(c)) => vec![c; a.n],
+            Some(Class::All(k)) => (0..a.n as u32).map(|i| i % k).collect(),
+        };
         let request = SampleRequest {
-            classes: class.map(|c| vec![c; a.n]).unwrap_or_default(),
+            classes,
             guidance: a.guidance,
             kind,
             steps: a.steps,
@@ -372,13 +422,49 @@ mod native {
         Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A boolean flag's value.
+    fn on_off(field: &str, v: &str, accepted: &str) -> Result<bool> {
+        match v {
+            "on" | "true" | "yes" | "1" => Ok(true),
+            "off" | "false" | "no" | "0" => Ok(false),
+            _ => Err(EngineError::input(field, format!("{field} {v:?}: expected {accepted}"))),
+        }
+    }
+
+    /// `--spacing` / `--variance`: the engine's enum, its error re-issued under the flag.
+    fn parse_option<T: std::str::FromStr<Err = EngineError>>(field: &str, v: &str) -> Result<T> {
+        v.parse().map_err(|e: EngineError| {
+            let m = e.to_string();
+            let expected = m.rsplit_once(": ").map_or(m.as_str(), |(_, x)| x).to_string();
+            EngineError::input(field, format!("{field} {v:?}: {expected}"))
+        })
+    }
+
+    /// `--class N`, or `--class all` over the model's K classes.
+    enum Class {
+        One(u32),
+        All(u32),
+    }
+
     fn resolve_class(
         a: &Args,
         config: &UNetConfig,
         manifest: Option<&serde_json::Value>,
-    ) -> Result<Option<u32>> {
+    ) -> Result<Option<Class>> {
         let bad = |m: String| EngineError::input("class", m);
-        let class = match (a.class, &a.class_name, config.num_class_embeds) {
+        let index = match a.class.as_deref() {
+            Some("all") => {
+                return match config.null_class() {
+                    Some(null) if a.class_name.is_none() => Ok(Some(Class::All(null as u32))),
+                    _ => Err(bad("--class all: this model has no classes (num_class_embeds is null)".into())),
+                }
+            }
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                bad(format!("--class {v:?}: expected a class index or `all` (or use --class-name)"))
+            })?),
+            None => None,
+        };
+        let class = match (index, &a.class_name, config.num_class_embeds) {
             (None, None, None) => return Ok(None),
             (Some(_), _, None) | (_, Some(_), None) => {
                 return Err(bad("this model has no classes (num_class_embeds is null); drop --class".into()))
@@ -419,7 +505,7 @@ mod native {
                 null.saturating_sub(1)
             )));
         }
-        Ok(Some(class as u32))
+        Ok(Some(Class::One(class as u32)))
     }
 
     fn write_png(field: &str, path: &Path, x: &[f32], shape: [usize; 4]) -> Result<()> {

@@ -7,6 +7,7 @@ use super::step::{self, StepParams};
 use super::CpuEngine;
 use crate::error::{EngineError, Result};
 use crate::pipeline::{check_images, check_request, model_labels, Guidance, Readout, SampleRequest};
+use crate::sched::inspect::{self, StepParts};
 use crate::sched::{Plan, SchedulerConfig};
 
 /// Buffers for sampling `images` images of one model, reused across runs.
@@ -156,6 +157,31 @@ impl CpuSession {
             &mut l.model_out[lo..hi],
         );
         Ok(&l.model_out[lo..hi])
+    }
+
+    /// Step `k` as [`CpuSession::step`] runs it, taken apart for the teaching panel: x_t,
+    /// the guided model output, eps, x0-hat, the mean, the added noise and the new state
+    /// (which the session then holds, as after `step`).
+    pub fn step_inspect(&mut self, engine: &CpuEngine, run: &CpuRun, k: usize) -> Result<StepParts> {
+        let (x_t, history) = {
+            let l =
+                self.layout.as_ref().ok_or_else(|| EngineError::shape("sample", "step() before start()"))?;
+            (l.state.clone(), l.history.clone())
+        };
+        let batch = self.model_batch();
+        self.forward_part(engine, run, k, 0, batch)?;
+        let l = self.layout.as_ref().expect("laid out by start");
+        let s = &run.plan.steps[k];
+        let per_image = x_t.len() / self.images;
+        let z = if s.coeffs.noise != 0.0 {
+            inspect::step_noise(run.seed, k as u32, run.first_image, self.images, per_image)
+        } else {
+            vec![0.0; x_t.len()]
+        };
+        let parts =
+            inspect::step_parts(&s.coeffs, run.plan.guidance, l.groups, &x_t, &l.model_out, &history, &z)?;
+        self.update(engine, run, k)?;
+        Ok(parts)
     }
 
     /// Takes the whole model output of step `k` (gathered from the instances that computed

@@ -36,6 +36,7 @@ const READ_PREV: u32 = 8;
 const WRITE_PREV: u32 = 16;
 const NOISE: u32 = 32;
 const INIT_FROM_NOISE: u32 = 64;
+const EPS_FROM_X0: u32 = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -61,7 +62,8 @@ struct Params {
     c_prev: f32,
     c_noise: f32,
     next_scale: f32,
-    _pad: [u32; 3],
+    eps_from_x0: f32,
+    _pad: [u32; 2],
 }
 
 /// The buffers one sampling run works on. B images of [C, H, W]; G = 2 when the model runs
@@ -184,6 +186,7 @@ impl SamplerRun {
                     (c.reads_prev_x0, READ_PREV),
                     (c.writes_prev_x0, WRITE_PREV),
                     (c.noise != 0.0, NOISE),
+                    (c.eps_uses_x0, EPS_FROM_X0),
                 ] {
                     if on {
                         flags |= bit;
@@ -203,6 +206,7 @@ impl SamplerRun {
                     c_prev: c.prev_x0,
                     c_noise: c.noise,
                     next_scale: plan.input_scale(k + 1),
+                    eps_from_x0: c.eps_from_x0,
                     ..base
                 };
                 gpu.dispatch(&kernel, &buffers, &params, [wgs, 1, 1])

@@ -38,6 +38,60 @@ pub struct SchedulerConfig {
     pub timestep_spacing: Option<TimestepSpacing>,
     /// DDPM only.
     pub variance_type: VarianceType,
+    /// Not a diffusers config field (diffusers takes it per call, DDIM's
+    /// `step(..., use_clipped_model_output=True)`): with `clip_sample` on, DDIM re-derives eps
+    /// from the clipped x0, eps = (x - sqrt(a) x0) / sqrt(1 - a), so that x0 and eps describe
+    /// the same x_t again. DDPM's update reads x0 and x only (no eps), so clipping is already
+    /// consistent there; DPM-Solver++ (also x0 and x only), which plain `clip_sample` leaves
+    /// unclipped as diffusers does, clips x0 in this mode (diffusers: `thresholding` with
+    /// `sample_max_value` = the range); Euler ancestral never clips. A model ships it in
+    /// manifest.json (`sampling.use_clipped_model_output`).
+    pub use_clipped_model_output: bool,
+}
+
+/// Per-run overrides of a model's scheduler config (the page's options, the CLI's flags);
+/// `None` keeps the model's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SchedulerOverrides {
+    pub clip_sample: Option<bool>,
+    pub timestep_spacing: Option<TimestepSpacing>,
+    pub variance_type: Option<VarianceType>,
+    pub use_clipped_model_output: Option<bool>,
+}
+
+impl SchedulerOverrides {
+    /// `cfg` with the overridden fields replaced.
+    pub fn apply(&self, cfg: &SchedulerConfig) -> SchedulerConfig {
+        SchedulerConfig {
+            clip_sample: self.clip_sample.unwrap_or(cfg.clip_sample),
+            timestep_spacing: self.timestep_spacing.or(cfg.timestep_spacing),
+            variance_type: self.variance_type.unwrap_or(cfg.variance_type),
+            use_clipped_model_output: self.use_clipped_model_output.unwrap_or(cfg.use_clipped_model_output),
+            ..cfg.clone()
+        }
+    }
+}
+
+/// The sampling defaults a model's manifest.json adds to its scheduler config: what
+/// diffusers' `scheduler_config.json` cannot express. `{"sampling": {"use_clipped_model_output":
+/// true}}`; a manifest without `sampling` changes nothing.
+pub fn manifest_overrides(manifest: &Value) -> Result<SchedulerOverrides> {
+    let mut o = SchedulerOverrides::default();
+    let Some(sampling) = manifest.get("sampling") else { return Ok(o) };
+    let bad = |field: &str, v: &Value, m: &str| EngineError::Checksum {
+        file: "manifest.json".into(),
+        message: format!("`sampling.{field}` = {}: {m}", short(v)),
+    };
+    let Value::Object(map) = sampling else {
+        return Err(bad("", sampling, "expected an object"));
+    };
+    // Other fields are room for later ones: an older engine ignores what it does not know,
+    // as diffusers ignores unknown config keys.
+    if let Some(v) = map.get("use_clipped_model_output") {
+        let k = "use_clipped_model_output";
+        o.use_clipped_model_output = Some(v.as_bool().ok_or_else(|| bad(k, v, "expected true or false"))?);
+    }
+    Ok(o)
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +110,7 @@ impl Default for SchedulerConfig {
             steps_offset: 0,
             timestep_spacing: None,
             variance_type: VarianceType::FixedSmall,
+            use_clipped_model_output: false,
         }
     }
 }
@@ -130,6 +185,7 @@ impl SchedulerConfig {
             steps_offset: opt(&map, "steps_offset", uint_field)?.unwrap_or(d.steps_offset),
             timestep_spacing: opt(&map, "timestep_spacing", parse_str)?,
             variance_type: opt(&map, "variance_type", variance)?.unwrap_or(d.variance_type),
+            use_clipped_model_output: false,
         };
         cfg.validate()?;
         Ok(cfg)

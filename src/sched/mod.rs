@@ -10,6 +10,7 @@
 //! the doc comments name the diffusers behaviour each choice mirrors.
 
 mod config;
+pub mod inspect;
 pub mod noise;
 mod plan;
 pub mod reference;
@@ -19,9 +20,9 @@ mod timesteps;
 use std::fmt;
 use std::str::FromStr;
 
-pub use config::SchedulerConfig;
+pub use config::{manifest_overrides, SchedulerConfig, SchedulerOverrides};
 pub use plan::{plan, Plan, PlannedStep, SamplerOptions, StepCoefficients};
-pub use schedule::alphas_cumprod;
+pub use schedule::{alphas_cumprod, betas};
 pub use timesteps::timesteps;
 
 use crate::error::{EngineError, Result};

@@ -6,6 +6,7 @@
 //! ```text
 //! x0  = x0_from_x  * x + x0_from_out  * m        then clamped to +-clip if clipping
 //! eps = eps_from_x * x + eps_from_out * m        (from the unclipped x0, as diffusers)
+//!     | eps_from_x * x + eps_from_x0 * x0        (eps_uses_x0: from the clipped x0)
 //! x'  = c.x * x + c.x0 * x0 + c.eps * eps + c.prev_x0 * x0_prev + c.noise * z
 //! ```
 //!
@@ -47,6 +48,11 @@ pub struct StepCoefficients {
     pub eps_from_out: f32,
     /// Clamp x0 to +-clip (DDPM and DDIM with `clip_sample`).
     pub clip: Option<f32>,
+    /// eps is re-derived from the clipped x0 (DDIM with `clip_sample` and
+    /// `use_clipped_model_output`): eps = eps_from_x x + eps_from_x0 x0, and `eps_from_out`
+    /// is 0.
+    pub eps_uses_x0: bool,
+    pub eps_from_x0: f32,
     pub x: f32,
     pub x0: f32,
     pub eps: f32,
@@ -69,6 +75,8 @@ pub struct PlannedStep {
     /// sqrt(a) x_0 + sqrt(1 - a) eps (Euler ancestral: 1 / (1 + sigma^2) at its interpolated
     /// sigma). What an analytic model needs; the kernel does not use it.
     pub alpha_cumprod: f64,
+    /// alpha_bar of the level the step lands on (1 when it ends on x0).
+    pub alpha_cumprod_prev: f64,
     pub coeffs: StepCoefficients,
 }
 
@@ -111,7 +119,14 @@ pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
     let steps = match opts.kind {
         SamplerKind::Ddpm => ddpm(cfg, &acp, &ts, clip),
         SamplerKind::Ddim => ddim(cfg, &acp, &ts, clip, opts.eta)?,
-        SamplerKind::DpmSolverPp2m => dpm_solver_pp_2m(cfg, &acp, &ts),
+        // diffusers' DPMSolverMultistepScheduler has no clip_sample, so plain clipping leaves
+        // it alone (parity); the clipped-eps mode clips its x0 too, as its `thresholding`
+        // with sample_max_value = clip_sample_range does (the threshold is then always the
+        // range). Its update reads x0 and x only, so nothing else needs re-deriving; without
+        // the clip, trailing spacing's t = 999 start ruins it (fashion, 5 steps: 46 %).
+        SamplerKind::DpmSolverPp2m => {
+            dpm_solver_pp_2m(cfg, &acp, &ts, clip.filter(|_| cfg.use_clipped_model_output))
+        }
         SamplerKind::EulerAncestral => {
             let (steps, sigma) = euler_ancestral(cfg, &acp, &ts);
             init_noise_sigma = sigma;
@@ -126,6 +141,8 @@ pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
 struct Coeffs {
     x0_from: (f64, f64),
     eps_from: (f64, f64),
+    /// Some(c): eps = eps_from.0 x + c x0 (clipped); eps_from.1 is then unused.
+    eps_from_x0: Option<f64>,
     x: f64,
     x0: f64,
     eps: f64,
@@ -141,8 +158,10 @@ impl Coeffs {
             x0_from_x: self.x0_from.0 as f32,
             x0_from_out: self.x0_from.1 as f32,
             eps_from_x: self.eps_from.0 as f32,
-            eps_from_out: self.eps_from.1 as f32,
+            eps_from_out: if self.eps_from_x0.is_some() { 0.0 } else { self.eps_from.1 as f32 },
             clip,
+            eps_uses_x0: self.eps_from_x0.is_some(),
+            eps_from_x0: self.eps_from_x0.unwrap_or(0.0) as f32,
             x: self.x as f32,
             x0: self.x0 as f32,
             eps: self.eps as f32,
@@ -166,11 +185,18 @@ fn vp_conversion(pred: PredictionType, alpha: f64, sigma: f64) -> ((f64, f64), (
     }
 }
 
-fn step(timestep: f64, input_scale: f64, a: f64, c: Coeffs, clip: Option<f32>) -> PlannedStep {
+fn step(
+    timestep: f64,
+    input_scale: f64,
+    (a, a_prev): (f64, f64),
+    c: Coeffs,
+    clip: Option<f32>,
+) -> PlannedStep {
     PlannedStep {
         timestep: timestep as f32,
         input_scale: input_scale as f32,
         alpha_cumprod: a,
+        alpha_cumprod_prev: a_prev,
         coeffs: c.finish(clip),
     }
 }
@@ -200,7 +226,7 @@ fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Ve
                 noise: if ts[k] > 0.0 { variance.sqrt() } else { 0.0 },
                 ..Default::default()
             };
-            step(ts[k], 1.0, a, c, clip)
+            step(ts[k], 1.0, (a, a_prev), c, clip)
         })
         .collect()
 }
@@ -208,7 +234,8 @@ fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Ve
 /// diffusers' `DDIMScheduler.step`: x' = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z with
 /// s = eta sqrt((1 - a') / (1 - a) (1 - a / a')). The previous timestep is always
 /// t - T // N, whatever the spacing; below 0 it is 1 (`set_alpha_to_one`) or a_0. Clipping
-/// changes x0 only: eps stays the model's (`use_clipped_model_output` is off by default).
+/// changes x0 only: eps stays the model's (`use_clipped_model_output` is off by default);
+/// with it on, eps = (x - sqrt(a) x0) / sqrt(1 - a) from the clipped x0, as diffusers writes it.
 fn ddim(
     cfg: &SchedulerConfig,
     acp: &[f64],
@@ -239,16 +266,23 @@ fn ddim(
                 }
                 dir = 0.0;
             }
-            let (x0_from, eps_from) = vp_conversion(cfg.prediction_type, a.sqrt(), (1.0 - a).sqrt());
+            let (alpha, sigma) = (a.sqrt(), (1.0 - a).sqrt());
+            let (x0_from, mut eps_from) = vp_conversion(cfg.prediction_type, alpha, sigma);
+            let mut eps_from_x0 = None;
+            if clip.is_some() && cfg.use_clipped_model_output {
+                eps_from = (1.0 / sigma, 0.0);
+                eps_from_x0 = Some(-alpha / sigma);
+            }
             let c = Coeffs {
                 x0_from,
                 eps_from,
+                eps_from_x0,
                 x0: a_prev.sqrt(),
                 eps: dir.sqrt(),
                 noise: if eta > 0.0 { s } else { 0.0 },
                 ..Default::default()
             };
-            Ok(step(t, 1.0, a, c, clip))
+            Ok(step(t, 1.0, (a, a_prev), c, clip))
         })
         .collect()
 }
@@ -258,12 +292,12 @@ fn ddim(
 /// the timesteps, then 0. With h = lambda' - lambda (lambda = log(alpha / sigma)):
 /// first order x' = (sigma' / sigma) x - alpha' (e^-h - 1) x0; second order replaces x0 by
 /// x0 + (x0 - x0_prev) / (2 r0), r0 = h_prev / h. The first step has no history and the last
-/// (to sigma = 0) is always first order. Never clips (DPM-Solver has no `clip_sample`).
+/// (to sigma = 0) is always first order. Clips x0 only in the clipped-eps mode (see `plan`).
 ///
 /// Guards diffusers does not have: a step between two equal timesteps (h = 0, only N = T
 /// with `linspace` repeats one) keeps x as its first-order update does, and the step after
 /// it falls back to first order where diffusers' r0 = h_prev / h would divide by zero.
-fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> Vec<PlannedStep> {
+fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Vec<PlannedStep> {
     let n = ts.len();
     let mut sigmas: Vec<f64> =
         ts.iter().map(|&t| ((1.0 - acp[t as usize]) / acp[t as usize]).sqrt()).collect();
@@ -300,7 +334,7 @@ fn dpm_solver_pp_2m(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> Vec<Plann
                     c.reads_prev_x0 = true;
                 }
             }
-            step(ts[k], 1.0, acp[ts[k] as usize], c, None)
+            step(ts[k], 1.0, (acp[ts[k] as usize], alpha_t * alpha_t), c, clip)
         })
         .collect()
 }
@@ -346,7 +380,7 @@ fn euler_ancestral(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> (Vec<Plann
                 noise: up,
                 ..Default::default()
             };
-            step(ts[k], 1.0 / (s * s + 1.0).sqrt(), 1.0 / (1.0 + s * s), c, None)
+            step(ts[k], 1.0 / (s * s + 1.0).sqrt(), (1.0 / (1.0 + s * s), 1.0 / (1.0 + s_to * s_to)), c, None)
         })
         .collect();
     (steps, init)
@@ -393,6 +427,31 @@ mod tests {
             let c = p.steps.last().unwrap().coeffs;
             assert_eq!((c.x, c.x0, c.noise), (0.0, 1.0, 0.0), "{kind}");
         }
+    }
+
+    #[test]
+    fn dpm_solver_clips_only_in_the_clipped_eps_mode() {
+        let clip = SchedulerConfig { clip_sample: true, ..cosine() };
+        let opts = SamplerOptions::new(SamplerKind::DpmSolverPp2m, 5);
+        assert!(plan(&clip, &opts).unwrap().steps.iter().all(|s| s.coeffs.clip.is_none()));
+        let mode = SchedulerConfig { use_clipped_model_output: true, ..clip.clone() };
+        let p = plan(&mode, &opts).unwrap();
+        assert!(p.steps.iter().all(|s| s.coeffs.clip == Some(1.0) && !s.coeffs.eps_uses_x0));
+        let off = SchedulerConfig { clip_sample: false, ..mode };
+        assert!(plan(&off, &opts).unwrap().steps.iter().all(|s| s.coeffs.clip.is_none()));
+        // DDIM re-derives eps in the mode; DDPM has no eps term to re-derive.
+        let ddim = plan(
+            &SchedulerConfig { use_clipped_model_output: true, ..clip.clone() },
+            &SamplerOptions::new(SamplerKind::Ddim, 5),
+        )
+        .unwrap();
+        assert!(ddim.steps.iter().all(|s| s.coeffs.eps_uses_x0 && s.coeffs.eps_from_out == 0.0));
+        let ddpm = plan(
+            &SchedulerConfig { use_clipped_model_output: true, ..clip },
+            &SamplerOptions::new(SamplerKind::Ddpm, 5),
+        )
+        .unwrap();
+        assert!(ddpm.steps.iter().all(|s| s.coeffs.eps == 0.0 && s.coeffs.clip.is_some()));
     }
 
     #[test]

@@ -64,10 +64,14 @@ pub fn step(
     for i in 0..x.len() {
         let xi = x[i];
         let mut x0 = c.x0_from_x * xi + c.x0_from_out * m[i];
-        let eps = c.eps_from_x * xi + c.eps_from_out * m[i];
         if let Some(r) = c.clip {
             x0 = x0.clamp(-r, r);
         }
+        let eps = if c.eps_uses_x0 {
+            c.eps_from_x * xi + c.eps_from_x0 * x0
+        } else {
+            c.eps_from_x * xi + c.eps_from_out * m[i]
+        };
         let z = if c.noise != 0.0 {
             match noise_src {
                 Noise::Supplied(z) => z[i],

@@ -31,7 +31,8 @@ pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Result<Vec<f64>> {
     Ok(acp)
 }
 
-fn betas(cfg: &SchedulerConfig) -> Result<Vec<f64>> {
+/// beta_t for t = 0..T-1, rounded to f32 as diffusers keeps them.
+pub fn betas(cfg: &SchedulerConfig) -> Result<Vec<f64>> {
     let t = cfg.num_train_timesteps;
     // torch.linspace(start, end, T): i * (end - start) / (T - 1) + start, T = 1 gives start.
     let lin = |start: f64, end: f64, i: usize| {
