@@ -557,6 +557,8 @@ fn langevin(cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Vec<LabStep>> {
                 noise: (e.sqrt() * sigma) as f32,
                 reads_prev_x0: false,
                 writes_prev_x0: false,
+                eps_uses_x0: false,
+                eps_from_x0: 0.0,
             };
             let key = out.len() as u32;
             out.push(LabStep { coeffs, level: Level::VpEps(a), next_scale: 1.0, key, record: j + 1 == per });
@@ -589,6 +591,8 @@ fn flow_euler(steps: usize) -> Result<Vec<LabStep>> {
                 noise: 0.0,
                 reads_prev_x0: false,
                 writes_prev_x0: false,
+                eps_uses_x0: false,
+                eps_from_x0: 0.0,
             };
             LabStep { coeffs, level: Level::Flow(t), next_scale: 1.0, key: k as u32, record: true }
         })
