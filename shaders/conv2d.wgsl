@@ -668,16 +668,21 @@ fn store4(run: Run, m0: u32, base: u32, j: u32, a: vec4<f32>) -> vec4<f32> {
     return v;
 }
 
-// Partial statistics of a direct kernel's workgroup: per invocation, (count, mean, M2) of
-// its 4 channels over its up to 8 pixels, reduced by the first 4 invocations (one per
-// channel) after one barrier.
+// Partial statistics of a direct kernel: per invocation, (count, mean, M2) of its 4
+// channels over its up to 8 pixels; after one barrier, each chunk of STATS_RUNS
+// consecutive runs (invocations) is reduced by its first 4 invocations (one per channel)
+// into one slot. The slot is a fixed chunk of the image's runs, not the workgroup: the
+// launcher sizes workgroups by the batch, and the statistics (so the images) must not
+// depend on the batch an image is computed in, bit for bit.
+const STATS_RUNS: u32 = 8u; // = DIRECT_STATS_RUNS in conv2d.rs, divides DIRECT_WG
 var<workgroup> part_mean: array<vec4<f32>, DIRECT_WG>;
 var<workgroup> part_m2: array<vec4<f32>, DIRECT_WG>;
 var<workgroup> part_count: array<f32, DIRECT_WG>;
 
 // The epilogue for the 4 channels m0.. at the run's pixels; with EMIT_STATS, the
-// workgroup's partial statistics (tile `tile` of the image). Call in uniform control flow.
-fn store_run(run: Run, m0: u32, acc: Acc, tid: u32, tile: u32) {
+// partial statistics of its runs (the first is run `wg_first_run` of the image). Call in
+// uniform control flow.
+fn store_run(run: Run, m0: u32, acc: Acc, tid: u32, wg_first_run: u32) {
     let base = (run.n * params.out_h + run.oy) * params.out_w + run.ox0;
     let v0 = store4(run, m0, base, 0u, acc.a0);
     let v1 = store4(run, m0, base, 1u, acc.a1);
@@ -711,12 +716,15 @@ fn store_run(run: Run, m0: u32, acc: Acc, tid: u32, tile: u32) {
     part_m2[tid] = m2;
     part_count[tid] = f32(count);
     workgroupBarrier();
-    if (tid < 4u && m0 + tid < params.cout) {
+    let lane = tid % STATS_RUNS;
+    let first = tid - lane;
+    let tile = (wg_first_run + first) / STATS_RUNS;
+    if (lane < 4u && m0 + lane < params.cout && tile < params.tiles_out) {
         var s = vec3<f32>(0.0);
-        for (var i = 0u; i < DIRECT_WG; i++) {
-            s = chan_merge(s, vec3<f32>(part_count[i], part_mean[i][tid], part_m2[i][tid]));
+        for (var i = first; i < first + STATS_RUNS; i++) {
+            s = chan_merge(s, vec3<f32>(part_count[i], part_mean[i][lane], part_m2[i][lane]));
         }
-        write_partial(run.n, m0 + tid, tile, s);
+        write_partial(run.n, m0 + lane, tile, s);
     }
 }
 
@@ -757,7 +765,7 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         taps_x2(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
         taps_x2(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
-    store_run(run, m0, acc, tid, wid.x);
+    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }
 
 @compute @workgroup_size(DIRECT_WG, 1, 1)
@@ -778,5 +786,5 @@ fn direct1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let c = p.cin1 + ci;
         pointwise_x2(&acc, win, run.base2 + ci * run.plane + win.r0, norm_of(run.n, c), weights4(wr, c));
     }
-    store_run(run, m0, acc, tid, wid.x);
+    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }

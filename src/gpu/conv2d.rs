@@ -357,7 +357,8 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                     ("EMIT_STATS", emit as u32 as f64),
                 ],
             )?;
-            (kernel, [layout.tiles as u32, groups(cout, DIRECT_CH), batch])
+            let runs = oh * ow.div_ceil(DIRECT_PX);
+            (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
         }
         ConvVariant::Tiled => {
             let kernel =
@@ -391,14 +392,19 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
 pub const MAX_NORM_GROUPS: usize = 1024;
 
 /// How a kernel's grid covers the output: every workgroup stays inside one image (grid z),
-/// so that its partial statistics are that image's; `tiles` workgroups along x cover an
-/// image's pixels, which is also the number of partial-statistics slots per (image,
-/// channel) the kernel writes.
+/// so that its partial statistics are that image's.
 struct Layout {
     /// `DIRECT_WG` (direct) or `WG_Y` (tiled).
     wg: usize,
+    /// Partial-statistics slots per (image, channel): one per workgroup along x (tiled),
+    /// one per DIRECT_STATS_RUNS runs of 8 pixels (direct, whose workgroup size depends on
+    /// the batch while the slots must not: an image's statistics, so its pixels, are then
+    /// the same bit for bit whatever batch it is computed in).
     tiles: usize,
 }
+
+/// Runs per partial-statistics slot of the direct kernels (= STATS_RUNS in conv2d.wgsl).
+const DIRECT_STATS_RUNS: usize = DIRECT_MIN_WG;
 
 impl Layout {
     fn of(variant: ConvVariant, n: usize, cout: usize, oh: usize, ow: usize) -> Layout {
@@ -414,7 +420,7 @@ impl Layout {
                 while wg > DIRECT_MIN_WG && runs.div_ceil(wg) * n * blocks < MIN_WORKGROUPS {
                     wg /= 2;
                 }
-                Layout { wg, tiles: runs.div_ceil(wg) }
+                Layout { wg, tiles: runs.div_ceil(DIRECT_STATS_RUNS) }
             }
             ConvVariant::Tiled => {
                 let wg_y = if cout <= SLIM_MAX_COUT { 8 } else { 16 };
