@@ -36,6 +36,13 @@ struct Params {
     temb_stride: u32,
     temb_offset: u32,
     out_scale: f32,
+    // GroupNorm epsilon of a normalised input whose statistics are merged from partials.
+    norm_eps: f32,
+    // Partial-statistics slots per (image, channel) in the tails of x1 and x2 (NORM_SRC 1),
+    // and per (image, channel) of `out` to write (EMIT_STATS).
+    tiles1: u32,
+    tiles2: u32,
+    tiles_out: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x1: array<f32>;
@@ -44,11 +51,59 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> temb: array<f32>;
 @group(0) @binding(5) var<storage, read> residual: array<f32>;
+// The output, then (EMIT_STATS) its partial statistics (see "Partial statistics" below).
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<uniform> params: Params;
-// Direct kernels with NORM > 0: GroupNorm statistics of the input, (mean, gamma / std, beta,
-// 0) per (image, input channel) (group_norm.wgsl, `stats`).
+// Direct kernels with NORM > 0. NORM_SRC 0: GroupNorm statistics of the input, (mean,
+// gamma / std, beta, 0) per (image, input channel) (group_norm.wgsl, `stats`). NORM_SRC 1:
+// the affine parameters, gamma [cin] then beta [cin]; the statistics are merged from the
+// partials in the tails of x1 and x2.
 @group(0) @binding(8) var<storage, read> norm: array<f32>;
+
+// ---------------------------------------------------------------------------------------
+// Partial statistics. A convolution whose output feeds a GroupNorm writes, after the
+// output tensor in the same buffer, `tiles_out` slots per (image, channel): (count, mean,
+// M2) of the stored values of that channel over one tile of the image's pixels, where a
+// tile is what one workgroup covers (every kernel's grid keeps a workgroup inside one
+// image: grid z is the image). The slot of (n, m, t) is at
+//   batch * cout * out_h * out_w + ((n * cout + m) * tiles_out + t) * 3.
+// Each workgroup reduces its own values in workgroup memory after one barrier and writes
+// its own slots: no atomics, and the result does not depend on scheduling. The consumer
+// merges the slots of every channel of a group at its start. Mean and M2 rather than sums
+// of x and x^2: Chan, Golub and LeVeque's merge keeps the variance accurate when the mean
+// is far larger than the spread, where E[x^2] - E[x]^2 cancels.
+
+override EMIT_STATS: bool = false;
+
+// (count, mean, M2) of a and b together (b may be empty; so may a).
+fn chan_merge(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    if (b.x == 0.0) {
+        return a;
+    }
+    let count = a.x + b.x;
+    let d = b.y - a.y;
+    let f = b.x / count;
+    return vec3<f32>(count, a.y + d * f, a.z + b.z + d * d * a.x * f);
+}
+
+fn write_partial(n: u32, m: u32, t: u32, s: vec3<f32>) {
+    let p = params;
+    let at = p.batch * p.cout * p.out_h * p.out_w + ((n * p.cout + m) * p.tiles_out + t) * 3u;
+    out[at] = s.x;
+    out[at + 1u] = s.y;
+    out[at + 2u] = s.z;
+}
+
+// (count, mean, M2) of the first `count` of 4 values.
+fn moments4(v: vec4<f32>, count: u32) -> vec3<f32> {
+    if (count == 0u) {
+        return vec3<f32>(0.0);
+    }
+    let mask = vec4<f32>(vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(count));
+    let mean = dot(v, mask) / f32(count);
+    let d = (v - mean) * mask;
+    return vec3<f32>(f32(count), mean, dot(d, d));
+}
 
 // Pipeline-overridable: the launcher sets 8 (32 x 128 tiles) for outputs of at most 32
 // channels.
@@ -140,16 +195,17 @@ fn main(
     let taps = p.ksize * p.ksize;
     let k_total = cin * taps;
     let out_hw = p.out_h * p.out_w;
-    let pixels = p.batch * out_hw;
     let m0 = wid.y * TILE_M;
+    // Pixel tiles do not straddle images (grid z is the image), so that a workgroup's
+    // partial statistics belong to one image.
+    let img = wid.z;
     let p0 = wid.x * TILE_P;
 
     // The pixel this invocation gathers for the B tile is fixed for the whole K loop.
     let b_col = tid % TILE_P;
     let b_row = tid / TILE_P;
-    let gp = p0 + b_col;
-    let gp_valid = gp < pixels;
-    let g = gather_at(gp);
+    let gp_valid = p0 + b_col < out_hw;
+    let g = gather_at(img * out_hw + min(p0 + b_col, out_hw - 1u));
     let a_col = tid % TILE_K;
     let a_row = tid / TILE_K;
 
@@ -200,30 +256,56 @@ fn main(
         workgroupBarrier();
     }
 
-    store_row(m0 + lid.y, p0 + lid.x, acc0);
-    store_row(m0 + lid.y + WG_Y, p0 + lid.x, acc1);
-    store_row(m0 + lid.y + 2u * WG_Y, p0 + lid.x, acc2);
-    store_row(m0 + lid.y + 3u * WG_Y, p0 + lid.x, acc3);
+    // This invocation's 4 pixels p0 + lid.x + WG_X j, j < valid, are inside the image.
+    let first = p0 + lid.x;
+    let valid = min(4u, (max(out_hw, first) - first + WG_X - 1u) / WG_X);
+    let v0 = store_row(m0 + lid.y, img, first, valid, acc0);
+    let v1 = store_row(m0 + lid.y + WG_Y, img, first, valid, acc1);
+    let v2 = store_row(m0 + lid.y + 2u * WG_Y, img, first, valid, acc2);
+    let v3 = store_row(m0 + lid.y + 3u * WG_Y, img, first, valid, acc3);
+    if (EMIT_STATS) {
+        // One channel row at a time through the (now idle) tiles: the WG_X invocations
+        // of a row hold that channel's pixels of the tile; the row's first merges them.
+        reduce_row(m0 + lid.y, img, wid.x, lid, tid, moments4(v0, valid));
+        reduce_row(m0 + lid.y + WG_Y, img, wid.x, lid, tid, moments4(v1, valid));
+        reduce_row(m0 + lid.y + 2u * WG_Y, img, wid.x, lid, tid, moments4(v2, valid));
+        reduce_row(m0 + lid.y + 3u * WG_Y, img, wid.x, lid, tid, moments4(v3, valid));
+    }
 }
 
-// Epilogue for out-channel m at pixels p, p + WG_X, p + 2 WG_X, p + 3 WG_X.
-fn store_row(m: u32, p: u32, acc: vec4<f32>) {
-    if (m >= params.cout) {
-        return;
-    }
-    let pixels = params.batch * params.out_h * params.out_w;
-    for (var j = 0u; j < 4u; j++) {
-        let op = p + WG_X * j;
-        if (op >= pixels) {
-            return;
+fn reduce_row(m: u32, img: u32, tile: u32, lid: vec3<u32>, tid: u32, s: vec3<f32>) {
+    b_tile[3u * tid] = s.x;
+    b_tile[3u * tid + 1u] = s.y;
+    b_tile[3u * tid + 2u] = s.z;
+    workgroupBarrier();
+    if (lid.x == 0u && m < params.cout) {
+        var total = vec3<f32>(0.0);
+        for (var x = 0u; x < WG_X; x++) {
+            let at = 3u * (tid + x);
+            total = chan_merge(total, vec3<f32>(b_tile[at], b_tile[at + 1u], b_tile[at + 2u]));
         }
-        store(m, op, acc[j]);
+        write_partial(img, m, tile, total);
     }
+    workgroupBarrier();
+}
+
+// Epilogue for out-channel m of image n at its pixels p + WG_X j, j < valid; returns the
+// stored values (0 past `valid` or cout).
+fn store_row(m: u32, n: u32, p: u32, valid: u32, acc: vec4<f32>) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (m >= params.cout) {
+        return v;
+    }
+    let base = n * params.out_h * params.out_w + p;
+    for (var j = 0u; j < valid; j++) {
+        v[j] = store(m, base + WG_X * j, acc[j]);
+    }
+    return v;
 }
 
 // Epilogue for out-channel m at output pixel op (flattened n, oy, ox): bias, time
-// embedding, residual, scale, SiLU.
-fn store(m: u32, op: u32, acc: f32) {
+// embedding, residual, scale, SiLU. Returns the stored value.
+fn store(m: u32, op: u32, acc: f32) -> f32 {
     let prm = params;
     let out_hw = prm.out_h * prm.out_w;
     let n = op / out_hw;
@@ -240,6 +322,7 @@ fn store(m: u32, op: u32, acc: f32) {
         v = v / (1.0 + exp(-v));
     }
     out[idx] = v;
+    return v;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -290,7 +373,7 @@ fn narrow(
     if (valid) {
         for (var m = 0u; m < 4u; m++) {
             if (m < p.cout) {
-                store(m, gp, acc[m]);
+                _ = store(m, gp, acc[m]);
             }
         }
     }
@@ -319,12 +402,63 @@ const DIRECT_PX: u32 = 8u; // = DIRECT_PX in conv2d.rs
 // constant, so the unused paths compile away.
 override NORM: u32 = 0u;
 
+// Where the statistics come from: 0, the `norm` binding; 1, merged at the kernel's start
+// from the partials in the tails of x1 and x2 into `group_stats`.
+override NORM_SRC: u32 = 0u;
+// The input's GroupNorm groups (NORM_SRC 1).
+override NORM_GROUPS: u32 = 1u;
+
+// (mean, 1 / std) of every group of the workgroup's image (NORM_SRC 1).
+var<workgroup> group_stats: array<vec2<f32>, NORM_GROUPS>;
+
+// (count, mean, M2) of channel ci of image n over the partial slots its producer wrote.
+fn channel_moments(n: u32, ci: u32, plane: u32) -> vec3<f32> {
+    let p = params;
+    var s = vec3<f32>(0.0);
+    if (ci < p.cin1) {
+        let at = p.batch * p.cin1 * plane + (n * p.cin1 + ci) * p.tiles1 * 3u;
+        for (var t = 0u; t < p.tiles1; t++) {
+            s = chan_merge(s, vec3<f32>(x1[at + 3u * t], x1[at + 3u * t + 1u], x1[at + 3u * t + 2u]));
+        }
+    } else {
+        let c = ci - p.cin1;
+        let at = p.batch * p.cin2 * plane + (n * p.cin2 + c) * p.tiles2 * 3u;
+        for (var t = 0u; t < p.tiles2; t++) {
+            s = chan_merge(s, vec3<f32>(x2[at + 3u * t], x2[at + 3u * t + 1u], x2[at + 3u * t + 2u]));
+        }
+    }
+    return s;
+}
+
+// Fills `group_stats` for image n: invocation `tid` merges groups tid, tid + DIRECT_WG, ..,
+// each over its channels and their slots in a fixed order, so every workgroup of the image
+// gets bit-identical statistics. Call in uniform control flow (it has a barrier).
+fn merge_group_stats(n: u32, tid: u32, plane: u32) {
+    if (NORM == 0u || NORM_SRC != 1u) {
+        return;
+    }
+    let cg = (params.cin1 + params.cin2) / NORM_GROUPS;
+    for (var g = tid; g < NORM_GROUPS; g += DIRECT_WG) {
+        var s = vec3<f32>(0.0);
+        for (var c = g * cg; c < (g + 1u) * cg; c++) {
+            s = chan_merge(s, channel_moments(n, c, plane));
+        }
+        group_stats[g] = vec2<f32>(s.y, inverseSqrt(s.z / s.x + params.norm_eps));
+    }
+    workgroupBarrier();
+}
+
 // How input channel ci of the run's image is normalised (mean, scale, shift).
 fn norm_of(n: u32, ci: u32) -> vec3<f32> {
     if (NORM == 0u) {
         return vec3<f32>(0.0, 1.0, 0.0);
     }
-    let at = (n * (params.cin1 + params.cin2) + ci) * 4u;
+    let cin = params.cin1 + params.cin2;
+    if (NORM_SRC == 1u) {
+        let g = group_stats[ci / (cin / NORM_GROUPS)];
+        return vec3<f32>(g.x, g.y * norm[ci], norm[cin + ci]);
+    }
+    let at = (n * cin + ci) * 4u;
     return vec3<f32>(norm[at], norm[at + 1u], norm[at + 2u]);
 }
 
@@ -352,16 +486,15 @@ struct Run {
     plane: u32,
 }
 
-fn run_at(q: u32) -> Run {
+// Run q of image n (runs are numbered row by row within the image).
+fn run_at(n: u32, q: u32) -> Run {
     let p = params;
     let rw = (p.out_w + DIRECT_PX - 1u) / DIRECT_PX;
     let per_image = p.out_h * rw;
-    let n_raw = q / per_image;
-    let n = min(n_raw, p.batch - 1u);
-    let r = q - n_raw * per_image;
-    let oy = min(r / rw, p.out_h - 1u);
+    let r = min(q, per_image - 1u);
+    let oy = r / rw;
     let plane = (p.in_h >> p.upsample) * (p.in_w >> p.upsample);
-    return Run(n_raw < p.batch, n, oy, (r - (r / rw) * rw) * DIRECT_PX, n * p.cin1 * plane, n * p.cin2 * plane, plane);
+    return Run(q < per_image, n, oy, (r - oy * rw) * DIRECT_PX, n * p.cin1 * plane, n * p.cin2 * plane, plane);
 }
 
 // Stored offset of logical column ix within a row (clamped into the input; the `upsample`
@@ -520,29 +653,84 @@ fn pointwise_x2(acc: ptr<function, Acc>, w: Window, row: u32, m: vec3<f32>, k: v
 }
 
 // The epilogue for the 4 channels m0.. at pixel j of the run.
-fn store4(run: Run, m0: u32, base: u32, j: u32, a: vec4<f32>) {
+// Returns the stored values (0 where nothing is stored).
+fn store4(run: Run, m0: u32, base: u32, j: u32, a: vec4<f32>) -> vec4<f32> {
     let p = params;
+    var v = vec4<f32>(0.0);
     if (!run.valid || run.ox0 + j >= p.out_w) {
-        return;
+        return v;
     }
     for (var c = 0u; c < 4u; c++) {
         if (m0 + c < p.cout) {
-            store(m0 + c, base + j, a[c]);
+            v[c] = store(m0 + c, base + j, a[c]);
         }
+    }
+    return v;
+}
+
+// Partial statistics of a direct kernel: per invocation, (count, mean, M2) of its 4
+// channels over its up to 8 pixels; after one barrier, each chunk of STATS_RUNS
+// consecutive runs (invocations) is reduced by its first 4 invocations (one per channel)
+// into one slot. The slot is a fixed chunk of the image's runs, not the workgroup: the
+// launcher sizes workgroups by the batch, and the statistics (so the images) must not
+// depend on the batch an image is computed in, bit for bit.
+const STATS_RUNS: u32 = 8u; // = DIRECT_STATS_RUNS in conv2d.rs, divides DIRECT_WG
+var<workgroup> part_mean: array<vec4<f32>, DIRECT_WG>;
+var<workgroup> part_m2: array<vec4<f32>, DIRECT_WG>;
+var<workgroup> part_count: array<f32, DIRECT_WG>;
+
+// The epilogue for the 4 channels m0.. at the run's pixels; with EMIT_STATS, the
+// partial statistics of its runs (the first is run `wg_first_run` of the image). Call in
+// uniform control flow.
+fn store_run(run: Run, m0: u32, acc: Acc, tid: u32, wg_first_run: u32) {
+    let base = (run.n * params.out_h + run.oy) * params.out_w + run.ox0;
+    let v0 = store4(run, m0, base, 0u, acc.a0);
+    let v1 = store4(run, m0, base, 1u, acc.a1);
+    let v2 = store4(run, m0, base, 2u, acc.a2);
+    let v3 = store4(run, m0, base, 3u, acc.a3);
+    let v4 = store4(run, m0, base, 4u, acc.a4);
+    let v5 = store4(run, m0, base, 5u, acc.a5);
+    let v6 = store4(run, m0, base, 6u, acc.a6);
+    let v7 = store4(run, m0, base, 7u, acc.a7);
+    if (!EMIT_STATS) {
+        return;
+    }
+    // The stored pixels are a prefix of the run; two passes over registers for the mean
+    // and M2 (no cancellation). Past `count`, v is 0 and masked out of M2.
+    var count = 0u;
+    if (run.valid) {
+        count = min(DIRECT_PX, params.out_w - run.ox0);
+    }
+    let fc = max(f32(count), 1.0);
+    let mean = (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7) / fc;
+    var m2 = vec4<f32>(0.0);
+    m2 += sq_dev(v0, mean, 0u < count);
+    m2 += sq_dev(v1, mean, 1u < count);
+    m2 += sq_dev(v2, mean, 2u < count);
+    m2 += sq_dev(v3, mean, 3u < count);
+    m2 += sq_dev(v4, mean, 4u < count);
+    m2 += sq_dev(v5, mean, 5u < count);
+    m2 += sq_dev(v6, mean, 6u < count);
+    m2 += sq_dev(v7, mean, 7u < count);
+    part_mean[tid] = mean;
+    part_m2[tid] = m2;
+    part_count[tid] = f32(count);
+    workgroupBarrier();
+    let lane = tid % STATS_RUNS;
+    let first = tid - lane;
+    let tile = (wg_first_run + first) / STATS_RUNS;
+    if (lane < 4u && m0 + lane < params.cout && tile < params.tiles_out) {
+        var s = vec3<f32>(0.0);
+        for (var i = first; i < first + STATS_RUNS; i++) {
+            s = chan_merge(s, vec3<f32>(part_count[i], part_mean[i][lane], part_m2[i][lane]));
+        }
+        write_partial(run.n, m0 + lane, tile, s);
     }
 }
 
-// The epilogue for the 4 channels m0.. at the run's pixels.
-fn store_run(run: Run, m0: u32, acc: Acc) {
-    let base = (run.n * params.out_h + run.oy) * params.out_w + run.ox0;
-    store4(run, m0, base, 0u, acc.a0);
-    store4(run, m0, base, 1u, acc.a1);
-    store4(run, m0, base, 2u, acc.a2);
-    store4(run, m0, base, 3u, acc.a3);
-    store4(run, m0, base, 4u, acc.a4);
-    store4(run, m0, base, 5u, acc.a5);
-    store4(run, m0, base, 6u, acc.a6);
-    store4(run, m0, base, 7u, acc.a7);
+fn sq_dev(v: vec4<f32>, mean: vec4<f32>, inside: bool) -> vec4<f32> {
+    let d = select(vec4<f32>(0.0), v - mean, inside);
+    return d * d;
 }
 
 fn zero_acc() -> Acc {
@@ -550,12 +738,14 @@ fn zero_acc() -> Acc {
     return Acc(z, z, z, z, z, z, z, z);
 }
 
+// Grid: (run tiles of DIRECT_WG runs within an image, blocks of 4 output channels, images).
 @compute @workgroup_size(DIRECT_WG, 1, 1)
-fn direct3x3(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let p = params;
-    let run = run_at(gid.x);
+    let run = run_at(wid.z, wid.x * DIRECT_WG + tid);
+    merge_group_stats(run.n, tid, run.plane);
     let win = window_of(i32(run.ox0) - 1, i32(run.oy) - 1);
-    let m0 = gid.y * 4u;
+    let m0 = wid.y * 4u;
     let wr = weight_rows(m0, (p.cin1 + p.cin2) * 9u);
 
     var acc = zero_acc();
@@ -575,16 +765,17 @@ fn direct3x3(@builtin(global_invocation_id) gid: vec3<u32>) {
         taps_x2(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
         taps_x2(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
-    store_run(run, m0, acc);
+    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }
 
 @compute @workgroup_size(DIRECT_WG, 1, 1)
-fn direct1x1(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn direct1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let p = params;
-    let run = run_at(gid.x);
+    let run = run_at(wid.z, wid.x * DIRECT_WG + tid);
+    merge_group_stats(run.n, tid, run.plane);
     // Columns past the output's width read the last one (their outputs are not stored).
     let win = window_of(i32(run.ox0), i32(run.oy));
-    let m0 = gid.y * 4u;
+    let m0 = wid.y * 4u;
     let wr = weight_rows(m0, p.cin1 + p.cin2);
 
     var acc = zero_acc();
@@ -595,5 +786,5 @@ fn direct1x1(@builtin(global_invocation_id) gid: vec3<u32>) {
         let c = p.cin1 + ci;
         pointwise_x2(&acc, win, run.base2 + ci * run.plane + win.r0, norm_of(run.n, c), weights4(wr, c));
     }
-    store_run(run, m0, acc);
+    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }

@@ -145,6 +145,7 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<KernelCheck>> {
         &AttentionWeights {
             norm_gamma: &gg,
             norm_beta: &gbeta,
+            norm_affine: None,
             groups: 4,
             eps: 1e-5,
             qkv_weight: &gqw,

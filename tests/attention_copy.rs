@@ -120,6 +120,7 @@ fn self_attention_block_matches_cpu() {
         &AttentionWeights {
             norm_gamma: &gg,
             norm_beta: &gb,
+            norm_affine: None,
             groups,
             eps: 1e-5,
             qkv_weight: &gqw,

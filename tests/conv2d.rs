@@ -295,7 +295,7 @@ fn check_norm(
     groups: usize,
     silu: bool,
 ) {
-    use diffusion_playground::gpu::conv2d::NormIn;
+    use diffusion_playground::gpu::conv2d::{NormIn, NormStats};
     use diffusion_playground::gpu::group_norm::{group_norm_stats, NORM_STATS};
     let mut r = rng(seed);
     let cin = c1 + c2;
@@ -325,7 +325,7 @@ fn check_norm(
         gpu(),
         &Conv2dArgs {
             x2: x2_arg,
-            norm: Some(NormIn { stats: &stats, silu }),
+            norm: Some(NormIn { stats: NormStats::Pass(&stats), silu }),
             ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
         },
     )
@@ -362,7 +362,7 @@ fn conv_norm_1x1_no_silu_attention_qkv() {
 
 #[test]
 fn conv_norm_needs_the_direct_kernel() {
-    use diffusion_playground::gpu::conv2d::NormIn;
+    use diffusion_playground::gpu::conv2d::{NormIn, NormStats};
     use diffusion_playground::gpu::group_norm::NORM_STATS;
     let x = zeros("x", &[1, 4, 8, 8]);
     let w = zeros("w", &[4, 4, 3, 3]);
@@ -370,15 +370,246 @@ fn conv_norm_needs_the_direct_kernel() {
     let stats = zeros("stats", &[1, 4, NORM_STATS]);
     let out = zeros("out", &[1, 4, 8, 8]);
     let args = Conv2dArgs {
-        norm: Some(NormIn { stats: &stats, silu: true }),
+        norm: Some(NormIn { stats: NormStats::Pass(&stats), silu: true }),
         variant: Some(ConvVariant::Tiled),
         ..Conv2dArgs::new(&x, &w, &b, &out)
     };
     let err = conv2d(gpu(), &args).err().expect("must fail");
     assert!(err.to_string().contains("direct kernel"), "{err}");
     let wrong = zeros("stats", &[1, 4, 2]);
-    let args =
-        Conv2dArgs { norm: Some(NormIn { stats: &wrong, silu: true }), ..Conv2dArgs::new(&x, &w, &b, &out) };
+    let args = Conv2dArgs {
+        norm: Some(NormIn { stats: NormStats::Pass(&wrong), silu: true }),
+        ..Conv2dArgs::new(&x, &w, &b, &out)
+    };
     let err = conv2d(gpu(), &args).err().expect("must fail");
     assert!(err.to_string().contains("norm stats"), "{err}");
+}
+
+/// A producing convolution of the partial-statistics chain: its input, weights and output.
+struct Producer {
+    k: usize,
+    stride: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    variant: ConvVariant,
+}
+
+/// Runs `p` on a random input on the CPU and the GPU, the GPU output carrying partial
+/// statistics; returns (CPU output, GPU tensor, its dispatch). The bias is offset by
+/// `offset` so that channel means are far from zero (where sum-of-squares variance fails).
+fn produce(
+    r: &mut rand::rngs::StdRng,
+    n: usize,
+    p: &Producer,
+    offset: f32,
+) -> (Vec<f32>, diffusion_playground::gpu::Tensor, diffusion_playground::gpu::Dispatch) {
+    use diffusion_playground::gpu::conv2d::stats_tiles;
+    use diffusion_playground::gpu::Tensor;
+    let fan_in = p.cin * p.k * p.k;
+    let pad = p.k / 2;
+    let x = uniform(r, n * p.cin * p.h * p.w, 1.0);
+    let wt = uniform(r, p.cout * fan_in, 1.0 / (fan_in as f32).sqrt());
+    let b: Vec<f32> = uniform(r, p.cout, 0.5).iter().map(|v| v + offset).collect();
+    let spec = Conv2dSpec { ksize: p.k, stride: p.stride, pad };
+    let (oh, ow) = out_size(p.h, p.w, p.k, p.stride, pad).unwrap();
+    let expect = cpu::conv2d(&x, [n, p.cin, p.h, p.w], &wt, &b, p.cout, spec);
+    let shape = [n, p.cout, oh, ow];
+    let tiles = stats_tiles(Some(p.variant), p.k, p.stride, pad, shape);
+    assert!(tiles > 0);
+    let out = Tensor::with_stats(gpu(), "produced", &shape, tiles).expect("alloc");
+    let gx = upload("x", &[n, p.cin, p.h, p.w], &x);
+    let gw = upload("w", &[p.cout, p.cin, p.k, p.k], &wt);
+    let gb = upload("b", &[p.cout], &b);
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs {
+            stride: p.stride,
+            pad,
+            variant: Some(p.variant),
+            ..Conv2dArgs::new(&gx, &gw, &gb, &out)
+        },
+    )
+    .expect("producer launch");
+    (expect, out, d)
+}
+
+/// (mean, variance) of group g of image i of `x` [n, c, hw] in f64: the reference.
+fn group_moments(x: &[f64], c: usize, hw: usize, groups: usize, i: usize, g: usize) -> (f64, f64) {
+    let cg = c / groups;
+    let vals = &x[(i * c + g * cg) * hw..(i * c + (g + 1) * cg) * hw];
+    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len() as f64;
+    (mean, var)
+}
+
+/// Partial GroupNorm statistics written in the producers' epilogues and merged by the
+/// consumer (`NormStats::Partials`): (1) the slots of each producer, merged on the CPU with
+/// Chan's formula, give each (image, group)'s mean and variance of the CPU reference
+/// output; (2) the consuming convolution, merging them itself, matches the CPU's
+/// group_norm (+ SiLU) and conv2d of the (concatenated) producer outputs. Producers' means
+/// sit at `offset` = 20, about 40x their spread, where E[x^2] - E[x]^2 in f32 would lose
+/// about 3 of the variance's 7 digits.
+#[allow(clippy::too_many_arguments)] // one per shape parameter of the case
+fn check_partials(
+    seed: u64,
+    n: usize,
+    p1: Producer,
+    p2: Option<Producer>,
+    cout: usize,
+    k: usize,
+    groups: usize,
+    silu: bool,
+) {
+    use diffusion_playground::gpu::conv2d::{NormIn, NormStats};
+    let mut r = rng(seed);
+    let offset = 20.0;
+    let (e1, t1, d1) = produce(&mut r, n, &p1, offset);
+    let produced2 = p2.as_ref().map(|p| produce(&mut r, n, p, -offset));
+    let (c1, c2) = (p1.cout, p2.as_ref().map_or(0, |p| p.cout));
+    let [_, _, h, w] = [t1.shape()[0], t1.shape()[1], t1.shape()[2], t1.shape()[3]];
+    let cin = c1 + c2;
+
+    // (1) The slots against the reference moments, per producer on its own channels.
+    let mut dispatches = vec![&d1];
+    if let Some((_, _, d2)) = &produced2 {
+        dispatches.push(d2);
+    }
+    gpu().run(&dispatches).expect("producers");
+    let mut producers = vec![(&e1, &t1)];
+    if let Some((e2, t2, _)) = &produced2 {
+        producers.push((e2, t2));
+    }
+    for (expect, t) in producers {
+        let c = t.shape()[1];
+        let tiles = t.stats_tiles();
+        let slots = pollster::block_on(t.read_stats(gpu())).expect("read stats");
+        assert_eq!(slots.len(), n * c * tiles * 3);
+        let reference: Vec<f64> = expect.iter().map(|&v| v as f64).collect();
+        // Per channel (one "group" per channel) and per group of 3 channels, which crosses
+        // the direct kernel's 4-channel blocks.
+        for cg in [1, 3] {
+            if c % cg != 0 {
+                continue;
+            }
+            for i in 0..n {
+                for g in 0..c / cg {
+                    let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+                    for ch in g * cg..(g + 1) * cg {
+                        for t in 0..tiles {
+                            let at = ((i * c + ch) * tiles + t) * 3;
+                            let (nb, mb, m2b) =
+                                (slots[at] as f64, slots[at + 1] as f64, slots[at + 2] as f64);
+                            if nb == 0.0 {
+                                continue;
+                            }
+                            let total = cnt + nb;
+                            let d = mb - mean;
+                            mean += d * nb / total;
+                            m2 += m2b + d * d * cnt * nb / total;
+                            cnt = total;
+                        }
+                    }
+                    let (rm, rv) = group_moments(&reference, c, h * w, c / cg, i, g);
+                    assert_eq!(cnt as usize, cg * h * w, "count of image {i} group {g}/{cg}");
+                    // The GPU output differs from the CPU's by the dot-product error; the
+                    // merge itself adds ~1e-7 relative.
+                    assert!(
+                        (mean - rm).abs() <= 1e-5 * rm.abs().max(1.0),
+                        "mean {mean} vs {rm} (image {i} group {g}/{cg})"
+                    );
+                    let var = m2 / cnt;
+                    assert!(
+                        (var - rv).abs() <= 1e-3 * rv,
+                        "variance {var} vs {rv} (image {i} group {g}/{cg})"
+                    );
+                }
+            }
+        }
+    }
+
+    // (2) The consumer merging them.
+    let mut cat = e1.clone();
+    if let Some((e2, _, _)) = &produced2 {
+        cat = cpu::concat_channels(&e1, e2, n, c1, c2, h * w);
+    }
+    let gamma = uniform(&mut r, cin, 1.5);
+    let beta = uniform(&mut r, cin, 0.5);
+    let fan_in = cin * k * k;
+    let wt = uniform(&mut r, cout * fan_in, 1.0 / (fan_in as f32).sqrt());
+    let b = uniform(&mut r, cout, 0.5);
+    let normed = cpu::group_norm(&cat, n, cin, h * w, groups, &gamma, &beta, 1e-5, silu);
+    let expect =
+        cpu::conv2d(&normed, [n, cin, h, w], &wt, &b, cout, Conv2dSpec { ksize: k, stride: 1, pad: k / 2 });
+    let affine: Vec<f32> = gamma.iter().chain(&beta).copied().collect();
+    let gaffine = upload("affine", &[2 * cin], &affine);
+    let gw = upload("w", &[cout, cin, k, k], &wt);
+    let gb = upload("b", &[cout], &b);
+    let out = zeros("out", &[n, cout, h, w]);
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs {
+            x2: produced2.as_ref().map(|(_, t, _)| t),
+            norm: Some(NormIn { stats: NormStats::Partials { affine: &gaffine, groups, eps: 1e-5 }, silu }),
+            ..Conv2dArgs::new(&t1, &gw, &gb, &out)
+        },
+    )
+    .expect("consumer launch");
+    let got = run(&[&d], &out);
+    // The conv's dot-product error plus the normalised inputs': each carries the producer's
+    // error (~1e-6 of |x| ~ 20) over std ~0.5.
+    let tol = dot_tolerance(fan_in) + 1e-4;
+    assert_close(
+        &format!("partials conv2d n{n} {c1}+{c2}->{cout} {h}x{w} k{k} g{groups} silu{silu}"),
+        &got,
+        &expect,
+        &[n, cout, h, w],
+        tol,
+        tol,
+    );
+}
+
+#[test]
+fn partials_direct3x3_batch1_odd_partial_tiles() {
+    // 13x11: 26 runs of 8 pixels in tiles of 8 runs (the last partial, the last run of
+    // each row 3 pixels); groups of 6 channels span two 4-channel blocks.
+    let p = Producer { k: 3, stride: 1, cin: 5, cout: 18, h: 13, w: 11, variant: ConvVariant::Direct };
+    check_partials(40, 1, p, None, 7, 3, 3, true);
+}
+
+#[test]
+fn partials_concat_tiled_stride2_and_direct1x1() {
+    // x1 from the tiled kernel, stride 2 (23x23 -> 12x12: 144 pixels, two tiles of 128 per
+    // image), x2 from the direct 1x1 kernel; 15 channels in 3 groups of 5, the middle one
+    // straddling x1 (9 channels) and x2. Batch 3.
+    let p1 = Producer { k: 3, stride: 2, cin: 4, cout: 9, h: 23, w: 23, variant: ConvVariant::Tiled };
+    let p2 = Producer { k: 1, stride: 1, cin: 3, cout: 6, h: 12, w: 12, variant: ConvVariant::Direct };
+    check_partials(41, 3, p1, Some(p2), 10, 1, 3, false);
+}
+
+#[test]
+fn partials_u_net_level0_shapes() {
+    // The shipped model's 28x28 level at batch 2: 32 channels in 8 groups, 3x3 both ways.
+    let p = Producer { k: 3, stride: 1, cin: 32, cout: 32, h: 28, w: 28, variant: ConvVariant::Direct };
+    check_partials(42, 2, p, None, 32, 3, 8, true);
+}
+
+#[test]
+fn partials_missing_are_refused() {
+    use diffusion_playground::gpu::conv2d::{NormIn, NormStats};
+    let x = zeros("x", &[1, 4, 8, 8]);
+    let w = zeros("w", &[4, 4, 3, 3]);
+    let b = zeros("b", &[4]);
+    let affine = zeros("affine", &[8]);
+    let out = zeros("out", &[1, 4, 8, 8]);
+    let args = Conv2dArgs {
+        norm: Some(NormIn {
+            stats: NormStats::Partials { affine: &affine, groups: 2, eps: 1e-5 },
+            silu: true,
+        }),
+        ..Conv2dArgs::new(&x, &w, &b, &out)
+    };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("no partial statistics"), "{err}");
 }

@@ -32,8 +32,8 @@ mod native {
     use std::time::{Duration, Instant};
 
     use diffusion_playground::gpu::attention::attention;
-    use diffusion_playground::gpu::conv2d::NormIn;
     use diffusion_playground::gpu::conv2d::{self, conv2d, Conv2dArgs};
+    use diffusion_playground::gpu::conv2d::{NormIn, NormStats};
     use diffusion_playground::gpu::group_norm::{group_norm, group_norm_stats, NORM_STATS};
     use diffusion_playground::gpu::{Dispatch, Gpu, Tensor};
     use diffusion_playground::Result;
@@ -140,7 +140,7 @@ mod native {
             let folded = conv2d(
                 &gpu,
                 &Conv2dArgs {
-                    norm: Some(NormIn { stats: &stats, silu: true }),
+                    norm: Some(NormIn { stats: NormStats::Pass(&stats), silu: true }),
                     ..Conv2dArgs::new(&x, &w, &gamma, &conv_out)
                 },
             )?;

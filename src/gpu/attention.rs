@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::conv2d::{conv2d, Conv2dArgs, NormIn};
+use super::conv2d::{conv2d, Conv2dArgs, NormIn, NormStats};
 use super::group_norm::{group_norm_stats, NORM_STATS};
 use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tensor};
 use crate::error::{EngineError, Result};
@@ -89,6 +89,10 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
 pub struct AttentionWeights<'a> {
     pub norm_gamma: &'a Tensor,
     pub norm_beta: &'a Tensor,
+    /// gamma then beta, [2c]: with it, and an `x` that carries the partial statistics of
+    /// the convolution that wrote it ([`Tensor::with_stats`]), the q/k/v projection merges
+    /// the GroupNorm statistics itself and no statistics pass runs.
+    pub norm_affine: Option<&'a Tensor>,
     pub groups: usize,
     pub eps: f32,
     pub qkv_weight: &'a Tensor,
@@ -102,8 +106,9 @@ pub struct AttentionWeights<'a> {
 /// The temporaries of one attention block, [N, C, H, W] except `qkv` [N, 3C, H, W]. They are
 /// dead once the block is done, so a planner may share them between blocks.
 pub struct AttentionScratch {
-    /// The GroupNorm's statistics, [n, c, NORM_STATS] (folded into the q, k, v projection).
-    pub stats: Tensor,
+    /// The GroupNorm's statistics, [n, c, NORM_STATS] (folded into the q, k, v projection),
+    /// for an `x` without partial statistics.
+    pub stats: Option<Tensor>,
     pub qkv: Tensor,
     pub heads: Tensor,
 }
@@ -113,15 +118,17 @@ impl AttentionScratch {
     pub fn new(gpu: &Gpu, x: &Tensor) -> Result<Self> {
         let [n, c, h, w] = dims4(OP, "x", x)?;
         Ok(AttentionScratch {
-            stats: Tensor::zeros(gpu, "attention.norm", &[n, c, NORM_STATS])?,
+            stats: Some(Tensor::zeros(gpu, "attention.norm", &[n, c, NORM_STATS])?),
             qkv: Tensor::zeros(gpu, "attention.qkv", &[n, 3 * c, h, w])?,
             heads: Tensor::zeros(gpu, "attention.heads", &[n, c, h, w])?,
         })
     }
 }
 
-/// The four dispatches of a self-attention block:
-/// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`.
+/// The dispatches of a self-attention block:
+/// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`:
+/// three, or four with a GroupNorm statistics pass (see [`AttentionWeights::norm_affine`]).
+/// `out` gets partial statistics when it has room for them.
 /// Their bind groups keep the scratch tensors alive.
 pub fn self_attention(
     gpu: &Gpu,
@@ -132,20 +139,35 @@ pub fn self_attention(
 ) -> Result<Vec<Dispatch>> {
     let [n, c, h, w] = dims4(OP, "x", x)?;
     expect_shape(OP, "out", out, &[n, c, h, w])?;
-    expect_shape(OP, "stats", &s.stats, &[n, c, NORM_STATS])?;
     expect_shape(OP, "qkv", &s.qkv, &[n, 3 * c, h, w])?;
     expect_shape(OP, "heads", &s.heads, &[n, c, h, w])?;
     if p.rescale_output_factor == 0.0 {
         return Err(EngineError::shape(OP, "rescale_output_factor is 0"));
     }
-    let norm = group_norm_stats(gpu, x, None, p.norm_gamma, p.norm_beta, &s.stats, p.groups, p.eps)?;
-    let project_in = conv2d(
+    let mut ops = Vec::with_capacity(4);
+    let stats = match (p.norm_affine, &s.stats) {
+        (Some(affine), _) if x.stats_tiles() > 0 => {
+            NormStats::Partials { affine, groups: p.groups, eps: p.eps }
+        }
+        (_, Some(stats)) => {
+            expect_shape(OP, "stats", stats, &[n, c, NORM_STATS])?;
+            ops.push(group_norm_stats(gpu, x, None, p.norm_gamma, p.norm_beta, stats, p.groups, p.eps)?);
+            NormStats::Pass(stats)
+        }
+        (_, None) => {
+            return Err(EngineError::shape(
+                OP,
+                "x carries no partial statistics and no stats scratch was given",
+            ))
+        }
+    };
+    ops.push(conv2d(
         gpu,
         &Conv2dArgs {
-            norm: Some(NormIn { stats: &s.stats, silu: false }),
+            norm: Some(NormIn { stats, silu: false }),
             ..Conv2dArgs::new(x, p.qkv_weight, p.qkv_bias, &s.qkv)
         },
-    )?;
+    )?);
     let core = attention(gpu, &s.qkv, &s.heads, p.heads)?;
     let project_out = conv2d(
         gpu,
@@ -155,5 +177,6 @@ pub fn self_attention(
             ..Conv2dArgs::new(&s.heads, p.out_weight, p.out_bias, out)
         },
     )?;
-    Ok(vec![norm, project_in, core, project_out])
+    ops.extend([core, project_out]);
+    Ok(ops)
 }

@@ -88,12 +88,20 @@ pub struct TembSlice<'a> {
     pub offset: usize,
 }
 
-/// The input of a convolution GroupNorm'd (and SiLU'd) as it is read: `stats` is
-/// `group_norm_stats`' output for the (concatenated) input, [n, cin1 + cin2, NORM_STATS].
-/// Direct kernels only.
+/// The input of a convolution GroupNorm'd (and SiLU'd) as it is read. Direct kernels only.
 pub struct NormIn<'a> {
-    pub stats: &'a Tensor,
+    pub stats: NormStats<'a>,
     pub silu: bool,
+}
+
+/// Where a normalised input's GroupNorm statistics come from.
+pub enum NormStats<'a> {
+    /// `group_norm_stats`' output for the (concatenated) input, [n, cin1 + cin2, NORM_STATS].
+    Pass(&'a Tensor),
+    /// Merged by the convolution itself from the partial statistics that the convolutions
+    /// which wrote `x` and `x2` left in their tails ([`Tensor::with_stats`]); `affine` is
+    /// the GroupNorm's gamma then beta, [2 (cin1 + cin2)].
+    Partials { affine: &'a Tensor, groups: usize, eps: f32 },
 }
 
 /// - `x`: [n, cin1, h, w] (or [n, cin1, h/2, w/2] with `upsample`)
@@ -161,6 +169,10 @@ struct Params {
     temb_stride: u32,
     temb_offset: u32,
     out_scale: f32,
+    norm_eps: f32,
+    tiles1: u32,
+    tiles2: u32,
+    tiles_out: u32,
 }
 
 /// Output spatial size of a convolution, or `None` if the kernel does not fit.
@@ -235,9 +247,34 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         None => (0, 0),
     };
 
-    if let Some(norm) = &a.norm {
-        expect_shape(OP, "norm stats", norm.stats, &[n, cin1 + cin2, NORM_STATS])?;
-    }
+    let cin = cin1 + cin2;
+    let (norm_src, norm_groups, norm_eps, tiles1, tiles2) = match a.norm.as_ref().map(|m| &m.stats) {
+        None => (0, 1, 0.0, 0, 0),
+        Some(NormStats::Pass(stats)) => {
+            expect_shape(OP, "norm stats", stats, &[n, cin, NORM_STATS])?;
+            (0, 1, 0.0, 0, 0)
+        }
+        Some(NormStats::Partials { affine, groups, eps }) => {
+            expect_shape(OP, "norm affine", affine, &[2 * cin])?;
+            if *groups == 0 || cin % groups != 0 || *groups > MAX_NORM_GROUPS {
+                return Err(EngineError::shape(
+                    OP,
+                    format!(
+                        "{groups} norm groups for {cin} channels (at most {MAX_NORM_GROUPS}, dividing them)"
+                    ),
+                ));
+            }
+            let tiles = |name: &str, t: Option<&Tensor>| match t {
+                None => Ok(0),
+                Some(t) if t.stats_tiles() > 0 => Ok(t.stats_tiles()),
+                Some(t) => Err(EngineError::shape(
+                    OP,
+                    format!("{name} {:?} carries no partial statistics for its GroupNorm", t.shape()),
+                )),
+            };
+            (1, *groups, *eps, tiles("x", Some(a.x))?, tiles("x2", a.x2)?)
+        }
+    };
     let pixels = n * oh * ow;
     let flags = a.temb.is_some() as u32 | (a.residual.is_some() as u32) << 1 | (a.silu as u32) << 2;
     let params = Params {
@@ -257,6 +294,10 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         temb_stride: u32_of(OP, "temb width", temb_stride)?,
         temb_offset: u32_of(OP, "temb offset", temb_offset)?,
         out_scale: a.out_scale,
+        norm_eps,
+        tiles1: u32_of(OP, "x tiles", tiles1)?,
+        tiles2: u32_of(OP, "x2 tiles", tiles2)?,
+        tiles_out: u32_of(OP, "out tiles", a.out.stats_tiles())?,
     };
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
@@ -268,6 +309,19 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         ));
     }
     let norm_mode = a.norm.as_ref().map_or(0, |m| 1 + m.silu as u32);
+    let layout = Layout::of(variant, n, cout, oh, ow);
+    let emit = a.out.stats_tiles() > 0;
+    if emit && a.out.stats_tiles() != layout.tiles {
+        return Err(EngineError::shape(
+            OP,
+            format!(
+                "out carries {} statistics tiles per channel, the {variant:?} kernel writes {}",
+                a.out.stats_tiles(),
+                layout.tiles
+            ),
+        ));
+    }
+    let batch = u32_of(OP, "batch", n)?;
     let (kernel, grid) = match variant {
         ConvVariant::Narrow => {
             if cout > NARROW_MAX_COUT {
@@ -275,6 +329,9 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                     OP,
                     format!("the narrow kernel takes at most 4 channels, not {cout}"),
                 ));
+            }
+            if emit {
+                return Err(EngineError::shape(OP, "the narrow kernel writes no partial statistics"));
             }
             (gpu.kernel(&NARROW, &[])?, [groups(pixels, NARROW_WG), 1, 1])
         }
@@ -289,23 +346,24 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                 ));
             }
             let def = if k == 3 { &DIRECT3 } else { &DIRECT1 };
-            let runs = n * oh * ow.div_ceil(DIRECT_PX);
-            u32_of(OP, "pixel runs", runs)?;
-            // Small images at small batches have few runs per channel block: smaller
-            // workgroups then waste fewer invocations (llvmpipe runs every invocation of a
-            // workgroup, valid or not) and spread the work over at least MIN_WORKGROUPS.
-            let blocks = cout.div_ceil(DIRECT_CH);
-            let mut wg = runs.next_power_of_two().clamp(DIRECT_MIN_WG, DIRECT_WG);
-            while wg > DIRECT_MIN_WG && runs.div_ceil(wg) * blocks < MIN_WORKGROUPS {
-                wg /= 2;
-            }
-            let kernel = gpu.kernel(def, &[("DIRECT_WG", wg as f64), ("NORM", norm_mode as f64)])?;
-            (kernel, [groups(runs, wg), groups(cout, DIRECT_CH), 1])
+            u32_of(OP, "pixel runs", oh * ow.div_ceil(DIRECT_PX))?;
+            let kernel = gpu.kernel(
+                def,
+                &[
+                    ("DIRECT_WG", layout.wg as f64),
+                    ("NORM", norm_mode as f64),
+                    ("NORM_SRC", norm_src as f64),
+                    ("NORM_GROUPS", norm_groups as f64),
+                    ("EMIT_STATS", emit as u32 as f64),
+                ],
+            )?;
+            let runs = oh * ow.div_ceil(DIRECT_PX);
+            (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
         }
         ConvVariant::Tiled => {
-            let wg_y = if cout <= SLIM_MAX_COUT { 8 } else { 16 };
-            let kernel = gpu.kernel(&KERNEL, &[("WG_Y", wg_y as f64)])?;
-            (kernel, [groups(pixels, 4 * (256 / wg_y)), groups(cout, 4 * wg_y), 1])
+            let kernel =
+                gpu.kernel(&KERNEL, &[("WG_Y", layout.wg as f64), ("EMIT_STATS", emit as u32 as f64)])?;
+            (kernel, [layout.tiles as u32, groups(cout, 4 * layout.wg), batch])
         }
     };
     let d = gpu.dispatch(
@@ -318,12 +376,74 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             a.temb.as_ref().map_or(ph, |t| t.tensor.buffer()),
             a.residual.map_or(ph, |t| t.buffer()),
             a.out.buffer(),
-            a.norm.as_ref().map_or(ph, |m| m.stats.buffer()),
+            match a.norm.as_ref().map(|m| &m.stats) {
+                None => ph,
+                Some(NormStats::Pass(t)) | Some(NormStats::Partials { affine: t, .. }) => t.buffer(),
+            },
         ],
         &params,
         grid,
     )?;
     Ok(d.with_flops(flops(n, cin1 + cin2, cout, k, oh, ow)))
+}
+
+/// Most GroupNorm groups a convolution can merge partial statistics for: their (mean,
+/// 1 / std) sit in workgroup memory (8 bytes each, within WebGPU's 16 KiB with the rest).
+pub const MAX_NORM_GROUPS: usize = 1024;
+
+/// How a kernel's grid covers the output: every workgroup stays inside one image (grid z),
+/// so that its partial statistics are that image's.
+struct Layout {
+    /// `DIRECT_WG` (direct) or `WG_Y` (tiled).
+    wg: usize,
+    /// Partial-statistics slots per (image, channel): one per workgroup along x (tiled),
+    /// one per DIRECT_STATS_RUNS runs of 8 pixels (direct, whose workgroup size depends on
+    /// the batch while the slots must not: an image's statistics, so its pixels, are then
+    /// the same bit for bit whatever batch it is computed in).
+    tiles: usize,
+}
+
+/// Runs per partial-statistics slot of the direct kernels (= STATS_RUNS in conv2d.wgsl).
+const DIRECT_STATS_RUNS: usize = DIRECT_MIN_WG;
+
+impl Layout {
+    fn of(variant: ConvVariant, n: usize, cout: usize, oh: usize, ow: usize) -> Layout {
+        match variant {
+            ConvVariant::Direct => {
+                let runs = oh * ow.div_ceil(DIRECT_PX);
+                // Small images at small batches have few runs per channel block: smaller
+                // workgroups then waste fewer invocations (llvmpipe runs every invocation
+                // of a workgroup, valid or not) and spread the work over at least
+                // MIN_WORKGROUPS.
+                let blocks = cout.div_ceil(DIRECT_CH);
+                let mut wg = runs.next_power_of_two().clamp(DIRECT_MIN_WG, DIRECT_WG);
+                while wg > DIRECT_MIN_WG && runs.div_ceil(wg) * n * blocks < MIN_WORKGROUPS {
+                    wg /= 2;
+                }
+                Layout { wg, tiles: runs.div_ceil(DIRECT_STATS_RUNS) }
+            }
+            ConvVariant::Tiled => {
+                let wg_y = if cout <= SLIM_MAX_COUT { 8 } else { 16 };
+                Layout { wg: wg_y, tiles: (oh * ow).div_ceil(4 * (256 / wg_y)) }
+            }
+            ConvVariant::Narrow => Layout { wg: NARROW_WG, tiles: 0 },
+        }
+    }
+}
+
+/// Partial-statistics slots per (image, channel) that [`conv2d`] writes for an output of
+/// `n` images x `cout` channels x `oh` x `ow` with `variant` (`None`: the automatic one):
+/// the `tiles` to allocate its output with ([`Tensor::with_stats`]). 0 for the narrow
+/// kernel, which writes none.
+pub fn stats_tiles(
+    variant: Option<ConvVariant>,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out: [usize; 4],
+) -> usize {
+    let [n, cout, oh, ow] = out;
+    Layout::of(variant.unwrap_or(ConvVariant::auto(cout, k, stride, pad)), n, cout, oh, ow).tiles
 }
 
 /// Multiply-adds of one call, for GFLOP/s reports (2 FLOPs each).

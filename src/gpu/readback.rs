@@ -56,8 +56,16 @@ impl ReadRing {
     /// Queues a copy of `tensors` (after all submitted work) and starts mapping it. Reusing
     /// a slot whose ticket was never taken (a cancelled loop) first waits for that map.
     pub async fn enqueue(&mut self, gpu: &Gpu, tensors: &[&Tensor]) -> Result<ReadTicket> {
+        let ranges: Vec<(&Tensor, u64, u64)> =
+            tensors.iter().map(|t| (*t, 0, t.numel() as u64 * 4)).collect();
+        self.enqueue_ranges(gpu, &ranges).await
+    }
+
+    /// As [`ReadRing::enqueue`], for (tensor, byte offset, bytes) ranges of tensors' buffers
+    /// (a tensor's partial statistics live past its values).
+    pub async fn enqueue_ranges(&mut self, gpu: &Gpu, ranges: &[(&Tensor, u64, u64)]) -> Result<ReadTicket> {
         gpu.check()?;
-        let sizes: Vec<u64> = tensors.iter().map(|t| t.numel() as u64 * 4).collect();
+        let sizes: Vec<u64> = ranges.iter().map(|r| r.2).collect();
         let total: u64 = sizes.iter().sum();
         let index = self.next;
         self.next = (index + 1) % self.slots.len();
@@ -85,8 +93,8 @@ impl ReadRing {
         let mut encoder =
             gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
         let mut offset = 0;
-        for (t, &size) in tensors.iter().zip(&sizes) {
-            encoder.copy_buffer_to_buffer(t.buffer(), 0, staging, offset, size);
+        for &(t, from, size) in ranges {
+            encoder.copy_buffer_to_buffer(t.buffer(), from, staging, offset, size);
             offset += size;
         }
         gpu.queue.submit([encoder.finish()]);

@@ -7,11 +7,19 @@ use crate::gpu::context::lock;
 use crate::gpu::readback::ReadRing;
 use crate::gpu::Gpu;
 
+/// Floats per slot of partial statistics: count, mean, M2 (the sum of squared deviations
+/// from the mean), merged with Chan et al.'s parallel formula.
+pub const STATS_SLOT: usize = 3;
+
 /// Cloning shares the buffer (a handle, no copy).
 #[derive(Clone)]
 pub struct Tensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
+    /// Partial GroupNorm statistics per (image, channel) that the producing convolution
+    /// leaves after the data: 0, or the number of slots per (image, channel) (see
+    /// [`Tensor::with_stats`]).
+    stats_tiles: usize,
     /// The loss slot of the device that made it: names that device, and says whether it
     /// was lost (see [`Tensor::check_device`]).
     device: Arc<Mutex<Option<EngineError>>>,
@@ -20,8 +28,27 @@ pub struct Tensor {
 impl Tensor {
     /// A zero-filled tensor. Fails if it would not fit one storage binding.
     pub fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<Self> {
+        Self::with_stats(gpu, label, shape, 0)
+    }
+
+    /// A zero-filled [n, c, ...] tensor whose buffer carries, after its data, `tiles` slots
+    /// of [`STATS_SLOT`] floats per (image, channel): the (count, mean, M2) partial
+    /// statistics a convolution writes in its epilogue (`conv2d.wgsl`) and the next
+    /// convolution merges into GroupNorm statistics, so no separate statistics pass runs.
+    /// Kernels that index by shape never see the tail.
+    pub fn with_stats(gpu: &Gpu, label: &str, shape: &[usize], tiles: usize) -> Result<Self> {
         let numel = checked_numel(label, shape)?;
-        let bytes = (numel * 4) as u64;
+        let tail = match tiles {
+            0 => 0,
+            t => shape[..shape.len().min(2)]
+                .iter()
+                .try_fold(t * STATS_SLOT, |acc, &d| acc.checked_mul(d))
+                .and_then(|tail| tail.checked_add(numel).and_then(|all| all.checked_mul(4)).map(|_| tail))
+                .ok_or_else(|| {
+                    EngineError::shape("tensor", format!("{label}: {tiles} statistics tiles overflow"))
+                })?,
+        };
+        let bytes = ((numel + tail) * 4) as u64;
         if bytes > gpu.max_binding_bytes() {
             return Err(EngineError::BufferTooLarge {
                 what: format!("{label} {shape:?}"),
@@ -35,7 +62,7 @@ impl Tensor {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor { buffer, shape: shape.to_vec(), device: gpu.lost_slot() })
+        Ok(Tensor { buffer, shape: shape.to_vec(), stats_tiles: tiles, device: gpu.lost_slot() })
     }
 
     pub fn from_slice(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
@@ -63,7 +90,14 @@ impl Tensor {
                 format!("{:?} cannot be viewed as {shape:?}", self.shape),
             ));
         }
-        Ok(Tensor { buffer: self.buffer.clone(), shape: shape.to_vec(), device: self.device.clone() })
+        // The statistics tail is laid out by image and channel: another shape loses it.
+        let stats_tiles = if shape.get(..2) == self.shape.get(..2) { self.stats_tiles } else { 0 };
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+            stats_tiles,
+            device: self.device.clone(),
+        })
     }
 
     /// Fails unless the tensor was made on `gpu`. wgpu does not refuse a buffer of another
@@ -84,6 +118,11 @@ impl Tensor {
         &self.shape
     }
 
+    /// Slots of partial GroupNorm statistics per (image, channel) after the data (0: none).
+    pub fn stats_tiles(&self) -> usize {
+        self.stats_tiles
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -98,11 +137,26 @@ impl Tensor {
         Ok(all.pop().expect("one tensor in, one out"))
     }
 
+    /// Copies the partial statistics after the data back to the CPU (tests): [n, c,
+    /// stats_tiles, STATS_SLOT].
+    pub async fn read_stats(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let data = self.numel() as u64 * 4;
+        let mut all = Self::read_ranges(gpu, &[(self, data, self.buffer.size() - data)]).await?;
+        Ok(all.pop().expect("one range in, one out"))
+    }
+
     /// Copies several tensors into one staging buffer and maps it once: one wait for the GPU
     /// however many tensors. Loops that read every step keep a [`ReadRing`] instead.
     pub async fn read_many(gpu: &Gpu, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let ranges: Vec<(&Tensor, u64, u64)> =
+            tensors.iter().map(|t| (*t, 0, t.numel() as u64 * 4)).collect();
+        Self::read_ranges(gpu, &ranges).await
+    }
+
+    /// Reads (tensor, byte offset, bytes) ranges of tensors' buffers through a one-slot ring.
+    async fn read_ranges(gpu: &Gpu, ranges: &[(&Tensor, u64, u64)]) -> Result<Vec<Vec<f32>>> {
         let mut ring = ReadRing::new(1);
-        let ticket = ring.enqueue(gpu, tensors).await?;
+        let ticket = ring.enqueue_ranges(gpu, ranges).await?;
         ring.take(gpu, ticket).await
     }
 }

@@ -28,28 +28,43 @@ impl Arena {
     }
 
     pub fn alloc(&mut self, gpu: &Gpu, label: &str, shape: &[usize]) -> Result<Tensor> {
+        self.alloc_with_stats(gpu, label, shape, 0)
+    }
+
+    /// A buffer with `tiles` partial-statistics slots per (image, channel) after the data
+    /// ([`Tensor::with_stats`]).
+    pub fn alloc_with_stats(
+        &mut self,
+        gpu: &Gpu,
+        label: &str,
+        shape: &[usize],
+        tiles: usize,
+    ) -> Result<Tensor> {
         let Some(next) = self.reuse.as_mut() else {
-            let t = Tensor::zeros(gpu, label, shape)?;
+            let t = Tensor::with_stats(gpu, label, shape, tiles)?;
             self.tensors.push(t.clone());
             return Ok(t);
         };
-        let t = self.tensors.get(*next).filter(|t| t.shape() == shape).ok_or_else(|| {
-            EngineError::shape(
-                "UNet2DModel",
-                format!("shard plan diverged at buffer {next} ({label} {shape:?}); an engine bug"),
-            )
-        })?;
+        let t =
+            self.tensors.get(*next).filter(|t| t.shape() == shape && t.stats_tiles() == tiles).ok_or_else(
+                || {
+                    EngineError::shape(
+                        "UNet2DModel",
+                        format!("shard plan diverged at buffer {next} ({label} {shape:?}); an engine bug"),
+                    )
+                },
+            )?;
         *next += 1;
         Ok(t.clone())
     }
 
     /// Bytes of every buffer together: the pass's share of GPU memory.
     pub fn total_bytes(&self) -> u64 {
-        self.tensors.iter().map(|t| t.numel() as u64 * 4).sum()
+        self.tensors.iter().map(|t| t.buffer().size()).sum()
     }
 
     /// The largest single buffer, in bytes: what must fit one storage binding.
     pub fn largest_bytes(&self) -> u64 {
-        self.tensors.iter().map(|t| t.numel() as u64 * 4).max().unwrap_or(0)
+        self.tensors.iter().map(|t| t.buffer().size()).max().unwrap_or(0)
     }
 }

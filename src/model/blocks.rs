@@ -9,7 +9,7 @@ use super::arena::Arena;
 use crate::error::{EngineError, Result};
 use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
 use crate::gpu::concat::concat;
-use crate::gpu::conv2d::{conv2d, Conv2dArgs, NormIn, TembSlice};
+use crate::gpu::conv2d::{conv2d, stats_tiles, Conv2dArgs, NormIn, NormStats, TembSlice};
 use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 
@@ -53,20 +53,73 @@ impl<'a> Planner<'a> {
         self.params.get(name).ok_or_else(|| EngineError::weights(name, "was not uploaded (an engine bug)"))
     }
 
-    /// A new tensor that stays alive for the whole forward pass; returns its index.
-    pub fn keep(&mut self, label: &str, shape: &[usize]) -> Result<usize> {
-        let t = self.arena.alloc(self.gpu, label, shape)?;
+    /// A new tensor that stays alive for the whole forward pass, the output of a `k`x`k` convolution (automatic variant)
+    /// that a GroupNorm reads, with room for the partial statistics the convolution writes;
+    /// returns its index.
+    pub fn keep_conv_out(
+        &mut self,
+        label: &str,
+        shape: &[usize],
+        conv: (usize, usize, usize),
+    ) -> Result<usize> {
+        let t = self.arena.alloc_with_stats(self.gpu, label, shape, conv_stats_tiles(shape, conv))?;
         self.kept.push(t);
         Ok(self.kept.len() - 1)
     }
 
     pub fn scratch(&mut self, role: &'static str, shape: &[usize]) -> Result<Tensor> {
+        self.scratch_tiles(role, shape, 0)
+    }
+
+    /// Scratch for the output of a convolution `(k, stride, pad)` that a GroupNorm reads.
+    pub fn scratch_conv_out(
+        &mut self,
+        role: &'static str,
+        shape: &[usize],
+        conv: (usize, usize, usize),
+    ) -> Result<Tensor> {
+        self.scratch_tiles(role, shape, conv_stats_tiles(shape, conv))
+    }
+
+    fn scratch_tiles(&mut self, role: &'static str, shape: &[usize], tiles: usize) -> Result<Tensor> {
         let key = (role, shape.to_vec());
         if !self.scratch.contains_key(&key) {
-            let t = self.arena.alloc(self.gpu, role, shape)?;
+            let t = self.arena.alloc_with_stats(self.gpu, role, shape, tiles)?;
             self.scratch.insert(key.clone(), t);
         }
         Ok(self.scratch[&key].clone())
+    }
+
+    /// The GroupNorm `norm` (a parameter prefix) of the tensor a convolution reads, `x`
+    /// or the concat of `x` and `x2`, to fold into that convolution: merged by the
+    /// convolution from the partial statistics in the inputs' tails when their producers
+    /// wrote them, else a statistics pass (pushed here) into scratch `role`.
+    pub fn fold_norm(
+        &mut self,
+        role: &'static str,
+        x: &Tensor,
+        x2: Option<&Tensor>,
+        norm: &str,
+        groups: usize,
+        eps: f32,
+    ) -> Result<FoldedNorm> {
+        if x.stats_tiles() > 0 && x2.is_none_or(|t| t.stats_tiles() > 0) {
+            return Ok(FoldedNorm::Partials { affine: self.param(&affine_name(norm))?.clone(), groups, eps });
+        }
+        let [n, c] = [x.shape()[0], x.shape()[1] + x2.map_or(0, |t| t.shape()[1])];
+        let stats = self.scratch(role, &[n, c, NORM_STATS])?;
+        let d = group_norm_stats(
+            self.gpu,
+            x,
+            x2,
+            self.param(&format!("{norm}.weight"))?,
+            self.param(&format!("{norm}.bias"))?,
+            &stats,
+            groups,
+            eps,
+        )?;
+        self.push(d);
+        Ok(FoldedNorm::Pass(stats))
     }
 
     pub fn push(&mut self, d: Dispatch) {
@@ -75,6 +128,35 @@ impl<'a> Planner<'a> {
 
     pub fn name(&mut self, module: impl Into<String>, index: usize) {
         self.named.push((module.into(), index));
+    }
+}
+
+/// Name of the derived parameter holding GroupNorm `norm`'s gamma then beta (uploaded by
+/// the loader for convolutions that merge partial statistics).
+pub fn affine_name(norm: &str) -> String {
+    format!("{norm}.affine")
+}
+
+/// Partial-statistics slots per (image, channel) of a convolution's output `shape`.
+fn conv_stats_tiles(shape: &[usize], (k, stride, pad): (usize, usize, usize)) -> usize {
+    stats_tiles(None, k, stride, pad, [shape[0], shape[1], shape[2], shape[3]])
+}
+
+/// A GroupNorm folded into the convolution that reads it ([`Planner::fold_norm`]).
+pub(crate) enum FoldedNorm {
+    Pass(Tensor),
+    Partials { affine: Tensor, groups: usize, eps: f32 },
+}
+
+impl FoldedNorm {
+    pub fn input(&self, silu: bool) -> NormIn<'_> {
+        let stats = match self {
+            FoldedNorm::Pass(t) => NormStats::Pass(t),
+            FoldedNorm::Partials { affine, groups, eps } => {
+                NormStats::Partials { affine, groups: *groups, eps: *eps }
+            }
+        };
+        NormIn { stats, silu }
     }
 }
 
@@ -132,12 +214,11 @@ impl ResnetBlock2D {
         };
         let [n, cx, h, w] = shape_of(p, x);
         let pre = &self.prefix;
-        // norm1 and norm2 are folded into conv1's and conv2's reads: only their statistics
-        // are computed, and the normalised tensors never exist.
-        let stats1 = p.scratch("resnet.norm1", &[n, self.cin, NORM_STATS])?;
-        let hidden = p.scratch("resnet.conv1", &[n, self.cout, h, w])?;
-        let stats2 = p.scratch("resnet.norm2", &[n, self.cout, NORM_STATS])?;
-        let out = p.keep(pre, &[n, self.cout, h, w])?;
+        // norm1 and norm2 are folded into conv1's and conv2's reads, which merge the
+        // statistics that the convolutions writing their inputs left behind: the
+        // normalised tensors never exist and no statistics pass runs.
+        let hidden = p.scratch_conv_out("resnet.conv1", &[n, self.cout, h, w], (3, 1, 1))?;
+        let out = p.keep_conv_out(pre, &[n, self.cout, h, w], (3, 1, 1))?;
         let gpu = p.gpu;
         let skip_t: Option<Tensor> = skip.map(|s| p.kept[s].clone());
         let skip_t = skip_t.as_ref();
@@ -145,25 +226,17 @@ impl ResnetBlock2D {
             return Err(EngineError::shape("ResnetBlock2D", format!("{pre} takes {} channels", self.cin)));
         }
 
-        let d = group_norm_stats(
-            gpu,
-            &p.kept[x],
-            skip_t,
-            p.param(&format!("{pre}.norm1.weight"))?,
-            p.param(&format!("{pre}.norm1.bias"))?,
-            &stats1,
-            self.groups,
-            self.eps,
-        )?;
-        p.push(d);
+        let x_t = p.kept[x].clone();
+        let norm1 =
+            p.fold_norm("resnet.norm1", &x_t, skip_t, &format!("{pre}.norm1"), self.groups, self.eps)?;
         let d = conv2d(
             gpu,
             &Conv2dArgs {
                 x2: skip_t,
-                norm: Some(NormIn { stats: &stats1, silu: true }),
+                norm: Some(norm1.input(true)),
                 temb: Some(TembSlice { tensor: p.temb, offset: self.temb_offset }),
                 ..Conv2dArgs::new(
-                    &p.kept[x],
+                    &x_t,
                     p.param(&format!("{pre}.conv1.weight"))?,
                     p.param(&format!("{pre}.conv1.bias"))?,
                     &hidden,
@@ -171,17 +244,8 @@ impl ResnetBlock2D {
             },
         )?;
         p.push(d);
-        let d = group_norm_stats(
-            gpu,
-            &hidden,
-            None,
-            p.param(&format!("{pre}.norm2.weight"))?,
-            p.param(&format!("{pre}.norm2.bias"))?,
-            &stats2,
-            self.groups,
-            self.eps,
-        )?;
-        p.push(d);
+        let norm2 =
+            p.fold_norm("resnet.norm2", &hidden, None, &format!("{pre}.norm2"), self.groups, self.eps)?;
         let shortcut = if self.has_shortcut() {
             let s = p.scratch("resnet.shortcut", &[n, self.cout, h, w])?;
             let d = conv2d(
@@ -205,7 +269,7 @@ impl ResnetBlock2D {
             gpu,
             &Conv2dArgs {
                 residual: Some(shortcut.as_ref().unwrap_or(&p.kept[x])),
-                norm: Some(NormIn { stats: &stats2, silu: true }),
+                norm: Some(norm2.input(true)),
                 out_scale: 1.0 / self.output_scale_factor,
                 ..Conv2dArgs::new(
                     &hidden,
@@ -249,12 +313,13 @@ impl Attention {
 
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
         let shape = shape_of(p, x);
-        let out = p.keep(&self.prefix, &shape)?;
+        let out = p.keep_conv_out(&self.prefix, &shape, (1, 1, 0))?;
         let pre = &self.prefix;
         let (qkv_w, qkv_b) = self.qkv_names();
         let weights = AttentionWeights {
             norm_gamma: p.param(&format!("{pre}.group_norm.weight"))?,
             norm_beta: p.param(&format!("{pre}.group_norm.bias"))?,
+            norm_affine: Some(p.param(&affine_name(&format!("{pre}.group_norm")))?),
             groups: self.groups,
             eps: self.eps,
             qkv_weight: p.param(&qkv_w)?,
@@ -265,7 +330,12 @@ impl Attention {
             rescale_output_factor: self.rescale_output_factor,
         };
         let scratch = AttentionScratch {
-            stats: p.scratch("attention.norm", &[shape[0], shape[1], NORM_STATS])?,
+            // Only for an input without partial statistics (see `self_attention`).
+            stats: if p.kept[x].stats_tiles() > 0 {
+                None
+            } else {
+                Some(p.scratch("attention.norm", &[shape[0], shape[1], NORM_STATS])?)
+            },
             qkv: p.scratch("attention.qkv", &[shape[0], 3 * shape[1], shape[2], shape[3]])?,
             heads: p.scratch("attention.heads", &shape)?,
         };
@@ -301,7 +371,7 @@ impl Downsample2D {
         let [n, c, h, w] = shape_of(p, x);
         let (oh, ow) = crate::gpu::conv2d::out_size(h, w, 3, 2, 1)
             .ok_or_else(|| EngineError::shape("Downsample2D", format!("{h}x{w} is too small")))?;
-        let out = p.keep(&self.prefix, &[n, c, oh, ow])?;
+        let out = p.keep_conv_out(&self.prefix, &[n, c, oh, ow], (3, 2, 1))?;
         let d = conv2d(
             p.gpu,
             &Conv2dArgs {
@@ -327,7 +397,7 @@ impl Upsample2D {
 
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
         let [n, c, h, w] = shape_of(p, x);
-        let out = p.keep(&self.prefix, &[n, c, 2 * h, 2 * w])?;
+        let out = p.keep_conv_out(&self.prefix, &[n, c, 2 * h, 2 * w], (3, 1, 1))?;
         let d = conv2d(
             p.gpu,
             &Conv2dArgs {

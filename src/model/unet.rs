@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::arena::Arena;
-use super::blocks::{Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
+use super::blocks::{affine_name, Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use super::load::HostModel;
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
-use crate::gpu::conv2d::{conv2d, Conv2dArgs, NormIn};
-use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
+use crate::gpu::conv2d::{conv2d, Conv2dArgs};
 use crate::gpu::linear::linear;
 use crate::gpu::time_mlp::{self, TimeMlpOut};
 use crate::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
@@ -172,6 +171,21 @@ impl UNetSpec {
             .chain(self.up_blocks.iter().flat_map(|b| &b.attentions))
     }
 
+    /// Every GroupNorm (parameter prefix) whose gamma and beta a convolution reads as one
+    /// [gamma; beta] tensor ([`affine_name`]), and its channels.
+    fn group_norms(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for r in self.resnets() {
+            out.push((format!("{}.norm1", r.prefix), r.cin));
+            out.push((format!("{}.norm2", r.prefix), r.cout));
+        }
+        for a in self.attentions() {
+            out.push((format!("{}.group_norm", a.prefix), a.channels));
+        }
+        out.push(("conv_norm_out".into(), self.config.block_out_channels[0]));
+        out
+    }
+
     /// Every parameter the weights file must hold, named as diffusers names them.
     pub fn parameters(&self) -> ParamList {
         let cfg = &self.config;
@@ -306,6 +320,12 @@ impl UNet {
             upload(out_w.clone(), get(&out_w)?, &[c, c, 1, 1])?;
         }
 
+        for (norm, c) in spec.group_norms() {
+            let mut affine = get(&format!("{norm}.weight"))?.data.clone();
+            affine.extend_from_slice(&get(&format!("{norm}.bias"))?.data);
+            upload(affine_name(&norm), &stacked(affine, vec![2 * c]), &[2 * c])?;
+        }
+
         for (name, shape) in spec.parameters() {
             let derived = name.contains(".time_emb_proj.")
                 || (fused_time_mlp && name.starts_with("time_embedding."))
@@ -435,7 +455,7 @@ impl UNet {
         for dsp in head {
             planner.push(dsp);
         }
-        let x = planner.keep("conv_in", &[batch, c0, h, w])?;
+        let x = planner.keep_conv_out("conv_in", &[batch, c0, h, w], (3, 1, 1))?;
         let dsp = conv2d(
             gpu,
             &Conv2dArgs::new(&input, p("conv_in.weight")?, p("conv_in.bias")?, &planner.kept[x]),
@@ -484,23 +504,20 @@ impl UNet {
         }
 
         // conv_norm_out + SiLU folded into conv_out's reads.
-        let stats = planner.scratch("conv_norm_out", &[batch, c0, NORM_STATS])?;
-        let dsp = group_norm_stats(
-            gpu,
-            &planner.kept[x],
+        let x_t = planner.kept[x].clone();
+        let norm = planner.fold_norm(
+            "conv_norm_out",
+            &x_t,
             None,
-            p("conv_norm_out.weight")?,
-            p("conv_norm_out.bias")?,
-            &stats,
+            "conv_norm_out",
             cfg.norm_num_groups,
             cfg.norm_eps,
         )?;
-        planner.push(dsp);
         let dsp = conv2d(
             gpu,
             &Conv2dArgs {
-                norm: Some(NormIn { stats: &stats, silu: true }),
-                ..Conv2dArgs::new(&planner.kept[x], p("conv_out.weight")?, p("conv_out.bias")?, &output)
+                norm: Some(norm.input(true)),
+                ..Conv2dArgs::new(&x_t, p("conv_out.weight")?, p("conv_out.bias")?, &output)
             },
         )?;
         planner.push(dsp);
