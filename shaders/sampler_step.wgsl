@@ -190,7 +190,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             let x = state[idx];
             var x0 = p.x0_from_x * x + p.x0_from_out * m;
             if ((p.flags & CLIP) != 0u) {
-                x0 = clamp(x0, -p.clip, p.clip);
+                // clamp() may turn NaN into a bound (WGSL leaves min/max of NaN to the
+                // implementation): keep it NaN, as the CPU step's clamp does, or a run that
+                // blew up would pass the non-finite check with clipped garbage.
+                x0 = select(clamp(x0, -p.clip, p.clip), x0, is_nan(x0));
             }
             var eps: f32;
             if ((p.flags & EPS_FROM_X0) != 0u) {
@@ -267,4 +270,9 @@ fn init_state(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
+}
+
+/// NaN by its bits: WGSL lets a compiler assume no NaN exists, so `v != v` may fold to false.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
