@@ -93,7 +93,7 @@ test("schedule panel: visited ticks follow steps and spacing, the marker follows
     });
 });
 
-test("?spacing=trailing&variance=fixed_large sets the controls, the link and the embed code; narrow layout, GPU model", { timeout: 300_000 }, async (t) => {
+test("?spacing=trailing&variance=fixed_large sets the controls, the link and the embed code; narrow layout, both engines", { timeout: 300_000 }, async (t) => {
     await withPage(t, { viewport: { width: 375, height: 740 } }, async ({ page, url, pageErrors, consoleErrors }) => {
         await page.goto(`${url}?model=fashion&label=7&grid=1&steps=3&sampler=ddpm&spacing=trailing&variance=fixed_large&backend=webgpu&autoplay=0`);
         const ready = await waitForState(page, "ready", { timeout: 200_000 });
@@ -118,11 +118,54 @@ test("?spacing=trailing&variance=fixed_large sets the controls, the link and the
         await page.click("#copy-embed");
         const code = await page.$eval("#embed-code", (x) => x.value);
         assert.match(code, / steps="3" sampler="ddpm" spacing="trailing" variance="fixed_large" /);
+        // The options reach both engines: DDPM with trailing spacing and fixed_large variance
+        // on WebGPU (SwiftShader) and on the CPU workers draw the same image, to 1e-3 (the
+        // playground test's bound for the WGSL vs CPU rounding differences compounding over
+        // steps, 1/8 of an 8-bit grey level); fixed_small draws another one.
+        const runDone = async (start) => {
+            const n = await page.evaluate(() => window.__playground.runs.length);
+            await start();
+            await page.waitForFunction((n) => window.__playground.runs.length > n && window.__playground.runs.at(-1).status === "done", n, { timeout: 200_000 });
+            return page.evaluate(() => ({ x: Array.from(window.__lastResult), s: window.__playground.runs.at(-1).settings }));
+        };
+        const gpu = await runDone(() => page.click("#run"));
+        await page.selectOption("#backend", "cpu");
+        await waitForState(page, "ready", { timeout: 120_000 });
+        const cpu = await runDone(() => page.click("#run"));
+        assert.deepEqual([gpu.s.backend, cpu.s.backend, cpu.s.variance, cpu.s.spacing], ["webgpu", "cpu", "fixed_large", "trailing"]);
+        const maxDiff = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+        const errBackends = maxDiff(gpu.x, cpu.x);
+        const small = await runDone(() => page.selectOption("#variance", "fixed_small"));
+        const effect = maxDiff(small.x, cpu.x);
+        t.diagnostic(`DDPM trailing 3 steps, fixed_large: WebGPU vs CPU max abs err ${errBackends.toExponential(2)}; fixed_small vs fixed_large max abs diff ${effect.toFixed(3)}`);
+        assert.ok(errBackends <= 1e-3, `WebGPU vs CPU ${errBackends}`);
+        assert.ok(effect > 0.05, `the variance changed nothing (${effect})`);
+        await page.selectOption("#variance", "fixed_large");
+
         // Variance is DDPM's only: another sampler greys it out and drops it from the link.
         await page.selectOption("#sampler", "ddim");
         assert.equal(await page.isDisabled("#variance"), true);
         assert.doesNotMatch(page.url(), /variance=/);
         assert.match(page.url(), /spacing=trailing/);
+        assert.deepEqual(pageErrors, []);
+        assert.deepEqual(consoleErrors, []);
+    });
+});
+
+test("widget: spacing and variance attributes, the schedule panel as a control", { timeout: 200_000 }, async (t) => {
+    await withPage(t, {}, async ({ page, url, pageErrors, consoleErrors }) => {
+        await page.goto(new URL("embed.html?model=fashion&label=7&grid=1&steps=2&sampler=ddpm&spacing=trailing&variance=fixed_small&controls=spacing,variance,schedule,run&autoplay=0", url).href);
+        await page.waitForFunction(() => document.querySelector("diffusion-playground")?.dataset.state === "ready", null, { timeout: 60_000 });
+        const data = () => page.$eval("diffusion-playground", (e) => ({ ...e.shadowRoot.getElementById("sched").dataset }));
+        const until = (want) =>
+            page.waitForFunction((want) => document.querySelector("diffusion-playground").shadowRoot.getElementById("sched").dataset.timesteps === want, want, { timeout: 30_000 });
+        await until("999,499");
+        assert.deepEqual(await page.$eval("diffusion-playground", (e) => [e.shadowRoot.getElementById("spacing").value, e.shadowRoot.getElementById("variance").value]), ["trailing", "fixed_small"]);
+        assert.equal((await data()).sampler, "ddpm");
+        // An attribute set later re-plans the run (and the panel) like the control does.
+        await page.$eval("diffusion-playground", (e) => e.setAttribute("spacing", "leading"));
+        await until("500,0");
+        t.diagnostic(`widget: ${JSON.stringify(await data())}`);
         assert.deepEqual(pageErrors, []);
         assert.deepEqual(consoleErrors, []);
     });

@@ -9,7 +9,7 @@ const NS = "http://www.w3.org/2000/svg";
 const W = 640, H = 270, L = 46, R = 50, TOP = 12, B = 50;
 const PW = W - L - R, PH = H - TOP - B;
 
-export const SCHEDULE_IDS = ["sched", "sched-svg", "sched-levels", "sched-caption"];
+export const SCHEDULE_IDS = ["sched", "sched-svg", "sched-levels", "sched-caption", "sched-bscale"];
 
 export function scheduleHtml(pg) {
     const hidden = pg.controls.has("schedule") ? "" : " hidden";
@@ -20,7 +20,7 @@ export function scheduleHtml(pg) {
     <svg id="sched-svg" viewBox="0 0 ${W} ${H}" role="img" aria-label="Noise schedule (drawn once the model is loaded)" aria-describedby="sched-caption" preserveAspectRatio="xMidYMid meet"></svg>
     <figcaption id="sched-caption">
       <span class="dp-key-abar">ᾱ<sub>t</sub> (left axis)</span> ·
-      <span class="dp-key-beta">β<sub>t</sub> ÷ max β (left axis, normalised)</span> ·
+      <span class="dp-key-beta">β<sub>t</sub> ÷ <span id="sched-bscale">its 95th percentile</span> (left axis, clipped at 1)</span> ·
       <span class="dp-key-lsnr">log-SNR = ln(ᾱ<sub>t</sub> / (1 − ᾱ<sub>t</sub>)) (right axis)</span> ·
       <span class="dp-key-sigma">σ of each step's added noise (dots, left axis)</span> ·
       <span class="dp-key-visit">ticks under the axis: the timesteps the run visits</span>
@@ -71,7 +71,9 @@ export function drawSchedule(pg) {
     const lsnr = Array.from(a, (v) => Math.log(v / (1 - v)));
     const lo = Math.floor(Math.min(...lsnr) / 5) * 5, hi = Math.ceil(Math.max(...lsnr) / 5) * 5;
     const yr = (v) => TOP + ((hi - v) / (hi - lo || 1)) * PH;
-    const bmax = Math.max(...beta);
+    // beta on its own scale: divided by its 95th percentile and clipped at 1, because a
+    // cosine schedule's last betas (clipped at 0.999) would flatten every other one to 0.
+    const bscale = [...beta].sort((p, q) => p - q)[Math.floor(0.95 * (T - 1))] || Math.max(...beta) || 1;
     const kids = [];
     // Frame and grid.
     kids.push(el("rect", { x: L, y: TOP, width: PW, height: PH, class: "dp-sched-frame" }));
@@ -84,16 +86,16 @@ export function drawSchedule(pg) {
         kids.push(el("text", { x: L + PW + 5, y: yr(v) + 4, "text-anchor": "start", class: "dp-sched-tick dp-key-lsnr" }, String(v)));
     }
     for (let i = 0; i <= 4; i++) {
-        const t = Math.round((i / 4) * (T - 1));
+        const t = Math.min(T - 1, Math.round((i / 4) * T));
         kids.push(el("text", { x: x(t), y: TOP + PH + 24, "text-anchor": "middle", class: "dp-sched-tick" }, String(t)));
     }
     kids.push(el("text", { x: L + PW / 2, y: H - 6, "text-anchor": "middle", class: "dp-sched-axis" }, "t (training timestep; sampling runs right to left)"));
-    kids.push(el("text", { x: 12, y: TOP + PH / 2, "text-anchor": "middle", transform: `rotate(-90 12 ${TOP + PH / 2})`, class: "dp-sched-axis" }, "ᾱ, β / max β, σ"));
+    kids.push(el("text", { x: 12, y: TOP + PH / 2, "text-anchor": "middle", transform: `rotate(-90 12 ${TOP + PH / 2})`, class: "dp-sched-axis" }, "ᾱ, β (scaled), σ"));
     kids.push(el("text", { x: W - 8, y: TOP + PH / 2, "text-anchor": "middle", transform: `rotate(90 ${W - 8} ${TOP + PH / 2})`, class: "dp-sched-axis dp-key-lsnr" }, "log-SNR"));
     // The curves, one point per timestep.
     const path = (f, cls) => el("polyline", { points: Array.from({ length: T }, (_, t) => `${x(t).toFixed(1)},${f(t).toFixed(1)}`).join(" "), class: cls });
     kids.push(path((t) => yl(a[t]), "dp-sched-abar"));
-    kids.push(path((t) => yl(beta[t] / bmax), "dp-sched-beta"));
+    kids.push(path((t) => yl(beta[t] / bscale), "dp-sched-beta"));
     kids.push(path((t) => yr(lsnr[t]), "dp-sched-lsnr"));
     // The visited timesteps: ticks under the axis and each step's sigma as a dot (clamped
     // at the top of the axis: Euler ancestral's sigma lives in its own, larger, scale).
@@ -107,6 +109,7 @@ export function drawSchedule(pg) {
     pg.schedMarker.append(el("line", { y1: TOP, y2: TOP + PH + 9 }), el("circle", { r: 4.5 }));
     kids.push(pg.schedMarker);
     svg.replaceChildren(...kids);
+    pg.el["sched-bscale"].textContent = `${fmt(bscale)} (its 95th percentile)`;
     const sec = pg.el.sched;
     sec.dataset.ticks = String(ts.length);
     sec.dataset.timesteps = ts.join(",");
