@@ -8,6 +8,7 @@
 //               {id, type: "forwardPart", k, first, count}  (part of the model batch)
 //               {id, type: "finishStep", k, modelOut, preview} (the update on the whole batch)
 //               {id, type: "read"}
+//               {id, type: "schedule", options}  (CpuModel.schedule: the run's timesteps, sigma)
 // Messages out: {id, ok: true, ...result} or {id, ok: false, name, message, kind, field, tensor}
 //               (kind: the engine's taxonomy, engine.js ERROR_KINDS; the page never reads
 //               the message to classify an error)
@@ -53,6 +54,8 @@ async function handle(msg) {
             const r = model.read(false);
             return { x: r.x, transfer: [r.x.buffer] };
         }
+        case "schedule":
+            return { schedule: model.schedule(msg.options) };
         case "timesteps":
             return { timesteps: Array.from(model.timesteps(msg.sampler, msg.steps)) };
         case "benchForward": {

@@ -466,6 +466,18 @@ export class CpuPool {
         return { cancelled: false, stepsDone: steps, x, shape: [n, c, h, w] };
     }
 
+    /** `Model.schedule(options)` (the run's timesteps, alpha_bar, sigma), from worker 0:
+     *  every worker holds the same scheduler config. Async here, unlike the wasm call. */
+    async schedule(options) {
+        const w = this.workers[0];
+        await w.ready;
+        try {
+            return (await w.call({ type: "schedule", options })).schedule;
+        } catch (e) {
+            throw e instanceof WorkerCrash ? workerError(e.message) : e;
+        }
+    }
+
     /** Times `reps` forwards of `batch` images in worker 0 (bench/ort). */
     async benchForward(batch, reps) {
         return (await this.workers[0].call({ type: "benchForward", batch, reps })).times;

@@ -21,11 +21,12 @@ import {
     releaseModel,
     restartGpu,
 } from "./engine.js";
-import { ALL_CONTROLS, DEFAULTS, fmtMs, parseCompare, usesClip, usesEta } from "./settings.js";
+import { ALL_CONTROLS, DEFAULTS, fmtMs, parseCompare, usesClip, usesEta, usesVariance } from "./settings.js";
 import { CONTROL_IDS, controlsHtml, fillLabels, wireControls, writeControls } from "./panels/controls.js";
 import { OUTPUT_IDS, drawFrame, enableScrubber, finishRow, layoutRows, outputHtml, wireOutput } from "./panels/output.js";
 import { FORWARD_IDS, drawForward, forwardHtml, setupForward, wireForward } from "./panels/forward.js";
 import { SHARE_IDS, shareHtml, wireShare } from "./panels/share.js";
+import { SCHEDULE_IDS, markSchedule, refreshSchedule, scheduleHtml } from "./panels/schedule.js";
 
 export {
     ALL_CONTROLS,
@@ -36,6 +37,8 @@ export {
     SAMPLERS,
     SETTING_KEYS,
     SHIPPED_MODELS,
+    SPACING_MODES,
+    VARIANCE_MODES,
     WIDGET_CONTROLS,
     embedTag,
     fmtMs,
@@ -45,6 +48,7 @@ export {
     settingsQuery,
     usesClip,
     usesEta,
+    usesVariance,
 } from "./settings.js";
 
 const DEBOUNCE_MS = 250;
@@ -105,9 +109,9 @@ export class Playground {
         // what is seen: the widget shows its output above the form, the narrow page the form
         // first (the wide page puts the form on the left).
         const form = controlsHtml(this), out = outputHtml(this, shareHtml(this));
-        this.host.innerHTML = (this.o.compact ? out + form : form + out) + forwardHtml(this);
+        this.host.innerHTML = (this.o.compact ? out + form : form + out) + forwardHtml(this) + scheduleHtml(this);
         const $ = (id) => this.host.querySelector(`#${id}`);
-        const ids = [...CONTROL_IDS, ...OUTPUT_IDS, ...FORWARD_IDS, ...(this.o.share ? SHARE_IDS : [])];
+        const ids = [...CONTROL_IDS, ...OUTPUT_IDS, ...FORWARD_IDS, ...SCHEDULE_IDS, ...(this.o.share ? SHARE_IDS : [])];
         this.el = Object.fromEntries(ids.map((id) => [id, $(id)]));
         this.el.form = this.host.querySelector("form");
         this.el.views = [...this.host.querySelectorAll(`input[name="view-${this.id}"]`)];
@@ -144,6 +148,12 @@ export class Playground {
     syncControls() {
         writeControls(this);
         this.refreshShare?.();
+    }
+
+    /** A frame of `row` is on screen (live or scrubbed): the schedule's marker follows the
+     *  first row's. */
+    frameShown(row, frame) {
+        if (row === this.rows[0]) markSchedule(this, frame.step);
     }
 
     redrawRows() {
@@ -318,6 +328,13 @@ export class Playground {
         this.setStatus(`Ready on ${backend.label}: ${entry.name} model loaded (${how}, ${fmtMs(this.loadMs)}).`, "ready");
         this.o.onLoaded?.(entry);
         setupForward(this);
+        let first = this.settings;
+        try {
+            first = this.variants(this.settings, entry)[0].settings;
+        } catch {
+            // A bad compare spec: sample() reports it; the panel shows the plain settings.
+        }
+        refreshSchedule(this, first);
         if (this.settings.autoplay) this.sample();
     }
 
@@ -370,8 +387,9 @@ export class Playground {
             seed: s.seed,
             preview: true,
         };
-        // Options only `compare` sets today; the engine reads them by these names.
-        for (const key of ["spacing", "variance"]) if (s[key] != null) opts[key] = s[key];
+        // "default" (or absent) leaves the model's scheduler_config.json value.
+        if (s.spacing && s.spacing !== "default") opts.spacing = s.spacing;
+        if (s.variance && s.variance !== "default" && usesVariance(s.sampler)) opts.variance = s.variance;
         if (s.clip !== "auto") opts.clipSample = s.clip === "on";
         else if (s.sampler === "ddpm") opts.clipSample = true;
         if (k > 0) opts.classes = Array.from({ length: n }, (_, i) => (li === "all" ? i % k : li));
@@ -415,6 +433,8 @@ export class Playground {
             return Promise.resolve(null);
         }
         this.releaseGate();
+        // The schedule panel follows the single run, or the first compared row.
+        refreshSchedule(this, variants[0].settings);
         this.pauseAfterStep = pauseAfterFirst;
         this.stopRequested = false;
         const n = s.grid;

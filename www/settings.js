@@ -17,7 +17,7 @@ export const SHIPPED_MODELS = [
 ];
 /** Every control a view can show (the widget's `controls` attribute picks among them).
  *  `run` is the Sample / Pause / Step / Stop row, `download` the PNG and filmstrip buttons. */
-export const ALL_CONTROLS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "compare", "scrubber", "download", "forward", "run"];
+export const ALL_CONTROLS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "spacing", "variance", "seed", "grid", "view", "compare", "scrubber", "download", "forward", "schedule", "run"];
 /** The widget's controls when its `controls` attribute is absent. */
 export const WIDGET_CONTROLS = ["label", "steps", "guidance", "sampler", "seed", "view", "run"];
 /** x0 clipping of DDPM and DDIM: "auto" clips for DDPM and follows the model's
@@ -29,12 +29,29 @@ export const CLIP_MODES = [
     ["on", "On: clamp x̂₀ to [-1, 1]"],
     ["off", "Off"],
 ];
+/** Which timesteps a run of N steps visits: "default" follows the model's
+ *  scheduler_config.json (`timestep_spacing`); the others override it (diffusers' names:
+ *  "leading" starts 2 steps at t = 500 on T = 1000, "trailing" at t = 999). */
+export const SPACING_MODES = [
+    ["default", "Model default"],
+    ["leading", "Leading"],
+    ["trailing", "Trailing"],
+    ["linspace", "Linspace"],
+];
+/** DDPM's noise variance: "default" follows the model's `variance_type`; fixed_small is the
+ *  posterior's beta-tilde, fixed_large beta itself. */
+export const VARIANCE_MODES = [
+    ["default", "Model default"],
+    ["fixed_small", "Fixed small (β̃)"],
+    ["fixed_large", "Fixed large (β)"],
+];
 /** The settings a link, a widget attribute or a query parameter carries (besides autoplay
  *  and controls). `label` is the diffusion class; the widget never reads HTML's `class`. */
-export const SETTING_KEYS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "seed", "grid", "view", "compare"];
-/** Which samplers read eta (DDIM) and clip (DDPM and DDIM). */
+export const SETTING_KEYS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "spacing", "variance", "seed", "grid", "view", "compare"];
+/** Which samplers read eta (DDIM), clip (DDPM and DDIM) and variance (DDPM). */
 export const usesEta = (sampler) => sampler === "ddim";
 export const usesClip = (sampler) => sampler === "ddpm" || sampler === "ddim";
+export const usesVariance = (sampler) => sampler === "ddpm";
 
 export const DEFAULTS = {
     model: "fashion",
@@ -45,6 +62,8 @@ export const DEFAULTS = {
     sampler: "ddim",
     eta: 0,
     clip: "auto",
+    spacing: "default",
+    variance: "default",
     seed: 1,
     grid: 16,
     view: "xt",
@@ -88,6 +107,10 @@ export function parseSettings(get) {
     if (SAMPLERS.some(([v]) => v === sampler)) out.sampler = sampler;
     const clip = get("clip");
     if (CLIP_MODES.some(([v]) => v === clip)) out.clip = clip;
+    const spacing = get("spacing");
+    if (SPACING_MODES.some(([v]) => v === spacing)) out.spacing = spacing;
+    const variance = get("variance");
+    if (VARIANCE_MODES.some(([v]) => v === variance)) out.variance = variance;
     const backend = get("backend");
     if (BACKENDS.includes(backend)) out.backend = backend;
     const view = get("view");
@@ -155,6 +178,7 @@ export function settingsQuery(s, controls = null) {
     for (const k of SETTING_KEYS) {
         if (k === "eta" && !usesEta(s.sampler)) continue;
         if (k === "clip" && !usesClip(s.sampler)) continue;
+        if (k === "variance" && !usesVariance(s.sampler)) continue;
         if (k === "compare" && !s.compare) continue;
         q.set(k, s[k]);
     }
@@ -171,6 +195,7 @@ export function embedTag(s, controls, src = "widget.js") {
         if (k === "backend" && s.backend === "auto") continue;
         if (k === "eta" && !usesEta(s.sampler)) continue;
         if (k === "clip" && !usesClip(s.sampler)) continue;
+        if (k === "variance" && !usesVariance(s.sampler)) continue;
         if (k !== "model" && String(s[k]) === String(widgetDefaults[k])) continue;
         attrs.push(`${k}="${esc(s[k])}"`);
     }

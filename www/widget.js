@@ -17,14 +17,18 @@
 //   sampler   ddim | ddpm | dpmpp2m | euler_a (default ddim)      eta  DDIM's eta, 0..1
 //   clip      auto | on | off: clamp x0_hat in DDPM/DDIM (default auto: on for DDPM, the
 //             model's scheduler_config.json for DDIM)
+//   spacing   default | leading | trailing | linspace: which timesteps the steps visit
+//             (default: the model's scheduler_config.json timestep_spacing)
+//   variance  default | fixed_small | fixed_large: DDPM's added noise, beta-tilde or beta
+//             (default: the model's variance_type)
 //   seed      integer (default 1)
 //   grid      the NUMBER of images, 1..64 (1, 4, 16, 64 make square grids; default 4)
 //   view      xt | x0: what the live preview shows (default xt)
 //   compare   key:v1,v2,… (sampler, guidance, steps, eta, clip, spacing, variance, label):
 //             one row per value, all from the seed's x_T, one shared scrubber
 //   controls  which controls to show: "all", "none", or a list of model, backend, label,
-//             steps, guidance, sampler, eta, clip, seed, grid, view, compare, scrubber,
-//             download, forward, run (default "label steps guidance sampler seed view run")
+//             steps, guidance, sampler, eta, clip, spacing, variance, seed, grid, view,
+//             compare, scrubber, download, forward, schedule, run (default "label steps guidance sampler seed view run")
 //   autoplay  present (or "true"): sample once the model is loaded; "eager": also load at
 //             once instead of when the widget nears the viewport; absent or "false": wait
 //             for the Sample button

@@ -1,8 +1,9 @@
-// The settings form: model, engine, label, steps, guidance, sampler, eta, clip, seed, grid,
+// The settings form: model, engine, label, steps, guidance, sampler, eta, clip, spacing,
+// variance, seed, grid,
 // compare, and the Sample / Pause / Step / Stop row.
 
 import { BACKENDS } from "../engine.js";
-import { CLIP_MODES, GRID_SIZES, SAMPLERS, SHIPPED_MODELS, esc, usesClip, usesEta } from "../settings.js";
+import { CLIP_MODES, GRID_SIZES, SAMPLERS, SHIPPED_MODELS, SPACING_MODES, VARIANCE_MODES, esc, usesClip, usesEta, usesVariance } from "../settings.js";
 
 /** Where sampling runs: auto picks WebGPU on a hardware GPU, else the CPU engine. */
 const BACKEND_LABELS = {
@@ -13,6 +14,7 @@ const BACKEND_LABELS = {
 
 export const CONTROL_IDS = [
     "model", "backend", "label", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
+    "spacing", "variance", "variance-field",
     "seed", "randomise", "grid", "compare", "run", "pause", "step", "stop",
 ];
 
@@ -62,6 +64,16 @@ export function controlsHtml(pg) {
     <select id="clip" name="clip" aria-describedby="clip-help">${CLIP_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
     <small id="clip-help" class="dp-help">DDPM and DDIM: clamp the predicted image before each step</small>
   </div>
+  <div class="dp-field"${hide("spacing")}>
+    <label for="spacing">Spacing</label>
+    <select id="spacing" name="spacing" aria-describedby="spacing-help">${SPACING_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
+    <small id="spacing-help" class="dp-help">which timesteps the steps visit: leading starts 2 steps at t = 500, trailing at t = T − 1</small>
+  </div>
+  <div class="dp-field" id="variance-field"${hide("variance")}>
+    <label for="variance">DDPM variance</label>
+    <select id="variance" name="variance" aria-describedby="variance-help">${VARIANCE_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
+    <small id="variance-help" class="dp-help">DDPM: the noise each step adds, the posterior's β̃ or β</small>
+  </div>
   <div class="dp-field"${hide("seed")}>
     <label for="seed">Seed</label>
     <span class="dp-row">
@@ -102,6 +114,8 @@ export function writeControls(pg) {
     e.eta.value = s.eta;
     e["eta-out"].value = Number(s.eta).toFixed(2);
     e.clip.value = s.clip;
+    e.spacing.value = s.spacing ?? "default";
+    e.variance.value = s.variance ?? "default";
     showSamplerOptions(pg, s.sampler);
     e.seed.value = s.seed;
     if (![...e.grid.options].some((o) => Number(o.value) === s.grid)) e.grid.append(new Option(String(s.grid), s.grid));
@@ -111,13 +125,16 @@ export function writeControls(pg) {
     if (pg.loaded) fillLabels(pg);
 }
 
-/** Greys out the options the sampler ignores (eta: DDIM only; clip: DDPM and DDIM). */
+/** Greys out the options the sampler ignores (eta: DDIM only; clip: DDPM and DDIM;
+ *  variance: DDPM only). */
 export function showSamplerOptions(pg, sampler) {
     const e = pg.el;
     e["eta-field"].classList.toggle("dp-off", !usesEta(sampler));
     e.eta.disabled = !usesEta(sampler);
     e["clip-field"].classList.toggle("dp-off", !usesClip(sampler));
     e.clip.disabled = !usesClip(sampler);
+    e["variance-field"].classList.toggle("dp-off", !usesVariance(sampler));
+    e.variance.disabled = !usesVariance(sampler);
 }
 
 export function fillLabels(pg) {
@@ -174,6 +191,8 @@ export function wireControls(pg) {
         changed("sampler", e.sampler.value);
     });
     e.clip.addEventListener("change", () => changed("clip", e.clip.value));
+    e.spacing.addEventListener("change", () => changed("spacing", e.spacing.value));
+    e.variance.addEventListener("change", () => changed("variance", e.variance.value));
     e.eta.addEventListener("input", () => {
         e["eta-out"].value = Number(e.eta.value).toFixed(2);
         changed("eta", Number(e.eta.value));

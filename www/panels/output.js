@@ -89,6 +89,7 @@ export function drawFrame(pg, row, frame) {
     if (row.canvas === pg.el.canvas) drawGrid(row.canvas, bytes, row.shape);
     else drawStrip(row.canvas, bytes, row.shape);
     row.shown = frame;
+    pg.frameShown?.(row, frame);
 }
 
 export function redraw(pg) {
