@@ -421,6 +421,20 @@ struct LabStep {
     record: bool,
 }
 
+/// The lab's sampler config for a model's `scheduler_config.json`: the model's noise
+/// schedule (betas, T, prediction type) but diffusers' sampling defaults, not the model's.
+/// Clipping x0 to [-1, 1] is an image-range prior that would cut a mixture reaching past
+/// +-1 (and clipped eps with it), and spacing is the lab's own control, `leading` unless
+/// chosen, so its runs stay diffusers' plain samplers whatever a model ships.
+pub fn lab_config(model: &SchedulerConfig) -> SchedulerConfig {
+    SchedulerConfig {
+        clip_sample: false,
+        use_clipped_model_output: false,
+        timestep_spacing: Some(sched::TimestepSpacing::Leading),
+        ..model.clone()
+    }
+}
+
 /// Runs `opts` on the exact model of `mix`, with the schedule of `cfg`.
 pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Trajectories> {
     if opts.points == 0 || opts.points > MAX_POINTS {

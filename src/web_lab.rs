@@ -53,7 +53,7 @@ impl Lab {
     /// the "moons" preset.
     #[wasm_bindgen(constructor)]
     pub fn new(scheduler_json: &str) -> Result<Lab, JsValue> {
-        let cfg = SchedulerConfig::from_json(scheduler_json).map_err(to_js)?;
+        let cfg = lab::lab_config(&SchedulerConfig::from_json(scheduler_json).map_err(to_js)?);
         let acp = alphas_cumprod(&cfg).map_err(to_js)?;
         let mix = Mixture::preset("moons").map_err(to_js)?;
         Ok(Lab { cfg, acp, mix })

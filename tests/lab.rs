@@ -14,14 +14,14 @@
 #![allow(clippy::needless_range_loop)]
 
 use diffusion_playground::lab::{self, LabOptions, LabSampler, Mixture};
-use diffusion_playground::sched::{alphas_cumprod, SamplerKind, SchedulerConfig};
+use diffusion_playground::sched::{alphas_cumprod, SamplerKind, SchedulerConfig, TimestepSpacing};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The shipped models' schedule (www/models/fashion/scheduler_config.json).
+/// The lab's config on the shipped models' schedule (www/models/fashion/scheduler_config.json).
 fn fashion() -> SchedulerConfig {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/fashion/scheduler_config.json");
-    SchedulerConfig::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+    lab::lab_config(&SchedulerConfig::from_json(&std::fs::read_to_string(path).unwrap()).unwrap())
 }
 
 fn presets() -> Vec<(&'static str, Mixture)> {
@@ -290,13 +290,8 @@ fn bad_inputs_name_their_field() {
 /// (start at 999) the same 100 steps land within the allowance.
 #[test]
 fn dpm_solver_offset_is_the_leading_spacing() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/fashion/scheduler_config.json");
-    let json = std::fs::read_to_string(path).unwrap();
-    assert!(json.contains(r#""timestep_spacing": "leading""#));
-    let trailing = SchedulerConfig::from_json(
-        &json.replace(r#""timestep_spacing": "leading""#, r#""timestep_spacing": "trailing""#),
-    )
-    .unwrap();
+    assert_eq!(fashion().timestep_spacing, Some(TimestepSpacing::Leading), "the lab's default");
+    let trailing = SchedulerConfig { timestep_spacing: Some(TimestepSpacing::Trailing), ..fashion() };
     let mix = Mixture::preset("two").unwrap();
     let opts = LabOptions::new(LabSampler::Plan(SamplerKind::DpmSolverPp2m), 100, POINTS, 8);
     let fails = check_law(
@@ -319,8 +314,11 @@ fn prediction_types_give_the_same_runs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/fashion/scheduler_config.json");
     let json = std::fs::read_to_string(path).unwrap();
     let eps = fashion();
-    let v = SchedulerConfig::from_json(&json.replace(r#""epsilon""#, r#""v_prediction""#)).unwrap();
-    let x0 = SchedulerConfig::from_json(&json.replace(r#""epsilon""#, r#""sample""#)).unwrap();
+    let v = lab::lab_config(
+        &SchedulerConfig::from_json(&json.replace(r#""epsilon""#, r#""v_prediction""#)).unwrap(),
+    );
+    let x0 =
+        lab::lab_config(&SchedulerConfig::from_json(&json.replace(r#""epsilon""#, r#""sample""#)).unwrap());
     let mix = Mixture::preset("moons").unwrap();
     for s in [LabSampler::Plan(SamplerKind::Ddim), LabSampler::Plan(SamplerKind::Ddpm), LabSampler::Langevin]
     {

@@ -103,7 +103,7 @@ export class LabView {
         this.spacing = el(
             "select",
             { name: "spacing" },
-            el("option", { value: "" }, "as shipped (leading)"),
+            el("option", { value: "" }, "leading (diffusers' default)"),
             el("option", { value: "trailing" }, "trailing"),
             el("option", { value: "linspace" }, "linspace"),
         );
