@@ -943,15 +943,22 @@ export function drawGrid(canvas, bytes, [n, c, h, w], gap = 2) {
         px[i] = px[i + 1] = px[i + 2] = 24;
         px[i + 3] = 255;
     }
+    paintImages(img, bytes, [n, c, h, w], (i) => [gap + (i % g.cols) * (w + gap), gap + Math.floor(i / g.cols) * (h + gap)]);
+    canvas.getContext("2d").putImageData(img, 0, 0);
+}
+
+/** Copies images [n, c, h, w] (bytes; images `first..first + n`) into `img` at the offsets
+ *  `at(i)` gives; one channel is drawn as grey, three as RGB. */
+export function paintImages(img, bytes, [n, c, h, w], at, first = 0) {
+    const px = img.data;
     const plane = h * w;
     for (let i = 0; i < n; i++) {
-        const ox = gap + (i % g.cols) * (w + gap);
-        const oy = gap + Math.floor(i / g.cols) * (h + gap);
-        const base = i * c * plane;
+        const [ox, oy] = at(i);
+        const base = (first + i) * c * plane;
         for (let y = 0; y < h; y++) {
             for (let x = 0; x < w; x++) {
                 const s = base + y * w + x;
-                const o = ((oy + y) * g.width + ox + x) * 4;
+                const o = ((oy + y) * img.width + ox + x) * 4;
                 if (c === 3) {
                     px[o] = bytes[s];
                     px[o + 1] = bytes[s + plane];
@@ -959,10 +966,10 @@ export function drawGrid(canvas, bytes, [n, c, h, w], gap = 2) {
                 } else {
                     px[o] = px[o + 1] = px[o + 2] = bytes[s];
                 }
+                px[o + 3] = 255;
             }
         }
     }
-    canvas.getContext("2d").putImageData(img, 0, 0);
 }
 
 /** A seeded standard-normal generator (mulberry32 + Box-Muller) for the forward panel. */

@@ -62,15 +62,7 @@ pub fn step(
                 m = u + p.guidance * (m - u);
             }
             let xv = *x;
-            let mut x0 = c.x0_from_x * xv + c.x0_from_out * m;
-            if let Some(r) = c.clip {
-                x0 = x0.clamp(-r, r);
-            }
-            let eps = if c.eps_uses_x0 {
-                c.eps_from_x * xv + c.eps_from_x0 * x0
-            } else {
-                c.eps_from_x * xv + c.eps_from_out * m
-            };
+            let (x0, eps) = c.x0_eps(xv, m);
             let z = if noisy { noise[e] } else { 0.0 };
             let h = if c.reads_prev_x0 { history[idx] } else { 0.0 };
             if c.writes_prev_x0 {

@@ -105,15 +105,7 @@ pub fn step_parts(
             m = u + guidance * (m - u);
         }
         let x = x_t[i];
-        let mut x0 = c.x0_from_x * x + c.x0_from_out * m;
-        if let Some(r) = c.clip {
-            x0 = x0.clamp(-r, r);
-        }
-        let eps = if c.eps_uses_x0 {
-            c.eps_from_x * x + c.eps_from_x0 * x0
-        } else {
-            c.eps_from_x * x + c.eps_from_out * m
-        };
+        let (x0, eps) = c.x0_eps(x, m);
         let h = if c.reads_prev_x0 { prev_x0[i] } else { 0.0 };
         let mean = c.x * x + c.x0 * x0 + c.eps * eps + c.prev_x0 * h;
         let noise = if c.noise != 0.0 { c.noise * z[i] } else { 0.0 };

@@ -64,6 +64,25 @@ pub struct StepCoefficients {
     pub writes_prev_x0: bool,
 }
 
+impl StepCoefficients {
+    /// x0_hat (clipped) and eps of one element from x_t and the guided model output `m`:
+    /// the head of the fused step, shared by the CPU step and the step inspector so a
+    /// panel's view of a step is that step, operation for operation. WGSL: `main`'s head.
+    #[inline(always)]
+    pub fn x0_eps(&self, x: f32, m: f32) -> (f32, f32) {
+        let mut x0 = self.x0_from_x * x + self.x0_from_out * m;
+        if let Some(r) = self.clip {
+            x0 = x0.clamp(-r, r);
+        }
+        let eps = if self.eps_uses_x0 {
+            self.eps_from_x * x + self.eps_from_x0 * x0
+        } else {
+            self.eps_from_x * x + self.eps_from_out * m
+        };
+        (x0, eps)
+    }
+}
+
 /// One model evaluation and the update that follows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PlannedStep {

@@ -1,7 +1,7 @@
 // The output panel: the live preview (one grid, or one labelled row per compared value),
 // progress, status and timing, the shared step scrubber, and the PNG / filmstrip downloads.
 
-import { drawGrid, gridGeometry } from "../engine.js";
+import { drawGrid, gridGeometry, paintImages } from "../engine.js";
 import { esc, fmtMs } from "../settings.js";
 
 export const OUTPUT_IDS = ["single", "canvas", "rows", "progress", "status", "engine", "warning", "timing", "restart", "scrub", "scrub-out", "download", "filmstrip"];
@@ -150,32 +150,8 @@ export function drawStrip(canvas, bytes, [n, c, h, w], gap = 2) {
         canvas.height = height;
     }
     const img = new ImageData(width, height);
-    paint(img, bytes, [n, c, h, w], (i) => [gap + i * (w + gap), gap]);
+    paintImages(img, bytes, [n, c, h, w], (i) => [gap + i * (w + gap), gap]);
     canvas.getContext("2d").putImageData(img, 0, 0);
-}
-
-/** Copies images into `img` at the offsets `at(i)` gives, on the grid's dark background. */
-function paint(img, bytes, [n, c, h, w], at, first = 0) {
-    const px = img.data;
-    const plane = h * w;
-    for (let i = 0; i < n; i++) {
-        const [ox, oy] = at(i);
-        const base = (first + i) * c * plane;
-        for (let y = 0; y < h; y++) {
-            for (let x = 0; x < w; x++) {
-                const s = base + y * w + x;
-                const o = ((oy + y) * img.width + ox + x) * 4;
-                if (c === 3) {
-                    px[o] = bytes[s];
-                    px[o + 1] = bytes[s + plane];
-                    px[o + 2] = bytes[s + 2 * plane];
-                } else {
-                    px[o] = px[o + 1] = px[o + 2] = bytes[s];
-                }
-                px[o + 3] = 255;
-            }
-        }
-    }
 }
 
 function fileName(pg, suffix) {
@@ -248,8 +224,8 @@ export function filmstripCanvas(pg) {
             const f = row.frames[n === 1 ? 0 : Math.round((j * (row.frames.length - 1)) / (n - 1))];
             const x = gap + j * (w + gap);
             const y = gap + r * 2 * (h + gap);
-            paint(img, f.xt, [1, c, h, w], () => [x, y]);
-            paint(img, f.x0, [1, c, h, w], () => [x, y + h + gap]);
+            paintImages(img, f.xt, [1, c, h, w], () => [x, y]);
+            paintImages(img, f.x0, [1, c, h, w], () => [x, y + h + gap]);
         }
     });
     const cv = document.createElement("canvas");
