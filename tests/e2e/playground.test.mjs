@@ -125,9 +125,15 @@ test("DDPM clips x0_hat by default (clip=auto) like the CLI's --clip-sample on; 
         await page.waitForFunction(() => window.__playground.runs.at(-1).settings.clip === "off", null, { timeout: 10_000 });
         await waitForState(page, "done", { timeout: 60_000 });
         assert.equal(await page.evaluate(() => window.__playground.runs.at(-1).status), "done");
-        const errOff = maxDiff(await lastResult(page), unclipped.data);
-        t.diagnostic(`clip=off vs native --clip-sample off: max abs err ${errOff.toExponential(2)}`);
-        assert.ok(errOff <= TOLERANCE, `max abs err ${errOff} > ${TOLERANCE}`);
+        // Unclipped, the shipped trailing spacing starts at t = 999, where x0_hat = (x - sigma m) / alpha
+        // multiplies the two backends' f32 rounding of the model output m by sigma / alpha = 2e4,
+        // and the final values reach the thousands: the backends agree normwise, to 1e-4 of the
+        // largest value (measured 1.4e-5), not to an absolute 1e-3.
+        const off = await lastResult(page);
+        const errOff = maxDiff(off, unclipped.data);
+        const largest = unclipped.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        t.diagnostic(`clip=off vs native --clip-sample off: max abs err ${errOff.toExponential(2)}, values up to ${largest.toFixed(0)} (normwise ${(errOff / largest).toExponential(2)})`);
+        assert.ok(errOff <= 1e-4 * largest, `max abs err ${errOff} > 1e-4 x ${largest}`);
         assert.match(page.url(), /clip=off/);
 
         // Samplers that never clip grey the control out.
