@@ -16,7 +16,7 @@ use diffusion_playground::gpu::sampler_step::{SamplerBuffers, SamplerRun};
 use diffusion_playground::gpu::Tensor;
 use diffusion_playground::sched::noise::{self, INIT_STEP};
 use diffusion_playground::sched::{
-    alphas_cumprod, plan, reference, timesteps, BetaSchedule, Plan, PlannedStep, PredictionType, SamplerKind,
+    alphas_cumprod, flow_alpha_bar, flow_sigmas, plan, reference, timesteps, BetaSchedule, Plan, PlannedStep, PredictionType, SamplerKind,
     SamplerOptions, SchedulerConfig, TimestepSpacing,
 };
 use diffusion_playground::{EngineError, ErrorKind};
@@ -79,6 +79,8 @@ impl Fixture {
             "DDIMScheduler" => SamplerKind::Ddim,
             "DPMSolverMultistepScheduler" => SamplerKind::DpmSolverPp2m,
             "EulerAncestralDiscreteScheduler" => SamplerKind::EulerAncestral,
+            "FlowMatchEulerDiscreteScheduler" => SamplerKind::FlowEuler,
+            "FlowMatchHeunDiscreteScheduler" => SamplerKind::FlowHeun,
             other => panic!("{}: unknown scheduler class {other}", self.name),
         }
     }
@@ -111,8 +113,9 @@ fn fixture_paths() -> Vec<PathBuf> {
         })
         .collect();
     paths.sort();
-    // The 10 of --part small, the 10 of --part euler, the 5 of --part clipped.
-    assert!(paths.len() >= 25, "expected >= 25 sched_* fixtures in {}, found {}", dir.display(), paths.len());
+    // The 10 of --part small, the 10 of --part euler, the 5 of --part clipped, the 5 of
+    // --part flow.
+    assert!(paths.len() >= 30, "expected >= 30 sched_* fixtures in {}, found {}", dir.display(), paths.len());
     paths
 }
 
@@ -131,6 +134,10 @@ fn schedules_timesteps_and_sigmas_match_diffusers() {
     for path in fixture_paths() {
         let fx = Fixture::load(&path);
         let cfg = fx.config();
+        if fx.kind().is_flow() {
+            check_flow_schedule(&fx);
+            continue;
+        }
         let acp = alphas_cumprod(&cfg).unwrap();
         let want = fx.get("alphas_cumprod");
         assert_eq!(acp.len(), want.len(), "{}", fx.name);
@@ -174,6 +181,25 @@ fn schedules_timesteps_and_sigmas_match_diffusers() {
         }
     }
     eprintln!("alphas_cumprod: worst relative difference to diffusers {worst:e}");
+}
+
+/// A flow run's levels and timesteps are diffusers' float32 values exactly (the same f32
+/// roundings of the same f64 arithmetic), and each step's model timestep is its level s T.
+fn check_flow_schedule(fx: &Fixture) {
+    let p = fx.plan();
+    assert_eq!(p.timesteps(), fx.get("timesteps"), "{}: plan timesteps", fx.name);
+    assert_eq!(p.init_noise_sigma, 1.0, "{}", fx.name);
+    let n: usize = fx.meta["num_inference_steps"].parse().unwrap();
+    let levels: Vec<f32> = flow_sigmas(&fx.config(), n).unwrap().iter().map(|&s| s as f32).collect();
+    // diffusers' sigmas: the N levels then 0 (Heun: the inner levels twice).
+    let want = fx.get("sigmas");
+    let mut distinct: Vec<f32> = want.to_vec();
+    distinct.dedup();
+    assert_eq!(distinct[..n], levels[..], "{}: levels", fx.name);
+    assert_eq!(*want.last().unwrap(), 0.0);
+    for (k, s) in p.steps.iter().enumerate() {
+        assert_eq!(s.alpha_cumprod, flow_alpha_bar(want[k] as f64), "{}: step {k}", fx.name);
+    }
 }
 
 // ---- trajectories through the GPU kernel ----------------------------------------------------
@@ -249,7 +275,13 @@ fn bound(kind: SamplerKind, s: &PlannedStep, i: &Inputs) -> Bound {
     // 1 - a' and 1 - a / a'. Each is off by ~eps_f32 absolute, i.e. eps_f32 / (1 - a)
     // relative where it is smallest: 2e-3 near t = 0 of the cosine schedule, where the
     // 1000-step DDPM fixture shows errors of 1.4e-5. Two such inputs per coefficient.
-    let b_coef = 2.0 * f32::EPSILON / (1.0 - s.alpha_cumprod as f32).max(f32::EPSILON) * terms;
+    // A flow run's coefficients (s, s', their differences) come from diffusers' own float32
+    // levels, so only the ulp16 terms apply.
+    let b_coef = if kind.is_flow() {
+        0.0
+    } else {
+        2.0 * f32::EPSILON / (1.0 - s.alpha_cumprod as f32).max(f32::EPSILON) * terms
+    };
     // DDIM's sqrt(1 - a' - s^2): where that difference cancels (eta 1 on a trailing schedule's
     // first step: 1 - 0.0105 - 0.9895 = 2.3e-7), diffusers' f32 value is only good to
     // |du| / (2 sqrt u) with |du| <= 2 eps_f32, i.e. eps_f32 / c_eps absolute (2.5e-4 there,

@@ -4,6 +4,8 @@
     python make_fixtures.py --part fashion    # the shipped www/models/fashion U-Net
     python make_fixtures.py --part euler      # Euler ancestral + prediction-type variants
     python make_fixtures.py --part clipped    # clipped-eps DDIM, trailing, fixed_large DDPM
+    python make_fixtures.py --part flow       # flow-matching Euler / Heun on an exact velocity
+    python make_fixtures.py --part fashion-flow  # the shipped www/models/fashion-flow U-Net
     python make_fixtures.py --part all
 
 Every tensor is float32 except class labels (int64). Timesteps are float32 (they may
@@ -453,6 +455,120 @@ def part_clipped():
               f"clipped x0 values: {clipped}/{out['x0_pred'].numel()}")
 
 
+# --part flow (issue 15): diffusers' FlowMatchEulerDiscreteScheduler and
+# FlowMatchHeunDiscreteScheduler on the exact velocity of N(mu, s^2) data per pixel, with and
+# without `shift`. Neither scheduler returns an x0; the fixture's x0_pred is x - sigma v (what
+# the flow models' x0-hat is), in float64 rounded to float32.
+def flow_velocity(x, sigma, mu, s):
+    """E[eps - x0 | x_sigma = x] for x0 ~ N(mu, s^2), x_sigma = (1 - sigma) x0 + sigma eps."""
+    xd = x.double()
+    sg = float(sigma)
+    var = (1 - sg) ** 2 * s * s + sg * sg
+    r = xd - (1 - sg) * mu
+    e_eps = sg / var * r
+    e_x0 = mu + (1 - sg) * s * s / var * r
+    return (e_eps - e_x0).float()
+
+
+def run_flow_trajectory(sched, n_steps, shape, seed, mu, s):
+    sched.set_timesteps(n_steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    x_T = x.clone()
+    rec = {k: [] for k in ["t", "x_t", "model_in", "model_out", "x0_pred", "z", "x_prev"]}
+    heun = "Heun" in type(sched).__name__
+    for i, t in enumerate(sched.timesteps):
+        # The level the model is evaluated at: Heun's corrector sees sigmas[i] too (its
+        # sigmas list repeats every inner level), its predictor sigmas[i].
+        sigma = sched.sigmas[i]
+        out = flow_velocity(x, sigma, mu, s)
+        x0 = (x.double() - float(sigma) * out.double()).float()
+        o = sched.step(out, t, x)
+        rec["t"].append(float(t))
+        for k, v in [("x_t", x), ("model_in", x), ("model_out", out), ("x0_pred", x0),
+                     ("z", torch.zeros(shape)), ("x_prev", o.prev_sample)]:
+            rec[k].append(v.clone())
+        x = o.prev_sample
+    assert len(rec["t"]) == (2 * n_steps - 1 if heun else n_steps)
+    res = {"timesteps": fnum(sched.timesteps.float()), "sigmas": fnum(sched.sigmas),
+           "init_noise_sigma": fnum([1.0]),  # flow pipelines draw x_T = randn, unscaled
+           "x_T": fnum(x_T), "x_final": fnum(x), "t": fnum(torch.tensor(rec["t"]))}
+    for k in ["x_t", "model_in", "model_out", "x0_pred", "z", "x_prev"]:
+        res[k] = fnum(torch.stack(rec[k]))
+    return res
+
+
+TRAJECTORIES_FLOW = [
+    # name, scheduler class name, config, steps
+    ("flow_euler_10", "FlowMatchEulerDiscreteScheduler", {}, 10),
+    ("flow_euler_shift3_7", "FlowMatchEulerDiscreteScheduler", dict(shift=3.0), 7),
+    ("flow_euler_1", "FlowMatchEulerDiscreteScheduler", {}, 1),
+    ("flow_heun_8", "FlowMatchHeunDiscreteScheduler", {}, 8),
+    ("flow_heun_shift2_5", "FlowMatchHeunDiscreteScheduler", dict(shift=2.0), 5),
+]
+
+
+def part_flow():
+    import diffusers
+    os.makedirs(FIX, exist_ok=True)
+    shape = (2, 1, 4, 4)
+    mu, sd = 0.3, 0.5
+    for i, (name, cls_name, over, n) in enumerate(TRAJECTORIES_FLOW):
+        sched = getattr(diffusers, cls_name)(num_train_timesteps=1000, **over)
+        out = run_flow_trajectory(sched, n, shape, seed=400 + i, mu=mu, s=sd)
+        # As save_pretrained writes it: `_class_name` is what makes it a flow config.
+        cfg_text = json.dumps(dict(json.loads(config_json(sched)), _class_name=cls_name))
+        meta = {"scheduler_class": cls_name, "scheduler_config": cfg_text,
+                "num_inference_steps": str(n), "eta": "0.0",
+                "model": f"analytic: the exact velocity of N({mu}, {sd}^2) data per pixel "
+                         "(see flow_velocity)",
+                "mu": str(mu), "s": str(sd), "made_by": "train/make_fixtures.py --part flow"}
+        save_file(out, os.path.join(FIX, f"sched_{name}.safetensors"), metadata=meta)
+        print(name, "final mean/std", float(out["x_final"].mean()), float(out["x_final"].std()))
+
+
+def part_fashion_flow(mdir=None):
+    """End-to-end: the shipped flow model, Euler 20 steps and Heun 6 steps, guidance 2,
+    classes 7 and 0, as diffusers' flow pipelines run it (timestep = sigma * 1000)."""
+    import diffusers
+    mdir = mdir or os.path.join(ROOT, "www", "models", "fashion-flow")
+    model = UNet2DModel.from_pretrained(mdir)
+    model.eval()
+    for cls_name, steps, fname in [("FlowMatchEulerDiscreteScheduler", 20, "fashion_flow_euler20_cfg2"),
+                                   ("FlowMatchHeunDiscreteScheduler", 6, "fashion_flow_heun6_cfg2")]:
+        sched = getattr(diffusers, cls_name).from_pretrained(mdir)
+        sched.set_timesteps(steps)
+        g = torch.Generator().manual_seed(42)
+        x = torch.randn(2, 1, 28, 28, generator=g)
+        x_T = x.clone()
+        cls = torch.tensor([7, 0])
+        null = torch.full_like(cls, model.config.num_class_embeds - 1)
+        w = 2.0
+        rec = {k: [] for k in ["x_t", "eps_cond", "eps_uncond", "eps", "x_prev"]}
+        with torch.no_grad():
+            for tt in sched.timesteps:
+                e = model(torch.cat([x, x]), tt, class_labels=torch.cat([cls, null])).sample
+                ec, eu = e.chunk(2)
+                v = eu + w * (ec - eu)
+                o = sched.step(v, tt, x)
+                for k, val in [("x_t", x), ("eps_cond", ec), ("eps_uncond", eu), ("eps", v),
+                               ("x_prev", o.prev_sample)]:
+                    rec[k].append(val.clone())
+                x = o.prev_sample
+        out = {"timesteps": fnum(sched.timesteps.float()), "x_T": fnum(x_T), "x_final": fnum(x),
+               "class": cls.to(torch.int64), "guidance_scale": fnum([w])}
+        for k, val in rec.items():
+            out[k] = fnum(torch.stack(val))
+        save_file(out, os.path.join(FIX, f"{fname}.safetensors"),
+                  metadata={"model": "www/models/fashion-flow",
+                            "sampler": f"{cls_name}, {steps} steps (model output: velocity, "
+                                       "stored under the eps names)",
+                            "num_inference_steps": str(steps),
+                            "scheduler_class": cls_name,
+                            "scheduler_config": json.dumps(dict(sched.config, _class_name=cls_name))})
+        print(fname, "final mean/std", float(x.mean()), float(x.std()))
+
+
 # The Gaussian end-to-end cases of tests/sampler_gaussian.rs: diffusers' own samplers driven
 # by the analytic model, in float64 on many draws, give the law (mean, std) each discretised
 # sampler really ends at, which the Rust test compares its exact propagated law against.
@@ -520,7 +636,8 @@ def gaussian_laws():
 def main():
     global FIX
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "all"], default="all")
+    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "flow", "fashion-flow", "all"],
+                   default="all")
     p.add_argument("--fashion-model", default=None, help="default: www/models/fashion")
     p.add_argument("--out", default=FIX, help="default: tests/fixtures")
     a = p.parse_args()
@@ -535,6 +652,10 @@ def main():
         part_euler()
     if a.part in ("clipped", "all"):
         part_clipped()
+    if a.part in ("flow", "all"):
+        part_flow()
+    if a.part == "fashion-flow" or (a.part == "all" and os.path.isdir(os.path.join(ROOT, "www", "models", "fashion-flow"))):
+        part_fashion_flow()
     for fn in os.listdir(FIX):
         if fn.endswith(".safetensors"):
             os.chmod(os.path.join(FIX, fn), 0o644)

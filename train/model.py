@@ -29,6 +29,11 @@ SCHEDULE = dict(
 SHIPPED_SCHEDULER = dict(SCHEDULE, timestep_spacing="trailing", clip_sample=True)
 SAMPLING = dict(use_clipped_model_output=True)
 
+# The flow-matching model (train.py --objective flow): diffusers'
+# FlowMatchEulerDiscreteScheduler, sigma = t / 1000 from 1 down to 1 / 1000, no shift
+# (shift > 1 spends more steps at high noise, which large images need; 28x28 does not).
+FLOW_SCHEDULE = dict(num_train_timesteps=1000, shift=1.0)
+
 
 def unet_config(num_classes=NUM_CLASSES):
     return dict(

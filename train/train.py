@@ -1,4 +1,11 @@
-"""Train a class-conditional UNet2DModel (epsilon prediction, CFG by label dropout, EMA).
+"""Train a class-conditional UNet2DModel (CFG by label dropout, EMA) with one of two
+objectives on the same network:
+
+- `--objective eps` (default): DDPM epsilon prediction on the cosine schedule;
+- `--objective flow`: flow matching / rectified flow as diffusers'
+  FlowMatchEulerDiscreteScheduler samples it: x_s = (1 - s) x_0 + s eps for s ~ U(0, 1),
+  the network sees the timestep s * 1000 (a float; diffusers' flow pipelines pass
+  sigma * num_train_timesteps) and regresses the velocity eps - x_0.
 
     nice -n 10 python train.py --dataset fashion --steps 4000 --out runs/fashion
 
@@ -19,12 +26,13 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 import data
-from model import NULL_CLASS, NUM_CLASSES, SCHEDULE, make_unet
+from model import FLOW_SCHEDULE, NULL_CLASS, NUM_CLASSES, SCHEDULE, make_unet
 
 
 def parse():
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", choices=["fashion", "digits"], required=True)
+    p.add_argument("--objective", choices=["eps", "flow"], default="eps")
     p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--out", required=True)
@@ -134,15 +142,25 @@ def main():
         y = y_all[idx].clone()
         drop = torch.rand(len(y), generator=g) < a.p_uncond
         y[drop] = NULL_CLASS
-        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(y),), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        ab = acp[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        if a.objective == "flow":
+            # s in (0, 1]: the sampler's grid runs from sigma = 1 down to 1 / 1000, never 0.
+            s = 1.0 - torch.rand(len(y), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            sv = s.view(-1, 1, 1, 1)
+            xt = (1 - sv) * x0 + sv * eps
+            t = s * FLOW_SCHEDULE["num_train_timesteps"]
+            target = eps - x0
+        else:
+            t = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(y),), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            ab = acp[t].view(-1, 1, 1, 1)
+            xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+            target = eps
 
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, a, train_seconds)
         pred = model(xt, t, class_labels=y).sample
-        loss = F.mse_loss(pred, eps)
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

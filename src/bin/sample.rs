@@ -76,9 +76,11 @@ mod native {
         /// Classifier-free guidance scale w: eps_u + w (eps_c - eps_u); 1 = conditional only
         #[arg(long, default_value_t = 2.0)]
         guidance: f32,
-        /// ddpm | ddim | dpmpp2m | euler_a
-        #[arg(long, default_value = "ddim")]
-        sampler: String,
+        /// ddpm | ddim | dpmpp2m | euler_a for a diffusion model, flow_euler | flow_heun for a
+        /// flow-matching one (default: ddim, or flow_euler when scheduler_config.json names a
+        /// FlowMatch scheduler)
+        #[arg(long)]
+        sampler: Option<String>,
         /// DDIM's eta (0 = deterministic, 1 = DDPM-like noise)
         #[arg(long, default_value_t = 0.0)]
         eta: f32,
@@ -165,7 +167,34 @@ mod native {
         let config = UNetConfig::from_json(&config_text)?;
         check_image_count("--n", a.n, &config)?;
         let class = resolve_class(a, &config, manifest.as_ref())?;
-        let kind: SamplerKind = a.sampler.parse()?;
+        // A file manifest.json lists was checked to exist above; one it does not list may be
+        // absent, and then diffusers' DDPMScheduler defaults apply.
+        let sched = match read_text("scheduler_config.json")? {
+            Some(t) => SchedulerConfig::from_json(&t)?,
+            None => SchedulerConfig::default(),
+        };
+        let kind: SamplerKind = match &a.sampler {
+            Some(s) => s.parse()?,
+            None => sched.default_sampler(),
+        };
+        diffusion_playground::sched::check_sampler(&sched, kind)?;
+        if sched.is_flow() {
+            // What only a diffusion schedule has; silently ignoring it would mislead.
+            for (flag, given) in [
+                ("--clip-sample", a.clip_sample != "auto"),
+                ("--spacing", a.spacing.is_some()),
+                ("--variance", a.variance.is_some()),
+                ("--clipped-eps", a.clipped_eps.is_some()),
+                ("--eta", a.eta != 0.0),
+            ] {
+                if given {
+                    return Err(EngineError::input(
+                        flag,
+                        format!("{flag} does not apply to a flow-matching model (its sampler integrates the velocity; shift comes from scheduler_config.json)"),
+                    ));
+                }
+            }
+        }
         let [c, h, w] = [config.in_channels, config.sample_size.0, config.sample_size.1];
         let init_noise = match &a.init_noise {
             None => None,
@@ -176,12 +205,6 @@ mod native {
         let weights = std::fs::read(&weights_path).map_err(|e| io("model", &weights_path, e))?;
         let (backend, why) = Backend::load(choice, &config_text, &weights, a.threads)?;
         drop(weights);
-        // A file manifest.json lists was checked to exist above; one it does not list may be
-        // absent, and then diffusers' DDPMScheduler defaults apply.
-        let sched = match read_text("scheduler_config.json")? {
-            Some(t) => SchedulerConfig::from_json(&t)?,
-            None => SchedulerConfig::default(),
-        };
         let mut over = match &manifest {
             Some(m) => manifest_overrides(m)?,
             None => SchedulerOverrides::default(),
@@ -254,7 +277,7 @@ mod native {
         let mut sorted = step_ms.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-        eprintln!("{} images, {} {} steps, guidance {}; {why}", a.n, run.steps(), a.sampler, a.guidance);
+        eprintln!("{} images, {} {} steps, guidance {}; {why}", a.n, run.steps(), kind, a.guidance);
         eprintln!(
             "load {load_ms:.0} ms; sampling {sampling_ms:.0} ms: {:.1} ms/step median, {:.1} min, {:.1} max (step 0 includes pipeline compilation)",
             median,

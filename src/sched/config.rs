@@ -47,6 +47,16 @@ pub struct SchedulerConfig {
     /// `sample_max_value` = the range); Euler ancestral never clips. A model ships it in
     /// manifest.json (`sampling.use_clipped_model_output`).
     pub use_clipped_model_output: bool,
+    /// `Some(shift)`: a flow-matching model, sampled as diffusers'
+    /// `FlowMatchEulerDiscreteScheduler` / `FlowMatchHeunDiscreteScheduler` do (named by the
+    /// file's `_class_name`): x_s = (1 - s) x_0 + s eps, the network predicts the velocity
+    /// eps - x_0 at timestep s T, and the grid of s is warped by
+    /// `shift s / (1 + (shift - 1) s)`. The beta fields, `prediction_type` and the clipping
+    /// options do not apply then; only the flow samplers run it.
+    pub flow_shift: Option<f64>,
+    /// The model's Analytic-DPM moments (`analytic_dpm.json`), which `variance_type`
+    /// `analytic` needs; not part of diffusers' file.
+    pub analytic: Option<std::sync::Arc<super::analytic::AnalyticMoments>>,
 }
 
 /// Per-run overrides of a model's scheduler config (the page's options, the CLI's flags);
@@ -111,6 +121,8 @@ impl Default for SchedulerConfig {
             timestep_spacing: None,
             variance_type: VarianceType::FixedSmall,
             use_clipped_model_output: false,
+            flow_shift: None,
+            analytic: None,
         }
     }
 }
@@ -172,6 +184,26 @@ impl SchedulerConfig {
             }
         }
 
+        let class = map.get("_class_name").and_then(Value::as_str).unwrap_or("");
+        let flow_shift = if class.starts_with("FlowMatch") {
+            Some(flow_fields(&map, class)?)
+        } else {
+            None
+        };
+        if flow_shift.is_some() {
+            // A flow config carries no betas and no clipping: what the flow samplers read is
+            // num_train_timesteps and shift, and the rest keeps the defaults (clip off).
+            let cfg = SchedulerConfig {
+                num_train_timesteps: opt(&map, "num_train_timesteps", uint_field)?
+                    .unwrap_or(d.num_train_timesteps),
+                clip_sample: false,
+                flow_shift,
+                ..d
+            };
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+
         let cfg = SchedulerConfig {
             num_train_timesteps: opt(&map, "num_train_timesteps", uint_field)?
                 .unwrap_or(d.num_train_timesteps),
@@ -186,9 +218,26 @@ impl SchedulerConfig {
             timestep_spacing: opt(&map, "timestep_spacing", parse_str)?,
             variance_type: opt(&map, "variance_type", variance)?.unwrap_or(d.variance_type),
             use_clipped_model_output: false,
+            flow_shift: None,
+            analytic: None,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether this is a flow-matching model's config (see [`SchedulerConfig::flow_shift`]).
+    pub fn is_flow(&self) -> bool {
+        self.flow_shift.is_some()
+    }
+
+    /// The sampler a run takes when none is chosen: Euler for a flow-matching model (as its
+    /// diffusers scheduler), DDIM for a diffusion one.
+    pub fn default_sampler(&self) -> super::SamplerKind {
+        if self.is_flow() {
+            super::SamplerKind::FlowEuler
+        } else {
+            super::SamplerKind::Ddim
+        }
     }
 
     /// Checks the numeric fields (the enums are valid by construction).
@@ -222,6 +271,14 @@ impl SchedulerConfig {
                 self.clip_sample_range,
                 &format!("must be in [{MIN_CLIP_SAMPLE_RANGE:e}, {MAX_CLIP_SAMPLE_RANGE:e}]"),
             ));
+        }
+        if let Some(shift) = self.flow_shift {
+            // shift s / (1 + (shift - 1) s) maps (0, 1] onto (0, 1] for any shift > 0; an
+            // enormous one squeezes every step against s = 1 in f32.
+            if !(shift.is_finite() && (1e-3..=1e3).contains(&shift)) {
+                return Err(invalid(FILE, "shift", shift, "must be in [0.001, 1000]"));
+            }
+            return Ok(());
         }
         if self.steps_offset >= self.num_train_timesteps {
             return Err(invalid(
@@ -298,6 +355,32 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// The fields of diffusers' flow-matching schedulers: `shift` is read; options that would
+/// change the sigmas or the update and are not implemented are refused by name.
+fn flow_fields(map: &Map<String, Value>, class: &str) -> Result<f64> {
+    if !matches!(class, "FlowMatchEulerDiscreteScheduler" | "FlowMatchHeunDiscreteScheduler") {
+        return Err(invalid(
+            FILE,
+            "_class_name",
+            format!("{class:?}"),
+            "this flow-matching scheduler is not supported; expected \"FlowMatchEulerDiscreteScheduler\" \
+             or \"FlowMatchHeunDiscreteScheduler\"",
+        ));
+    }
+    for field in ["use_dynamic_shifting", "invert_sigmas", "stochastic_sampling"] {
+        if let Some(v) = map.get(field) {
+            if bool_field(v, field)? {
+                return Err(invalid(FILE, field, v, "not supported for flow matching; set it to false"));
+            }
+        }
+    }
+    // diffusers applies it when truthy; 0 means off there too.
+    if let Some(v) = map.get("shift_terminal").filter(|v| v.as_f64() != Some(0.0)) {
+        return Err(invalid(FILE, "shift_terminal", short(v), "not supported; remove it or set it to null"));
+    }
+    Ok(opt(map, "shift", float_field)?.unwrap_or(1.0))
+}
+
 fn opt<T>(
     map: &Map<String, Value>,
     field: &str,
@@ -336,6 +419,13 @@ fn parse_str<T: std::str::FromStr<Err = EngineError>>(v: &Value, field: &str) ->
 fn variance(v: &Value, field: &str) -> Result<VarianceType> {
     match v.as_str() {
         Some("fixed_small_log") => Ok(VarianceType::FixedSmall),
+        Some("analytic") => Err(invalid(
+            FILE,
+            field,
+            "\"analytic\"",
+            "not a diffusers variance_type; choose Analytic-DPM per run (variance = analytic) with the \
+             model's analytic_dpm.json",
+        )),
         Some(other @ ("fixed_large_log" | "learned" | "learned_range")) => Err(invalid(
             FILE,
             field,

@@ -9,6 +9,7 @@
 //! diffusers' schedulers (0.42) are the reference for every formula and every edge case;
 //! the doc comments name the diffusers behaviour each choice mirrors.
 
+pub mod analytic;
 mod config;
 pub mod inspect;
 pub mod noise;
@@ -21,9 +22,9 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use config::{manifest_overrides, SchedulerConfig, SchedulerOverrides};
-pub use plan::{plan, Plan, PlannedStep, SamplerOptions, StepCoefficients};
-pub use schedule::{alphas_cumprod, betas};
-pub use timesteps::timesteps;
+pub use plan::{check_sampler, plan, Plan, PlannedStep, SamplerOptions, StepCoefficients};
+pub use schedule::{alphas_cumprod, betas, flow_alpha_bar};
+pub use timesteps::{flow_sigmas, timesteps};
 
 use crate::error::{EngineError, Result};
 
@@ -92,6 +93,12 @@ string_enum!(
         DpmSolverPp2m => "dpmpp2m",
         /// diffusers' `EulerAncestralDiscreteScheduler` (sigma space).
         EulerAncestral => "euler_a",
+        /// Flow matching: diffusers' `FlowMatchEulerDiscreteScheduler`, the probability-flow
+        /// ODE dx/ds = v by Euler steps.
+        FlowEuler => "flow_euler",
+        /// Flow matching: diffusers' `FlowMatchHeunDiscreteScheduler`, Heun's second-order
+        /// method (two model evaluations per step but the last: 2N - 1 in all).
+        FlowHeun => "flow_heun",
     }
 );
 
@@ -128,6 +135,10 @@ string_enum!(
     VarianceType, "variance_type", {
         FixedSmall => "fixed_small",
         FixedLarge => "fixed_large",
+        /// Analytic-DPM's optimal variance (`sched::analytic`), from the model's
+        /// `analytic_dpm.json`: not a diffusers value, a per-run choice (DDPM, and DDIM whose
+        /// noise it replaces).
+        Analytic => "analytic",
     }
 );
 
@@ -138,6 +149,23 @@ impl SamplerKind {
         match self {
             SamplerKind::Ddpm | SamplerKind::Ddim => TimestepSpacing::Leading,
             SamplerKind::DpmSolverPp2m | SamplerKind::EulerAncestral => TimestepSpacing::Linspace,
+            // Not used: a flow run's levels come from `flow_sigmas`.
+            SamplerKind::FlowEuler | SamplerKind::FlowHeun => TimestepSpacing::Linspace,
+        }
+    }
+
+    /// Whether the sampler integrates a flow-matching model's velocity.
+    pub fn is_flow(self) -> bool {
+        matches!(self, SamplerKind::FlowEuler | SamplerKind::FlowHeun)
+    }
+
+    /// The samplers for a model of this kind (flow or diffusion), in menu order.
+    pub fn for_model(flow: bool) -> &'static [SamplerKind] {
+        use SamplerKind::*;
+        if flow {
+            &[FlowEuler, FlowHeun]
+        } else {
+            &[Ddim, Ddpm, DpmSolverPp2m, EulerAncestral]
         }
     }
 }

@@ -15,7 +15,9 @@
 //! in (x, x0, eps, x0_prev, z) with coefficients that depend only on the schedule.
 
 use super::schedule::alphas_cumprod;
-use super::timesteps::timesteps;
+use super::analytic;
+use super::schedule::flow_alpha_bar;
+use super::timesteps::{flow_sigmas, timesteps};
 use super::{invalid, PredictionType, SamplerKind, SchedulerConfig, TimestepSpacing, VarianceType};
 use crate::error::Result;
 
@@ -122,6 +124,23 @@ impl Plan {
     }
 }
 
+/// Refuses a diffusion sampler for a flow-matching model and a flow sampler for a diffusion
+/// model, naming the samplers that do fit.
+pub fn check_sampler(cfg: &SchedulerConfig, kind: SamplerKind) -> Result<()> {
+    if kind.is_flow() != cfg.is_flow() {
+        let names: Vec<&str> = SamplerKind::for_model(cfg.is_flow()).iter().map(|k| k.as_str()).collect();
+        let what = if cfg.is_flow() {
+            "this model was trained with flow matching (its scheduler_config.json names a FlowMatch \
+             scheduler) and needs a flow sampler"
+        } else {
+            "this is a diffusion model (noise prediction on a beta schedule); flow samplers need a \
+             flow-matching model"
+        };
+        return Err(invalid("sampler", "sampler", kind, &format!("{what}: use {}", names.join(", "))));
+    }
+    Ok(())
+}
+
 /// Plans `opts.steps` steps of `opts.kind` on the schedule of `cfg`.
 pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
     cfg.validate()?;
@@ -131,13 +150,22 @@ pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
     if !opts.guidance.is_finite() {
         return Err(invalid("sampler", "guidance", opts.guidance, "must be finite"));
     }
+    check_sampler(cfg, opts.kind)?;
+    if cfg.is_flow() {
+        let sigmas = flow_sigmas(cfg, opts.steps)?;
+        let steps = match opts.kind {
+            SamplerKind::FlowHeun => flow_heun(cfg, &sigmas),
+            _ => flow_euler(cfg, &sigmas),
+        };
+        return Ok(Plan { kind: opts.kind, steps, init_noise_sigma: 1.0, guidance: opts.guidance });
+    }
     let acp = alphas_cumprod(cfg)?;
     let ts = timesteps(cfg, opts.kind, opts.steps)?;
     let clip = cfg.clip_sample.then_some(cfg.clip_sample_range as f32);
     let mut init_noise_sigma = 1.0;
     let steps = match opts.kind {
-        SamplerKind::Ddpm => ddpm(cfg, &acp, &ts, clip),
-        SamplerKind::Ddim => ddim(cfg, &acp, &ts, clip, opts.eta)?,
+        SamplerKind::Ddpm => ddpm(cfg, &acp, &ts, clip, opts.guidance)?,
+        SamplerKind::Ddim => ddim(cfg, &acp, &ts, clip, opts.eta, opts.guidance)?,
         // diffusers' DPMSolverMultistepScheduler has no clip_sample, so plain clipping leaves
         // it alone (parity); the clipped-eps mode clips its x0 too, as its `thresholding`
         // with sample_max_value = clip_sample_range does (the threshold is then always the
@@ -151,6 +179,7 @@ pub fn plan(cfg: &SchedulerConfig, opts: &SamplerOptions) -> Result<Plan> {
             init_noise_sigma = sigma;
             steps
         }
+        SamplerKind::FlowEuler | SamplerKind::FlowHeun => unreachable!("flow runs are planned above"),
     };
     Ok(Plan { kind: opts.kind, steps, init_noise_sigma: init_noise_sigma as f32, guidance: opts.guidance })
 }
@@ -225,16 +254,24 @@ fn step(
 /// or beta (`fixed_large`), with beta = 1 - a / a'. The previous timestep is the next one in
 /// the list (its `previous_timestep`), a' = 1 past the last; noise is added whenever t > 0
 /// (so also at a last step t = 1 that `steps_offset` = 1 leaves).
-fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Vec<PlannedStep> {
+///
+/// `analytic`: Analytic-DPM's optimal variance around the same posterior mean (lambda^2 =
+/// beta-tilde), from the model's Gamma at the run's guidance `w` (see [`analytic_gamma`]).
+fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>, w: f32) -> Result<Vec<PlannedStep>> {
     (0..ts.len())
         .map(|k| {
             let a = acp[ts[k] as usize];
             let a_prev = ts.get(k + 1).map_or(1.0, |&p| acp[p as usize]);
             let alpha = a / a_prev;
             let beta = 1.0 - alpha;
+            let tilde = (1.0 - a_prev) / (1.0 - a) * beta;
+            let analytic = cfg.variance_type == VarianceType::Analytic;
             let variance = match cfg.variance_type {
-                VarianceType::FixedSmall => ((1.0 - a_prev) / (1.0 - a) * beta).max(1e-20),
+                VarianceType::FixedSmall => tilde.max(1e-20),
                 VarianceType::FixedLarge => beta,
+                VarianceType::Analytic => {
+                    analytic::optimal_variance(a, a_prev, tilde, analytic_gamma(cfg, ts[k], w)?)
+                }
             };
             let (x0_from, eps_from) = vp_conversion(cfg.prediction_type, a.sqrt(), (1.0 - a).sqrt());
             let c = Coeffs {
@@ -242,12 +279,41 @@ fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Ve
                 eps_from,
                 x: alpha.sqrt() * (1.0 - a_prev) / (1.0 - a),
                 x0: a_prev.sqrt() * beta / (1.0 - a),
-                noise: if ts[k] > 0.0 { variance.sqrt() } else { 0.0 },
+                // Analytic-DPM (as its authors' code) takes the mean at the step onto x_0;
+                // the fixed variances add noise whenever t > 0, as diffusers does.
+                noise: if ts[k] > 0.0 && !(analytic && k + 1 == ts.len()) { variance.sqrt() } else { 0.0 },
                 ..Default::default()
             };
-            step(ts[k], 1.0, (a, a_prev), c, clip)
+            Ok(step(ts[k], 1.0, (a, a_prev), c, clip))
         })
         .collect()
+}
+
+/// Gamma at training timestep `t` for guidance `w`, clipped to [0, 1] (Analytic-DPM's
+/// Theorem 2 range: a Monte Carlo estimate can stray past 1 where the truth is 1).
+fn analytic_gamma(cfg: &SchedulerConfig, t: f64, w: f32) -> Result<f64> {
+    let m = cfg.analytic.as_ref().ok_or_else(|| {
+        invalid(
+            "sampler",
+            "variance",
+            "analytic",
+            "this model has no analytic_dpm.json (Analytic-DPM's per-timestep moments; make it with \
+             train/analytic_dpm.py)",
+        )
+    })?;
+    if m.cc.len() != cfg.num_train_timesteps {
+        return Err(invalid(
+            "sampler",
+            "variance",
+            "analytic",
+            &format!(
+                "analytic_dpm.json has {} timesteps, the schedule {}",
+                m.cc.len(),
+                cfg.num_train_timesteps
+            ),
+        ));
+    }
+    Ok(m.gamma(t as usize, w as f64).clamp(0.0, 1.0))
 }
 
 /// diffusers' `DDIMScheduler.step`: x' = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z with
@@ -255,12 +321,16 @@ fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>) -> Ve
 /// t - T // N, whatever the spacing; below 0 it is 1 (`set_alpha_to_one`) or a_0. Clipping
 /// changes x0 only: eps stays the model's (`use_clipped_model_output` is off by default);
 /// with it on, eps = (x - sqrt(a) x0) / sqrt(1 - a) from the clipped x0, as diffusers writes it.
+///
+/// With `variance_type` `analytic` the noise becomes Analytic-DPM's optimal one for the mean
+/// eta fixes (lambda = s; eta = 0 is the paper's Analytic-DDIM), the mean unchanged.
 fn ddim(
     cfg: &SchedulerConfig,
     acp: &[f64],
     ts: &[f64],
     clip: Option<f32>,
     eta: f64,
+    w: f32,
 ) -> Result<Vec<PlannedStep>> {
     let ratio = (cfg.num_train_timesteps / ts.len()) as f64;
     let final_a = if cfg.set_alpha_to_one { 1.0 } else { acp[0] };
@@ -292,13 +362,25 @@ fn ddim(
                 eps_from = (1.0 / sigma, 0.0);
                 eps_from_x0 = Some(-alpha / sigma);
             }
+            let noise = if cfg.variance_type == VarianceType::Analytic {
+                // No noise past the last level (x_0), as every other sampler here.
+                if prev >= 0.0 {
+                    analytic::optimal_variance(a, a_prev, s * s, analytic_gamma(cfg, t, w)?).sqrt()
+                } else {
+                    0.0
+                }
+            } else if eta > 0.0 {
+                s
+            } else {
+                0.0
+            };
             let c = Coeffs {
                 x0_from,
                 eps_from,
                 eps_from_x0,
                 x0: a_prev.sqrt(),
                 eps: dir.sqrt(),
-                noise: if eta > 0.0 { s } else { 0.0 },
+                noise,
                 ..Default::default()
             };
             Ok(step(t, 1.0, (a, a_prev), c, clip))
@@ -403,6 +485,59 @@ fn euler_ancestral(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64]) -> (Vec<Plann
         })
         .collect();
     (steps, init)
+}
+
+/// One flow-matching level s: x = (1 - s) x0 + s eps and the model output m is the velocity
+/// eps - x0, so x0 = x - s m and eps = x + (1 - s) m.
+fn flow_conversion(s: f64) -> ((f64, f64), (f64, f64)) {
+    ((1.0, -s), (1.0, 1.0 - s))
+}
+
+/// The model sees timestep s T, as diffusers' flow pipelines pass `sigma * num_train_timesteps`.
+fn flow_step(cfg: &SchedulerConfig, s: f64, s_to: f64, c: Coeffs) -> PlannedStep {
+    let t = (s as f32 * cfg.num_train_timesteps as f32) as f64;
+    step(t, 1.0, (flow_alpha_bar(s), flow_alpha_bar(s_to)), c, None)
+}
+
+/// diffusers' `FlowMatchEulerDiscreteScheduler.step`: x' = x + (s' - s) v, written as the
+/// point at s' on the line through the predicted endpoints, x' = (1 - s') x0 + s' eps (the
+/// same value; the form the fused kernel and the step panel share). The last level s' is 0.
+fn flow_euler(cfg: &SchedulerConfig, sigmas: &[f64]) -> Vec<PlannedStep> {
+    (0..sigmas.len())
+        .map(|k| {
+            let (s, s_to) = (sigmas[k], sigmas.get(k + 1).copied().unwrap_or(0.0));
+            let (x0_from, eps_from) = flow_conversion(s);
+            flow_step(cfg, s, s_to, Coeffs { x0_from, eps_from, x0: 1.0 - s_to, eps: s_to, ..Default::default() })
+        })
+        .collect()
+}
+
+/// diffusers' `FlowMatchHeunDiscreteScheduler` (no churn): from s to s', an Euler step to s'
+/// (the predictor, which stores its x0 = x - s v1), a second evaluation there on the
+/// predicted x^ and x' = x + (s' - s) (v1 + v2) / 2. With x and v1 written through x^ and the
+/// stored x0_1 (v1 = (x^ - x0_1) / s', x = x0_1 + (s / s') (x^ - x0_1)) and x0_2 = x^ - s' v2,
+/// the corrector is x' = x^ + (s' - s) / (2 s') (x0_1 - x0_2): linear in what the fused
+/// kernel has. The last step (to s' = 0) is Euler only, as in diffusers: 2N - 1 model
+/// evaluations for N levels.
+fn flow_heun(cfg: &SchedulerConfig, sigmas: &[f64]) -> Vec<PlannedStep> {
+    let n = sigmas.len();
+    let mut steps = Vec::with_capacity(2 * n - 1);
+    for k in 0..n {
+        let (s, s_to) = (sigmas[k], sigmas.get(k + 1).copied().unwrap_or(0.0));
+        let (x0_from, eps_from) = flow_conversion(s);
+        let last = k + 1 == n;
+        let euler = Coeffs { x0_from, eps_from, x0: 1.0 - s_to, eps: s_to, writes_prev_x0: !last, ..Default::default() };
+        steps.push(flow_step(cfg, s, s_to, euler));
+        if !last {
+            let (x0_from, eps_from) = flow_conversion(s_to);
+            let g = (s_to - s) / (2.0 * s_to);
+            let corrector =
+                Coeffs { x0_from, eps_from, x: 1.0, x0: -g, prev_x0: g, reads_prev_x0: true, ..Default::default() };
+            // The corrector evaluates the model at s' and lands on s' again.
+            steps.push(flow_step(cfg, s_to, s_to, corrector));
+        }
+    }
+    steps
 }
 
 #[cfg(test)]

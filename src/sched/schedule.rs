@@ -9,8 +9,15 @@ use crate::error::Result;
 /// (this matters at the cosine schedule's cap: 1 - f32(0.999) differs from 0.001 by 1.3e-5
 /// relative, which the model was trained with); the product is then accumulated in f64,
 /// where torch's float32 `cumprod` drifts by ~1e-6 relative over 1000 steps.
+///
+/// A flow-matching model (x_s = (1 - s) x_0 + s eps) has no betas; its table is the
+/// variance-preserving equivalent at s = t / T, shifted ([`flow_alpha_bar`]), so the panels
+/// that plot alpha_bar and log-SNR show it on the same axes.
 pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Result<Vec<f64>> {
     let t = cfg.num_train_timesteps;
+    if let Some(shift) = cfg.flow_shift {
+        return Ok((0..t).map(|i| flow_alpha_bar(shift_sigma(shift, i as f64 / t as f64))).collect());
+    }
     let betas = betas(cfg)?;
     if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b < 1.0)) {
         // beta = 0 makes a_t = 1 (sigma_t = 0, every sampler divides by it); beta >= 1
@@ -31,9 +38,26 @@ pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Result<Vec<f64>> {
     Ok(acp)
 }
 
-/// beta_t for t = 0..T-1, rounded to f32 as diffusers keeps them.
+/// The variance-preserving alpha_bar with the signal-to-noise ratio of the flow point
+/// x_s = (1 - s) x_0 + s eps: x_s / sqrt((1 - s)^2 + s^2) = sqrt(a) x_0 + sqrt(1 - a) eps.
+pub fn flow_alpha_bar(s: f64) -> f64 {
+    let (a, b) = ((1.0 - s) * (1.0 - s), s * s);
+    a / (a + b)
+}
+
+/// diffusers' flow `shift`: s -> shift s / (1 + (shift - 1) s).
+pub fn shift_sigma(shift: f64, s: f64) -> f64 {
+    shift * s / (1.0 + (shift - 1.0) * s)
+}
+
+/// beta_t for t = 0..T-1, rounded to f32 as diffusers keeps them. For a flow-matching model,
+/// 1 - a_t / a_{t-1} of its equivalent table (a_{-1} = 1), for the schedule panel.
 pub fn betas(cfg: &SchedulerConfig) -> Result<Vec<f64>> {
     let t = cfg.num_train_timesteps;
+    if cfg.is_flow() {
+        let acp = alphas_cumprod(cfg)?;
+        return Ok((0..t).map(|i| 1.0 - acp[i] / if i == 0 { 1.0 } else { acp[i - 1] }).collect());
+    }
     // torch.linspace(start, end, T): i * (end - start) / (T - 1) + start, T = 1 gives start.
     let lin = |start: f64, end: f64, i: usize| {
         if t == 1 {

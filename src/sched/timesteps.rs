@@ -12,10 +12,16 @@ use crate::error::Result;
 /// `leading` uses T // (N + 1)). `trailing` is `round(T - k T / N) - 1` for k < N: numpy's
 /// `arange(T, 0, -T / N)` sometimes yields an (N+1)-th value -1 through float round-off
 /// (N = 61, 103, ... for T = 1000), which diffusers would then index with; we stop at N.
+///
+/// For a flow-matching model: the timesteps s T of [`flow_sigmas`] (fractional).
 pub fn timesteps(cfg: &SchedulerConfig, kind: SamplerKind, n: usize) -> Result<Vec<f64>> {
     let t = cfg.num_train_timesteps;
     if n == 0 || n > t {
         return Err(invalid("sampler", "steps", n, &format!("must be in 1..={t} (num_train_timesteps)")));
+    }
+    if cfg.is_flow() {
+        let tf = t as f32;
+        return Ok(flow_sigmas(cfg, n)?.iter().map(|&s| (s as f32 * tf) as f64).collect());
     }
     let spacing = cfg.timestep_spacing.unwrap_or(kind.default_spacing());
     let tf = t as f64;
@@ -53,6 +59,40 @@ pub fn timesteps(cfg: &SchedulerConfig, kind: SamplerKind, n: usize) -> Result<V
         ));
     }
     Ok(ts)
+}
+
+/// The N noise levels s of a flow-matching run, first (s = 1) to last, as diffusers'
+/// `FlowMatchEulerDiscreteScheduler.set_timesteps(N)` makes them (its Heun twin repeats the
+/// inner ones): `np.linspace(s_max T, s_min T, N) / T`, shifted in f64, rounded to f32.
+/// s_max and s_min are the ends of the training grid t / T (t = 1..T) after the shift, taken
+/// in f32, so with shift != 1 the last level is shifted twice, as in diffusers.
+pub fn flow_sigmas(cfg: &SchedulerConfig, n: usize) -> Result<Vec<f64>> {
+    let t = cfg.num_train_timesteps;
+    let shift = cfg.flow_shift.ok_or_else(|| {
+        invalid("sampler", "sampler", "flow", "the model is not a flow-matching model")
+    })?;
+    if n == 0 || n > t {
+        return Err(invalid("sampler", "steps", n, &format!("must be in 1..={t} (num_train_timesteps)")));
+    }
+    // __init__: float32 torch ops on t / T.
+    let shift32 = shift as f32;
+    let init = |v: f32| shift32 * v / (1.0 + (shift32 - 1.0) * v);
+    let (s_max, s_min) = (init(1.0) as f64, init(1.0 / t as f32) as f64);
+    let tf = t as f64;
+    let (start, stop) = (s_max * tf, s_min * tf);
+    Ok((0..n)
+        .map(|i| {
+            // numpy's linspace: start + i * step, the last point exactly `stop`.
+            let v = if n == 1 {
+                start
+            } else if i == n - 1 {
+                stop
+            } else {
+                start + i as f64 * ((stop - start) / (n - 1) as f64)
+            };
+            super::schedule::shift_sigma(shift, v / tf) as f32 as f64
+        })
+        .collect())
 }
 
 /// numpy's `linspace(0, stop, num)`: i * (stop / (num - 1)), the last point exactly `stop`.
