@@ -16,8 +16,8 @@ use diffusion_playground::gpu::sampler_step::{SamplerBuffers, SamplerRun};
 use diffusion_playground::gpu::Tensor;
 use diffusion_playground::sched::noise::{self, INIT_STEP};
 use diffusion_playground::sched::{
-    alphas_cumprod, flow_alpha_bar, flow_sigmas, plan, reference, timesteps, BetaSchedule, Plan, PlannedStep, PredictionType, SamplerKind,
-    SamplerOptions, SchedulerConfig, TimestepSpacing,
+    alphas_cumprod, flow_alpha_bar, flow_sigmas, plan, reference, timesteps, BetaSchedule, Plan, PlannedStep,
+    PredictionType, SamplerKind, SamplerOptions, SchedulerConfig, TimestepSpacing,
 };
 use diffusion_playground::{EngineError, ErrorKind};
 use safetensors::SafeTensors;

@@ -14,10 +14,10 @@ import json
 import os
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 import data
-from model import NULL_CLASS, NUM_CLASSES, SAMPLING, SHIPPED_SCHEDULER, make_unet
+from model import FLOW_SCHEDULE, NULL_CLASS, NUM_CLASSES, SAMPLING, SHIPPED_SCHEDULER, make_unet
 
 
 def sha256(path):
@@ -26,6 +26,11 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_flow_folder(out):
+    p = os.path.join(out, "scheduler_config.json")
+    return os.path.exists(p) and json.load(open(p)).get("_class_name", "").startswith("FlowMatch")
 
 
 def write_manifest(out, dataset):
@@ -46,8 +51,9 @@ def write_manifest(out, dataset):
         in_channels=cfg["in_channels"],
         value_range=[-1.0, 1.0],
         weights="diffusion_pytorch_model.safetensors",
-        # What scheduler_config.json cannot say (the engine's SchedulerConfig reads it).
-        sampling=SAMPLING,
+        # What scheduler_config.json cannot say (the engine's SchedulerConfig reads it); a
+        # flow model's scheduler has no clipping to qualify.
+        sampling={} if is_flow_folder(out) else SAMPLING,
         files=files,
     )
     with open(os.path.join(out, "manifest.json"), "w") as f:
@@ -71,7 +77,10 @@ def main():
         model = model.float().eval()
         os.makedirs(a.out, exist_ok=True)
         model.save_pretrained(a.out, safe_serialization=True)
-        DDPMScheduler(**SHIPPED_SCHEDULER).save_pretrained(a.out)
+        if (st.get("args") or {}).get("objective") == "flow":
+            FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULE).save_pretrained(a.out)
+        else:
+            DDPMScheduler(**SHIPPED_SCHEDULER).save_pretrained(a.out)
         info = dict(step=st["step"], train_seconds=st.get("train_seconds"), args=st.get("args"),
                     null_class=NULL_CLASS)
         with open(os.path.join(a.run, "export_info.json"), "w") as f:

@@ -47,9 +47,13 @@ mod native {
     use diffusion_playground::image::{grid_rgba, npy_bytes, parse_npy};
     use diffusion_playground::model::UNetConfig;
     use diffusion_playground::pipeline::{check_image_count, SampleRequest};
-    use diffusion_playground::sched::{manifest_overrides, SamplerKind, SchedulerConfig, SchedulerOverrides};
+    use diffusion_playground::sched::analytic::AnalyticMoments;
+    use diffusion_playground::sched::{
+        manifest_overrides, SamplerKind, SchedulerConfig, SchedulerOverrides, VarianceType,
+    };
     use diffusion_playground::EngineError;
     use sha2::{Digest, Sha256};
+    use std::sync::Arc;
 
     type Result<T> = std::result::Result<T, EngineError>;
 
@@ -93,8 +97,9 @@ mod native {
         /// model's scheduler_config.json timestep_spacing)
         #[arg(long)]
         spacing: Option<String>,
-        /// fixed_small | fixed_large: DDPM's noise, beta-tilde or beta (default: the model's
-        /// variance_type)
+        /// fixed_small | fixed_large | analytic: DDPM's noise, beta-tilde, beta or Analytic-DPM's
+        /// optimal variance from the folder's analytic_dpm.json (analytic also replaces DDIM's
+        /// noise; default: the model's variance_type)
         #[arg(long)]
         variance: Option<String>,
         /// on | off: with clipping, DDIM re-derives eps from the clipped x0_hat (diffusers'
@@ -222,7 +227,10 @@ mod native {
         if let Some(v) = &a.variance {
             over.variance_type = Some(parse_option("--variance", v)?);
         }
-        let sched = over.apply(&sched);
+        let mut sched = over.apply(&sched);
+        if sched.variance_type == VarianceType::Analytic {
+            sched.analytic = Some(analytic_moments(&a.model, &weights_path)?);
+        }
         let classes = match class {
             None => Vec::new(),
             Some(Class::One(c)) => vec![c; a.n],
@@ -318,6 +326,29 @@ mod native {
     }
 
     /// The weights file: the one manifest.json names, else diffusers' usual names.
+    /// The folder's `analytic_dpm.json`, checked against the weights it was measured on.
+    fn analytic_moments(dir: &Path, weights: &Path) -> Result<Arc<AnalyticMoments>> {
+        let path = dir.join("analytic_dpm.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(EngineError::input(
+                    "--variance",
+                    format!(
+                        "--variance analytic needs {} (Analytic-DPM's per-timestep moments; \
+                         train/analytic_dpm.py makes it)",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(io("model", &path, e)),
+        };
+        let m = AnalyticMoments::from_json(&text)?;
+        let sha = sha256_file(weights).map_err(|e| io("model", weights, e))?;
+        m.check_weights(&sha)?;
+        Ok(Arc::new(m))
+    }
+
     fn weights_path(dir: &Path, manifest: Option<&serde_json::Value>) -> Result<PathBuf> {
         if let Some(name) = manifest.and_then(|m| m.get("weights")) {
             let name = name.as_str().filter(|n| is_plain_name(n)).ok_or_else(|| EngineError::Checksum {

@@ -44,10 +44,8 @@ impl AnalyticMoments {
         let bad = |m: String| EngineError::Checksum { file: FILE.into(), message: m };
         let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
         let field = |name: &str| -> Result<Vec<f64>> {
-            let arr = v
-                .get(name)
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad(format!("has no array `{name}`")))?;
+            let arr =
+                v.get(name).and_then(Value::as_array).ok_or_else(|| bad(format!("has no array `{name}`")))?;
             arr.iter()
                 .map(|x| {
                     x.as_f64()
@@ -75,6 +73,24 @@ impl AnalyticMoments {
         }
         let weights_sha256 = v.get("weights_sha256").and_then(Value::as_str).map(str::to_owned);
         Ok(AnalyticMoments { cc, uu, uc, weights_sha256 })
+    }
+
+    /// Refuses moments measured on other weights than those whose SHA-256 (hex) is `sha256`:
+    /// Gamma is a property of one network, and a stale table silently mis-sizes every step's
+    /// noise. A table without a recorded digest is accepted.
+    pub fn check_weights(&self, sha256: &str) -> Result<()> {
+        match &self.weights_sha256 {
+            Some(want) if !want.eq_ignore_ascii_case(sha256) => Err(EngineError::Checksum {
+                file: FILE.into(),
+                message: format!(
+                    "was measured on other weights (SHA-256 {}...), not these ({}...); re-run \
+                     train/analytic_dpm.py for this model",
+                    &want[..want.len().min(12)],
+                    &sha256[..sha256.len().min(12)]
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Gamma_t(w) = E ||eps_w||^2 / d for guidance w (w = 1: the conditional model alone).

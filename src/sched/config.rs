@@ -185,11 +185,7 @@ impl SchedulerConfig {
         }
 
         let class = map.get("_class_name").and_then(Value::as_str).unwrap_or("");
-        let flow_shift = if class.starts_with("FlowMatch") {
-            Some(flow_fields(&map, class)?)
-        } else {
-            None
-        };
+        let flow_shift = if class.starts_with("FlowMatch") { Some(flow_fields(&map, class)?) } else { None };
         if flow_shift.is_some() {
             // A flow config carries no betas and no clipping: what the flow samplers read is
             // num_train_timesteps and shift, and the rest keeps the defaults (clip off).

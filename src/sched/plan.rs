@@ -14,8 +14,8 @@
 //! lines are linear in (x, m) for every prediction type, and each sampler's update is linear
 //! in (x, x0, eps, x0_prev, z) with coefficients that depend only on the schedule.
 
-use super::schedule::alphas_cumprod;
 use super::analytic;
+use super::schedule::alphas_cumprod;
 use super::schedule::flow_alpha_bar;
 use super::timesteps::{flow_sigmas, timesteps};
 use super::{invalid, PredictionType, SamplerKind, SchedulerConfig, TimestepSpacing, VarianceType};
@@ -257,7 +257,13 @@ fn step(
 ///
 /// `analytic`: Analytic-DPM's optimal variance around the same posterior mean (lambda^2 =
 /// beta-tilde), from the model's Gamma at the run's guidance `w` (see [`analytic_gamma`]).
-fn ddpm(cfg: &SchedulerConfig, acp: &[f64], ts: &[f64], clip: Option<f32>, w: f32) -> Result<Vec<PlannedStep>> {
+fn ddpm(
+    cfg: &SchedulerConfig,
+    acp: &[f64],
+    ts: &[f64],
+    clip: Option<f32>,
+    w: f32,
+) -> Result<Vec<PlannedStep>> {
     (0..ts.len())
         .map(|k| {
             let a = acp[ts[k] as usize];
@@ -507,7 +513,12 @@ fn flow_euler(cfg: &SchedulerConfig, sigmas: &[f64]) -> Vec<PlannedStep> {
         .map(|k| {
             let (s, s_to) = (sigmas[k], sigmas.get(k + 1).copied().unwrap_or(0.0));
             let (x0_from, eps_from) = flow_conversion(s);
-            flow_step(cfg, s, s_to, Coeffs { x0_from, eps_from, x0: 1.0 - s_to, eps: s_to, ..Default::default() })
+            flow_step(
+                cfg,
+                s,
+                s_to,
+                Coeffs { x0_from, eps_from, x0: 1.0 - s_to, eps: s_to, ..Default::default() },
+            )
         })
         .collect()
 }
@@ -526,13 +537,27 @@ fn flow_heun(cfg: &SchedulerConfig, sigmas: &[f64]) -> Vec<PlannedStep> {
         let (s, s_to) = (sigmas[k], sigmas.get(k + 1).copied().unwrap_or(0.0));
         let (x0_from, eps_from) = flow_conversion(s);
         let last = k + 1 == n;
-        let euler = Coeffs { x0_from, eps_from, x0: 1.0 - s_to, eps: s_to, writes_prev_x0: !last, ..Default::default() };
+        let euler = Coeffs {
+            x0_from,
+            eps_from,
+            x0: 1.0 - s_to,
+            eps: s_to,
+            writes_prev_x0: !last,
+            ..Default::default()
+        };
         steps.push(flow_step(cfg, s, s_to, euler));
         if !last {
             let (x0_from, eps_from) = flow_conversion(s_to);
             let g = (s_to - s) / (2.0 * s_to);
-            let corrector =
-                Coeffs { x0_from, eps_from, x: 1.0, x0: -g, prev_x0: g, reads_prev_x0: true, ..Default::default() };
+            let corrector = Coeffs {
+                x0_from,
+                eps_from,
+                x: 1.0,
+                x0: -g,
+                prev_x0: g,
+                reads_prev_x0: true,
+                ..Default::default()
+            };
             // The corrector evaluates the model at s' and lands on s' again.
             steps.push(flow_step(cfg, s_to, s_to, corrector));
         }

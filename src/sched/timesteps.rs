@@ -68,9 +68,9 @@ pub fn timesteps(cfg: &SchedulerConfig, kind: SamplerKind, n: usize) -> Result<V
 /// in f32, so with shift != 1 the last level is shifted twice, as in diffusers.
 pub fn flow_sigmas(cfg: &SchedulerConfig, n: usize) -> Result<Vec<f64>> {
     let t = cfg.num_train_timesteps;
-    let shift = cfg.flow_shift.ok_or_else(|| {
-        invalid("sampler", "sampler", "flow", "the model is not a flow-matching model")
-    })?;
+    let shift = cfg
+        .flow_shift
+        .ok_or_else(|| invalid("sampler", "sampler", "flow", "the model is not a flow-matching model"))?;
     if n == 0 || n > t {
         return Err(invalid("sampler", "steps", n, &format!("must be in 1..={t} (num_train_timesteps)")));
     }
