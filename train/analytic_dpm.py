@@ -27,7 +27,36 @@ import torch
 from diffusers import DDPMScheduler
 
 import data
-from sampling import load
+
+
+def load_moments(path):
+    with open(path) as f:
+        d = json.load(f)
+    return np.array(d["cc"]), np.array(d["uu"]), np.array(d["uc"])
+
+
+def gamma(moments, t, w):
+    """Gamma_t(w) = E||eps_w||^2 / d from the stored moments, clipped to [0, 1]."""
+    cc, uu, uc = moments
+    g = (1 - w) ** 2 * uu[t] + 2 * w * (1 - w) * uc[t] + w * w * cc[t]
+    return float(np.clip(g, 0.0, 1.0))
+
+
+def optimal_variance(a, a_prev, lambda2, g):
+    """Bao et al. 2022, Theorem 1 with alpha_n = abar_n / abar_m over a sub-sequence:
+        sigma*^2 = lambda^2 + (sqrt(bbar_n / alpha_n) - sqrt(bbar_m - lambda^2))^2 (1 - Gamma_n),
+    clipped to Theorem 2's bounds for data in [-1, 1]:
+        lambda^2 <= sigma*^2 <= lambda^2 + (sqrt(abar_m) - sqrt(bbar_m - lambda^2) sqrt(abar_n / bbar_n))^2.
+    (The value at Gamma = 0 is the other upper bound; Gamma is clipped to [0, 1] already.)
+    The NumPy reference the Rust test (tests/analytic_dpm.rs) checks the engine against."""
+    a, a_prev, lambda2 = float(a), float(a_prev), float(lambda2)
+    bbar, bbar_prev = 1.0 - a, 1.0 - a_prev
+    alpha = a / a_prev
+    rest = np.sqrt(max(bbar_prev - lambda2, 0.0))
+    gap = (np.sqrt(bbar / alpha) - rest) ** 2
+    v = lambda2 + gap * (1.0 - g)
+    upper = min(lambda2 + gap, lambda2 + (np.sqrt(a_prev) - rest * np.sqrt(a / bbar)) ** 2)
+    return float(np.clip(v, lambda2, max(upper, lambda2)))
 
 
 def main():
@@ -42,6 +71,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
 
+    from sampling import load  # here: sampling imports this module's formulas
     model = load(a.model)
     sched = DDPMScheduler.from_pretrained(a.model)
     abar = sched.alphas_cumprod.double()

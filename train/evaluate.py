@@ -67,6 +67,21 @@ for _kind, _steps in [("ddim", 1), ("ddim", 2), ("ddim", 5), ("ddim", 10), ("ddi
     ROWS.append((f"few_{_kind}{_steps}_w2_leading", _kind, _steps, 2.0, 500, LEADING))
     ROWS.append((f"few_{_kind}{_steps}_w2_tce", _kind, _steps, 2.0, 500, TCE))
 
+# Analytic-DPM (issue 15): DDPM at 10-100 steps, w = 2, with the shipped sampling defaults
+# (trailing spacing, clip_sample), the two fixed variances against Analytic-DPM's optimal one
+# (sampling.analytic_ddpm_step; needs the model's analytic_dpm.json). Rows of one step count
+# share a seed. n = 500 at 10 and 25 steps, 200 at 50 and 100 (CPU time).
+for _steps, _n in [(10, 500), (25, 500), (50, 200), (100, 200)]:
+    for _var in ["fixed_small", "fixed_large", "analytic"]:
+        ROWS.append((f"adpm_ddpm{_steps}_w2_{_var}", "ddpm", _steps, 2.0, _n,
+                     {"timestep_spacing": "trailing", "clip_sample": True, "variance_type": _var}))
+# Flow matching (issue 15): a model trained with the flow objective on the same network,
+# sampled with diffusers' FlowMatchEuler / FlowMatchHeun schedulers (Heun N steps = 2N - 1
+# model evaluations: 3 / 5 / 10 steps cost 5 / 9 / 19, next to Euler's 5 / 10 / 20).
+for _kind, _steps in [("flow_euler", 5), ("flow_euler", 10), ("flow_euler", 20),
+                      ("flow_heun", 3), ("flow_heun", 5), ("flow_heun", 10)]:
+    ROWS.append((f"{_kind}{_steps}_w2", _kind, _steps, 2.0, 500))
+
 
 class Classifier(nn.Module):
     def __init__(self):
@@ -183,7 +198,8 @@ def main():
     p.add_argument("--dataset", choices=["fashion", "digits"], required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--work", required=True, help="folder for classifier.pt and eval.json")
-    p.add_argument("--rows", default=",".join(r[0] for r in ROWS if not r[0].startswith("few_")),
+    p.add_argument("--rows", default=",".join(r[0] for r in ROWS
+                                              if not r[0].startswith(("few_", "adpm_", "flow_"))),
                    help="comma-separated row names or shell patterns (few_ddim*_tce); "
                         "default: the model card's rows")
     p.add_argument("--list", action="store_true", help="print the row names and exit")

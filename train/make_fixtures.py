@@ -6,6 +6,7 @@
     python make_fixtures.py --part clipped    # clipped-eps DDIM, trailing, fixed_large DDPM
     python make_fixtures.py --part flow       # flow-matching Euler / Heun on an exact velocity
     python make_fixtures.py --part fashion-flow  # the shipped www/models/fashion-flow U-Net
+    python make_fixtures.py --part analytic   # Analytic-DPM sigmas for the shipped fashion Gamma
     python make_fixtures.py --part all
 
 Every tensor is float32 except class labels (int64). Timesteps are float32 (they may
@@ -569,6 +570,59 @@ def part_fashion_flow(mdir=None):
         print(fname, "final mean/std", float(x.mean()), float(x.std()))
 
 
+# --part analytic (issue 15): Analytic-DPM's optimal noise per step for the shipped fashion
+# model's Gamma (www/models/fashion/analytic_dpm.json), from the NumPy formula in
+# analytic_dpm.py on diffusers' own timesteps and alphas_cumprod: the reference
+# tests/analytic_dpm.rs holds the engine's plan to.
+ANALYTIC_CASES = [
+    # name, sampler, steps, guidance, eta, scheduler overrides
+    ("ddpm10_w2", "ddpm", 10, 2.0, 0.0, {}),
+    ("ddpm25_w2", "ddpm", 25, 2.0, 0.0, {}),
+    ("ddpm100_w2", "ddpm", 100, 2.0, 0.0, {}),
+    ("ddpm10_w1", "ddpm", 10, 1.0, 0.0, {}),
+    ("ddpm10_w4", "ddpm", 10, 4.0, 0.0, {}),
+    ("ddpm10_w2_leading", "ddpm", 10, 2.0, 0.0, dict(timestep_spacing="leading")),
+    ("ddim10_w2_eta0", "ddim", 10, 2.0, 0.0, {}),
+    ("ddim10_w2_eta05", "ddim", 10, 2.0, 0.5, {}),
+]
+
+
+def part_analytic():
+    import analytic_dpm
+    mdir = os.path.join(ROOT, "www", "models", "fashion")
+    moments = analytic_dpm.load_moments(os.path.join(mdir, "analytic_dpm.json"))
+    cases = []
+    for name, kind, steps, w, eta, over in ANALYTIC_CASES:
+        cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
+        sched = cls.from_pretrained(mdir, **over)
+        sched.set_timesteps(steps)
+        ts = [int(t) for t in sched.timesteps]
+        acp = sched.alphas_cumprod.double()
+        sig = []
+        for k, t in enumerate(ts):
+            a = float(acp[t])
+            if kind == "ddpm":
+                last = k + 1 == len(ts)
+                a_prev = 1.0 if last else float(acp[ts[k + 1]])
+                lam2 = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+                onto_x0 = last or t == 0
+            else:
+                prev = t - sched.config.num_train_timesteps // steps
+                a_prev = float(acp[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+                lam2 = eta * eta * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+                onto_x0 = prev < 0
+            g = analytic_dpm.gamma(moments, t, w)
+            sig.append(0.0 if onto_x0 else analytic_dpm.optimal_variance(a, a_prev, lam2, g) ** 0.5)
+        cases.append(dict(name=name, sampler=kind, steps=steps, guidance=w, eta=eta, overrides=over,
+                          timesteps=ts, sigma=sig))
+    with open(os.path.join(FIX, "analytic_dpm_fashion.json"), "w") as f:
+        json.dump({"made_by": "train/make_fixtures.py --part analytic",
+                   "model": "www/models/fashion (scheduler_config.json, analytic_dpm.json)",
+                   "cases": cases}, f, indent=1)
+        f.write("\n")
+    print("analytic cases:", ", ".join(c["name"] for c in cases))
+
+
 # The Gaussian end-to-end cases of tests/sampler_gaussian.rs: diffusers' own samplers driven
 # by the analytic model, in float64 on many draws, give the law (mean, std) each discretised
 # sampler really ends at, which the Rust test compares its exact propagated law against.
@@ -636,7 +690,7 @@ def gaussian_laws():
 def main():
     global FIX
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "flow", "fashion-flow", "all"],
+    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "flow", "fashion-flow", "analytic", "all"],
                    default="all")
     p.add_argument("--fashion-model", default=None, help="default: www/models/fashion")
     p.add_argument("--out", default=FIX, help="default: tests/fixtures")
@@ -654,6 +708,8 @@ def main():
         part_clipped()
     if a.part in ("flow", "all"):
         part_flow()
+    if a.part in ("analytic", "all"):
+        part_analytic()
     if a.part == "fashion-flow" or (a.part == "all" and os.path.isdir(os.path.join(ROOT, "www", "models", "fashion-flow"))):
         part_fashion_flow()
     for fn in os.listdir(FIX):
