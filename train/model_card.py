@@ -44,6 +44,9 @@ ROW_TEXT = {
     "ddpm1000_w2": "DDPM 1000 steps, w = 2",
     "ddpm1000_w2_clip": "DDPM 1000 steps, w = 2, clip_sample on (ablation)",
 }
+FLOW_ORDER = ["flow_euler5_w2", "flow_euler10_w2", "flow_euler20_w2",
+              "flow_heun3_w2", "flow_heun5_w2", "flow_heun10_w2"]
+FLOW_NAMES = {"flow_euler": "flow Euler", "flow_heun": "flow Heun"}
 ROW_ORDER = ["ddim20_w1", "ddim20_w2", "ddim20_w4", "ddim50_w2", "ddpm1000_w2", "ddpm1000_w2_clip"]
 
 
@@ -114,6 +117,95 @@ def steps_text(info, targs, ntrain):
     return text
 
 
+ADPM_HEADING = "## Analytic-DPM: the optimal reverse variance"
+FLOW_HEADING = "## Diffusion vs flow matching: same network, same data"
+
+
+def analytic_section(rows):
+    """The Analytic-DPM table (evaluate.py's adpm_* rows): DDPM with the two handcrafted
+    variances against the optimal one, at the shipped defaults, w = 2."""
+    steps = [s for s in (10, 25, 50, 100) if f"adpm_ddpm{s}_w2_analytic" in rows]
+    L = [ADPM_HEADING + "\n"]
+    L.append(
+        "Bao et al. (2022) show that the KL-optimal variance of each reverse step has a closed form "
+        "in one number per timestep, Gamma_t = E ||eps_theta(x_t, t)||^2 / d over the data. "
+        "`analytic_dpm.json` holds it (`train/analytic_dpm.py`: 64 training images per timestep, "
+        "a fresh draw each, both CFG branches, so Gamma follows for any guidance w; largest "
+        "standard error 0.022), and the playground's *variance* `analytic` (CLI `--variance "
+        "analytic`) uses it: sigma*^2 = lambda^2 + (sqrt(bbar_n / alpha_n) - sqrt(bbar_m - "
+        "lambda^2))^2 (1 - Gamma_n), clipped to the paper's bounds, around DDPM's own posterior "
+        "mean (`src/sched/analytic.rs`). DDPM at w = 2 with the shipped defaults (trailing spacing, "
+        "clip_sample), classes balanced, the same seed for the three rows of a step count; "
+        "`python evaluate.py --rows 'adpm_*'`. Accuracy / FD as above.\n")
+    if not steps:
+        return L + ["Not evaluated yet.\n"]
+    L.append("| DDPM steps | fixed_small (beta-tilde) | fixed_large (beta) | analytic | Images |")
+    L.append("|---|---|---|---|---|")
+    for st in steps:
+        cells = []
+        for v in ("fixed_small", "fixed_large", "analytic"):
+            r = rows.get(f"adpm_ddpm{st}_w2_{v}")
+            cells.append(f"{100 * r['acc']:.1f}% / FD {r['fd']:.1f}" if r else "not run")
+        n = rows[f"adpm_ddpm{st}_w2_analytic"]["n"]
+        L.append(f"| {st} | " + " | ".join(cells) + f" | {n} |")
+    L.append("")
+    missing = [s for s in (10, 25, 50, 100) if s not in steps]
+    if missing:
+        L.append("Not measured yet (CPU time of the session; `evaluate.py` resumes): DDPM "
+                 + ", ".join(str(s) for s in missing) + " steps.\n")
+    return L
+
+
+def flow_section(diff_rows, flow_rows):
+    """Diffusion (eps prediction, cosine schedule, DDIM with the shipped defaults) against
+    flow matching (velocity, straight paths, Euler / Heun) on the same UNet2DModel, at equal
+    numbers of model evaluations, w = 2."""
+    L = [FLOW_HEADING + "\n"]
+    L.append(
+        "Two models of the same `UNet2DModel` architecture (2.79 M parameters) trained on the same "
+        "Fashion-MNIST split with the same optimiser settings: `fashion` with epsilon prediction "
+        "on the cosine schedule, `fashion-flow` with the flow-matching (rectified-flow) objective "
+        "x_s = (1 - s) x_0 + s eps, target eps - x_0 (`train.py --objective flow`). Sampled at "
+        "w = 2 with diffusers' own schedulers: DDIM with the diffusion model's shipped defaults "
+        "(trailing, clip, clipped eps), `FlowMatchEulerDiscreteScheduler` and "
+        "`FlowMatchHeunDiscreteScheduler` (N Heun steps = 2N - 1 model evaluations). Compute per "
+        "image is the number of model evaluations (NFE), two U-Net passes each with guidance. "
+        "Training compute differs; see each card's Training section.\n")
+    L.append("| NFE | diffusion, DDIM | flow, Euler | flow, Heun | Images |")
+    L.append("|---|---|---|---|---|")
+    fmt = lambda r: f"{100 * r['acc']:.1f}% / FD {r['fd']:.1f}" if r else "not run"
+    for nfe, ddim, euler, heun in [(5, "few_ddim5_w2_tce", "flow_euler5_w2", "flow_heun3_w2"),
+                                   (9, None, None, "flow_heun5_w2"),
+                                   (10, "few_ddim10_w2_tce", "flow_euler10_w2", None),
+                                   (19, None, None, "flow_heun10_w2"),
+                                   (20, "few_ddim20_w2_tce", "flow_euler20_w2", None)]:
+        cells = [diff_rows.get(ddim) if ddim else None, flow_rows.get(euler) if euler else None,
+                 flow_rows.get(heun) if heun else None]
+        if not any(cells):
+            continue
+        ns = sorted({c["n"] for c in cells if c})
+        L.append(f"| {nfe} | " + " | ".join(fmt(c) if c or k is not None else "-"
+                                            for c, k in zip(cells, (ddim, euler, heun)))
+                 + f" | {'/'.join(str(n) for n in ns)} |")
+    L.append("")
+    return L
+
+
+def replace_section(card, heading, lines):
+    """Replaces the section under `heading` (or inserts it before "## Intended use")."""
+    text = open(card).read()
+    section = "\n".join(lines) + "\n"
+    start = text.find(heading)
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        at = text.find("## Intended use")
+        text = text[:at] + section + text[at:]
+    open(card, "w").write(text)
+    print("updated", card, heading)
+
+
 def update_few_steps(card, eval_path):
     """Replaces (or inserts before "## Intended use") the few-step section of an existing card."""
     rows = json.load(open(eval_path)).get("rows", {})
@@ -134,6 +226,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--few-steps-only", metavar="EVAL_JSON",
                    help="only replace the few-step section of --model's README.md from this eval.json")
+    p.add_argument("--sections", metavar="EVAL_JSON",
+                   help="only replace the Analytic-DPM section (and, with --flow-eval, the "
+                        "diffusion-vs-flow one) of --model's README.md from this eval.json")
+    p.add_argument("--flow-eval", metavar="EVAL_JSON", help="the flow model's eval.json")
+    p.add_argument("--diffusion-eval", metavar="EVAL_JSON",
+                   help="for a flow model's card: the diffusion model's eval.json")
     p.add_argument("--dataset", choices=["fashion", "digits"], required=True)
     p.add_argument("--run", required=False, help="the training run folder (required unless --few-steps-only)")
     p.add_argument("--model", required=True)
@@ -142,6 +240,14 @@ def main():
     a = p.parse_args()
     if a.few_steps_only:
         update_few_steps(os.path.join(a.model, "README.md"), a.few_steps_only)
+        return
+    if a.sections:
+        card = os.path.join(a.model, "README.md")
+        rows = json.load(open(a.sections)).get("rows", {})
+        replace_section(card, ADPM_HEADING, analytic_section(rows))
+        if a.flow_eval:
+            flow_rows = json.load(open(a.flow_eval)).get("rows", {})
+            replace_section(card, FLOW_HEADING, flow_section(rows, flow_rows))
         return
     names = data.CLASS_NAMES[a.dataset]
     cfg = json.load(open(os.path.join(a.model, "config.json")))
@@ -159,16 +265,22 @@ def main():
                         f"1 PyTorch thread (torch.set_num_threads(1)) on a shared 2-core machine")
     ntrain = len(data.load(a.dataset, "train")[1])
 
+    flow = targs.get("objective") == "flow"
+    name = os.path.basename(os.path.normpath(a.model))
     L = []
-    L.append(f"# {a.dataset}: class-conditional diffusion U-Net ({cfg['sample_size']}x"
-             f"{cfg['sample_size']}, {cfg['in_channels']} channel)\n")
-    L.append("A small diffusers `UNet2DModel` trained with epsilon prediction and classifier-free "
-             "guidance, for the in-browser diffusion playground of this repository. Files are in "
-             "diffusers' `save_pretrained` layout: `config.json`, "
-             "`diffusion_pytorch_model.safetensors` (float32), `scheduler_config.json`; "
-             "`manifest.json` lists class names and every file's size and sha256; "
-             "`samples.png` is a grid of samples (one row per class, in class order, DDIM 20 steps, "
-             "guidance 2, seed 0).\n")
+    L.append(f"# {name}: class-conditional {'flow-matching' if flow else 'diffusion'} U-Net "
+             f"({cfg['sample_size']}x{cfg['sample_size']}, {cfg['in_channels']} channel)\n")
+    L.append(f"A small diffusers `UNet2DModel` trained with "
+             f"{'the flow-matching (rectified-flow) objective' if flow else 'epsilon prediction'} "
+             "and classifier-free guidance, for the in-browser diffusion playground of this "
+             "repository. Files are in diffusers' `save_pretrained` layout: `config.json`, "
+             "`diffusion_pytorch_model.safetensors` (float32), `scheduler_config.json`"
+             + (" (`FlowMatchEulerDiscreteScheduler`: the playground, the widget and the CLI "
+                "sample it with `flow_euler` by default, `flow_heun` on request, and refuse the "
+                "diffusion samplers)" if flow else "") +
+             "; `manifest.json` lists class names and every file's size and sha256; "
+             "`samples.png` is a grid of samples (one row per class, in class order, "
+             f"{'flow Euler' if flow else 'DDIM'} 20 steps, guidance 2, seed 0).\n")
     L.append("## Classes (index: name)\n")
     L.append(", ".join(f"{i}: {n}" for i, n in enumerate(names)) +
              f"; {len(names)}: null class (unconditional, used for CFG).\n")
@@ -184,9 +296,14 @@ def main():
              f"{cfg['flip_sin_to_cos']}, freq_shift {cfg['freq_shift']}), num_class_embeds "
              f"{cfg['num_class_embeds']} (last index = null class).\n")
     L.append("## Training\n")
+    objective = (
+        "- Objective: flow matching / rectified flow, MSE on the velocity: x_s = (1 - s) x_0 + "
+        "s eps with s ~ U(0, 1], target eps - x_0; the network sees timestep s * 1000 (a float), "
+        "as diffusers' flow pipelines pass sigma * num_train_timesteps.\n" if flow else
+        "- Objective: epsilon prediction, MSE; 1000 training timesteps, `squaredcos_cap_v2` "
+        "(cosine) beta schedule (see train/README.md for why), t uniform.\n")
     L.append(
-        f"- Objective: epsilon prediction, MSE; 1000 training timesteps, `squaredcos_cap_v2` "
-        f"(cosine) beta schedule (see train/README.md for why), t uniform.\n"
+        objective +
         f"- Classifier-free guidance by label dropout: p = {targs['p_uncond']} of labels replaced "
         f"by the null class.\n"
         f"- AdamW lr {targs['lr']:g} (linear warmup {targs['warmup']} steps, cosine decay to "
@@ -202,9 +319,13 @@ def main():
     if ev.get("classifier"):
         c = ev["classifier"]
         L.append(
-            "Samples drawn with diffusers' own `DDIMScheduler` (eta 0) / `DDPMScheduler` "
-            "configured from `scheduler_config.json` with the overrides a row names, classifier-free guidance "
-            "eps = eps_null + w (eps_class - eps_null), classes balanced. A small CNN classifier "
+            ("Samples drawn with diffusers' own `FlowMatchEulerDiscreteScheduler` / "
+             "`FlowMatchHeunDiscreteScheduler` configured from `scheduler_config.json` (Heun: N "
+             "steps = 2N - 1 model evaluations), classifier-free guidance on the velocity "
+             "v = v_null + w (v_class - v_null), classes balanced." if flow else
+             "Samples drawn with diffusers' own `DDIMScheduler` (eta 0) / `DDPMScheduler` "
+             "configured from `scheduler_config.json` with the overrides a row names, classifier-free guidance "
+            "eps = eps_null + w (eps_class - eps_null), classes balanced.") + " A small CNN classifier "
             f"trained on the real training split ({c['epochs']} epochs, 2 conv layers + a 128-d hidden layer; accuracy on the real "
             f"held-out split: {100 * c['test_acc']:.1f}%) scores them: **accuracy** = fraction "
             "classified as the requested class; **FD** = Frechet distance between the "
@@ -217,13 +338,15 @@ def main():
         L.append("|---|---|---|---|---|---|---|")
         rows = ev.get("rows", {})
         missing = []
-        for k in ROW_ORDER:
+        order = FLOW_ORDER if flow else ROW_ORDER
+        for k in order:
             if k not in rows:
-                missing.append(ROW_TEXT[k])
+                missing.append(ROW_TEXT.get(k, k))
                 continue
             r = rows[k]
             over = "".join(f", {k} = {json.dumps(v)}" for k, v in r.get("overrides", {}).items())
-            L.append(f"| {r['sampler'].upper()} {r['steps']} steps{over} | {r['guidance']:g} | {r['n']} | "
+            label = FLOW_NAMES.get(r["sampler"], r["sampler"].upper())
+            L.append(f"| {label} {r['steps']} steps{over} | {r['guidance']:g} | {r['n']} | "
                      f"{100 * r['acc']:.1f}% | {r['fd']:.2f} | {r['floor']:.2f} | "
                      f"{r['seconds'] / 60:.1f} min |")
         L.append("")
@@ -231,7 +354,16 @@ def main():
             pc = rows["ddim20_w2"]["per_class_acc"]
             L.append("Per-class accuracy, DDIM 20 steps, w = 2: " +
                      ", ".join(f"{n} {100 * v:.0f}%" for n, v in zip(names, pc)) + ".\n")
-        L.extend(few_steps_section(rows))
+        if flow:
+            if "flow_euler20_w2" in rows:
+                pc = rows["flow_euler20_w2"]["per_class_acc"]
+                L.append("Per-class accuracy, flow Euler 20 steps, w = 2: " +
+                         ", ".join(f"{n} {100 * v:.0f}%" for n, v in zip(names, pc)) + ".\n")
+            if a.diffusion_eval:
+                diff_rows = json.load(open(a.diffusion_eval)).get("rows", {})
+                L.extend(flow_section(diff_rows, rows))
+        else:
+            L.extend(few_steps_section(rows))
         if missing:
             L.append("**Not evaluated** (ran out of the session's CPU time; rerun "
                      "`train/evaluate.py`, it resumes): " + "; ".join(missing) + ".\n")

@@ -1,5 +1,5 @@
 """Write a PNG grid of samples: one row per class (top to bottom in class order),
---per-class columns, DDIM --steps at guidance --guidance.
+--per-class columns, DDIM --steps at guidance --guidance (flow models: flow Euler).
 
     python sample_grid.py --model ../www/models/fashion --out ../www/models/fashion/samples.png
 """
@@ -24,7 +24,10 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(1)
     model = load(a.model)
-    sched = make_scheduler(a.model, "ddim")
+    import json
+    import os
+    cls_name = json.load(open(os.path.join(a.model, "scheduler_config.json"))).get("_class_name", "")
+    sched = make_scheduler(a.model, "flow_euler" if cls_name.startswith("FlowMatch") else "ddim")
     ncls = model.config.num_class_embeds - 1
     classes = torch.arange(ncls).repeat_interleave(a.per_class)
     g = torch.Generator().manual_seed(a.seed)
