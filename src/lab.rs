@@ -339,8 +339,9 @@ pub enum LabSampler {
     Plan(SamplerKind),
     /// Annealed Langevin dynamics over the DDIM timesteps (Song & Ermon 2019).
     Langevin,
-    /// Euler on the rectified-flow ODE with the exact velocity.
-    FlowEuler,
+    /// The rectified-flow ODE with the exact velocity, by the image models' flow samplers
+    /// (`flow_euler`, `flow_heun`) on diffusers' flow schedule (T = 1000, shift 1).
+    Flow(SamplerKind),
 }
 
 impl std::str::FromStr for LabSampler {
@@ -348,16 +349,19 @@ impl std::str::FromStr for LabSampler {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "langevin" => Ok(LabSampler::Langevin),
-            "flow" => Ok(LabSampler::FlowEuler),
-            other => other.parse::<SamplerKind>().map(LabSampler::Plan).map_err(|_| {
+            "flow" => Ok(LabSampler::Flow(SamplerKind::FlowEuler)),
+            other => other
+                .parse::<SamplerKind>()
+                .map(|k| if k.is_flow() { LabSampler::Flow(k) } else { LabSampler::Plan(k) })
+                .map_err(|_| {
                 EngineError::input(
                     "sampler",
                     format!(
                         "`sampler` = {other:?}: expected one of \"ddpm\" \"ddim\" \"dpmpp2m\" \"euler_a\" \"langevin\" \
-                         \"flow\""
+                         \"flow\" (= \"flow_euler\") \"flow_heun\""
                     ),
                 )
-            }),
+                }),
         }
     }
 }
@@ -461,7 +465,7 @@ pub fn run(mix: &Mixture, cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Tr
             (steps, p.init_noise_sigma, p.input_scale(0))
         }
         LabSampler::Langevin => (langevin(cfg, opts)?, 1.0, 1.0),
-        LabSampler::FlowEuler => (flow_euler(opts.steps)?, 1.0, 1.0),
+        LabSampler::Flow(kind) => (flow(kind, opts.steps)?, 1.0, 1.0),
     };
     let frames_len = 1 + steps.iter().filter(|s| s.record).count();
     if opts.points.saturating_mul(2).saturating_mul(frames_len) > MAX_FRAME_VALUES {
@@ -581,34 +585,27 @@ fn langevin(cfg: &SchedulerConfig, opts: &LabOptions) -> Result<Vec<LabStep>> {
     Ok(out)
 }
 
-/// Euler on dx/dt = v(x, t) from t = 1 (x = eps) to t = 0 on a uniform grid of `steps`
-/// intervals. With m = v, x0 = x - t m and eps = x + (1 - t) m (so eps - x0 = m), the step
-/// x' = x + (t' - t) m is x + (t' - t) (eps - x0): the fused step's shape again.
-fn flow_euler(steps: usize) -> Result<Vec<LabStep>> {
+/// The flow ODE dx/dt = v(x, t) from t = 1 (x = eps) to t = 0, planned by `sched::plan` as
+/// for a flow-matching image model with diffusers' default `FlowMatchEulerDiscreteScheduler`
+/// config: levels linspace(1, 1/1000, N) then 0, m = v, x0 = x - t m, eps = x + (1 - t) m,
+/// and Euler's x' = (1 - t') x0 + t' eps (Heun adds a corrector that reads the predictor's
+/// x0). A trajectory records the state after each completed step, not Heun's predictions.
+fn flow(kind: SamplerKind, steps: usize) -> Result<Vec<LabStep>> {
     if steps == 0 || steps > MAX_EVALS {
         return Err(EngineError::input("steps", format!("`steps` = {steps}: it must be 1 to {MAX_EVALS}")));
     }
-    Ok((0..steps)
-        .map(|k| {
-            let t = 1.0 - k as f64 / steps as f64;
-            let dt = -1.0 / steps as f64;
-            let coeffs = StepCoefficients {
-                x0_from_x: 1.0,
-                x0_from_out: -t as f32,
-                eps_from_x: 1.0,
-                eps_from_out: (1.0 - t) as f32,
-                clip: None,
-                x: 1.0,
-                x0: -dt as f32,
-                eps: dt as f32,
-                prev_x0: 0.0,
-                noise: 0.0,
-                reads_prev_x0: false,
-                writes_prev_x0: false,
-                eps_uses_x0: false,
-                eps_from_x0: 0.0,
-            };
-            LabStep { coeffs, level: Level::Flow(t), next_scale: 1.0, key: k as u32, record: true }
+    let cfg = SchedulerConfig { flow_shift: Some(1.0), clip_sample: false, ..SchedulerConfig::default() };
+    let p = sched::plan(&cfg, &SamplerOptions::new(kind, steps))?;
+    let t_scale = cfg.num_train_timesteps as f64;
+    Ok(p.steps
+        .iter()
+        .enumerate()
+        .map(|(k, st)| LabStep {
+            coeffs: st.coeffs,
+            level: Level::Flow(st.timestep as f64 / t_scale),
+            next_scale: 1.0,
+            key: k as u32,
+            record: !st.coeffs.writes_prev_x0,
         })
         .collect())
 }

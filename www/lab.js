@@ -18,7 +18,8 @@ export const SAMPLERS = [
     { id: "dpmpp2m", label: "DPM-Solver++ (2M)", color: "#9467bd" },
     { id: "euler_a", label: "Euler ancestral", color: "#ff7f0e" },
     { id: "langevin", label: "Annealed Langevin", color: "#2ca02c" },
-    { id: "flow", label: "Flow-matching ODE", color: "#e377c2" },
+    { id: "flow", label: "Flow-matching ODE (Euler)", color: "#e377c2" },
+    { id: "flow_heun", label: "Flow-matching ODE (Heun)", color: "#8c564b" },
 ];
 
 const PRESETS = ["moons", "ring", "checker", "two"];

@@ -1,0 +1,156 @@
+//! The shipped flow-matching model (www/models/fashion-flow) end to end on both backends
+//! against diffusers' FlowMatchEulerDiscreteScheduler (20 steps) and
+//! FlowMatchHeunDiscreteScheduler (6 steps, 11 model evaluations), guidance 2, from the
+//! same x_T (fixtures from train/make_fixtures.py --part fashion-flow).
+//!
+//! Tolerance 1e-3 absolute per step and at the end, the bound. The flow ODE does not
+//! amplify model-output errors as eps-prediction does near t = 999 (x0 = x - s v has no
+//! 1 / alpha), so each step carries the U-Net's ~1e-5 agreement with PyTorch
+//! (tests/unet_forward.rs) plus what the previous steps passed on; the worst is printed.
+
+mod common;
+
+use std::path::Path;
+
+use diffusion_playground::fast::{CpuEngine, CpuSession};
+use diffusion_playground::model::UNet;
+use diffusion_playground::pipeline::{SampleRequest, Session};
+use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
+use safetensors::SafeTensors;
+
+const MODEL: &str = "www/models/fashion-flow";
+
+fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn read_model() -> (String, Vec<u8>, SchedulerConfig) {
+    let dir = Path::new(MODEL);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let sched =
+        SchedulerConfig::from_json(&std::fs::read_to_string(dir.join("scheduler_config.json")).unwrap())
+            .unwrap();
+    assert!(sched.is_flow(), "{MODEL}/scheduler_config.json should name a FlowMatch scheduler");
+    (config, weights, sched)
+}
+
+/// (fixture file, sampler, N): the run and the request it makes.
+const CASES: [(&str, SamplerKind, usize); 2] = [
+    ("fashion_flow_euler20_cfg2", SamplerKind::FlowEuler, 20),
+    ("fashion_flow_heun6_cfg2", SamplerKind::FlowHeun, 6),
+];
+
+struct Fixture {
+    bytes: Vec<u8>,
+}
+
+impl Fixture {
+    fn load(name: &str) -> Fixture {
+        let path = format!("tests/fixtures/{name}.safetensors");
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}: run train/make_fixtures.py --part fashion-flow"));
+        Fixture { bytes }
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+
+    fn request(&self, kind: SamplerKind, steps: usize) -> SampleRequest {
+        let st = self.st();
+        let classes = st
+            .tensor("class")
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
+        SampleRequest {
+            classes,
+            guidance: f32s(&st, "guidance_scale")[0],
+            kind,
+            steps,
+            eta: 0.0,
+            seed: 0,
+            first_image: 0,
+            init_noise: Some(f32s(&st, "x_T")),
+        }
+    }
+}
+
+const SHAPE: [usize; 4] = [2, 1, 28, 28];
+
+fn check_step(what: &str, k: usize, got: &[f32], fx: &Fixture) -> f32 {
+    let want = f32s(&fx.st(), "x_prev");
+    let per = want.len() / f32s(&fx.st(), "timesteps").len();
+    let want = &want[k * per..(k + 1) * per];
+    common::assert_close(&format!("{what} step {k} x_prev"), got, want, &SHAPE, 1e-3, 0.0);
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn gpu_backend_follows_diffusers_flow_schedulers() {
+    let gpu = common::gpu();
+    let (config, weights, sched) = read_model();
+    let unet = UNet::load(gpu, &config, &weights).unwrap();
+    for (name, kind, steps) in CASES {
+        let fx = Fixture::load(name);
+        let mut session = Session::new(gpu, &unet, 2).unwrap();
+        let run = session.start(gpu, &unet, &sched, &fx.request(kind, steps)).unwrap();
+        assert_eq!(run.plan().timesteps(), f32s(&fx.st(), "timesteps"), "{name}: timesteps");
+        let mut worst = 0.0f32;
+        for k in 0..run.steps() {
+            session.step(gpu, &run, k).unwrap();
+            let x = pollster::block_on(session.read(gpu, false)).unwrap().x;
+            worst = worst.max(check_step(name, k, &x, &fx));
+        }
+        let x = pollster::block_on(session.read(gpu, false)).unwrap().x;
+        common::assert_close(&format!("{name} x_final"), &x, &f32s(&fx.st(), "x_final"), &SHAPE, 1e-3, 0.0);
+        eprintln!("{name} (GPU): {} model evaluations, worst |x - diffusers| {worst:.1e}", run.steps());
+    }
+}
+
+#[test]
+fn cpu_backend_follows_diffusers_flow_schedulers() {
+    let (config, weights, sched) = read_model();
+    let engine = CpuEngine::load(&config, &weights, 2).unwrap();
+    for (name, kind, steps) in CASES {
+        let fx = Fixture::load(name);
+        let mut session = CpuSession::new(&engine, 2).unwrap();
+        let run = session.start(&engine, &sched, &fx.request(kind, steps)).unwrap();
+        let mut worst = 0.0f32;
+        for k in 0..run.steps() {
+            session.step(&engine, &run, k).unwrap();
+            let x = session.read(false).unwrap().x;
+            worst = worst.max(check_step(name, k, &x, &fx));
+        }
+        eprintln!("{name} (CPU): {} model evaluations, worst |x - diffusers| {worst:.1e}", run.steps());
+    }
+}
+
+/// A diffusion sampler on the flow model is refused before anything runs, with the
+/// samplers that fit named.
+#[test]
+fn diffusion_samplers_are_refused_for_the_flow_model() {
+    let (config, weights, sched) = read_model();
+    let engine = CpuEngine::load(&config, &weights, 1).unwrap();
+    let mut session = CpuSession::new(&engine, 1).unwrap();
+    let req = SampleRequest {
+        classes: vec![7],
+        guidance: 2.0,
+        kind: SamplerKind::Ddim,
+        steps: 5,
+        eta: 0.0,
+        seed: 0,
+        first_image: 0,
+        init_noise: None,
+    };
+    let e = session.start(&engine, &sched, &req).err().expect("ddim on a flow model").to_string();
+    assert!(e.contains("flow matching") && e.contains("flow_euler, flow_heun"), "{e}");
+}
