@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::f32s;
+
 use std::path::Path;
 
 use diffusion_playground::fast::{CpuEngine, CpuSession};
@@ -15,11 +17,6 @@ use diffusion_playground::model::UNet;
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig, TimestepSpacing};
 use safetensors::SafeTensors;
-
-fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let v = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
-    v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
 
 fn labels(st: &SafeTensors, name: &str) -> Vec<u32> {
     let v = st.tensor(name).unwrap();

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::f32s;
+
 use std::path::Path;
 
 use diffusion_playground::fast::{CpuEngine, CpuSession};
@@ -19,15 +21,6 @@ use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
 use safetensors::SafeTensors;
 
 const MODEL: &str = "www/models/fashion-flow";
-
-fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    st.tensor(name)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
 
 fn read_model() -> (String, Vec<u8>, SchedulerConfig) {
     let dir = Path::new(MODEL);

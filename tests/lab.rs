@@ -252,7 +252,9 @@ fn samplers_share_their_starting_noise() {
     let mix = Mixture::preset("ring").unwrap();
     let first = |s: LabSampler| lab::run(&mix, &cfg, &LabOptions::new(s, 10, 64, 3)).unwrap();
     let ddim = first(LabSampler::Plan(SamplerKind::Ddim));
-    for s in [LabSampler::Plan(SamplerKind::Ddpm), LabSampler::Langevin, LabSampler::Flow(SamplerKind::FlowEuler)] {
+    for s in
+        [LabSampler::Plan(SamplerKind::Ddpm), LabSampler::Langevin, LabSampler::Flow(SamplerKind::FlowEuler)]
+    {
         assert_eq!(first(s).frames[0], ddim.frames[0], "{s:?}");
     }
     assert_eq!(first(LabSampler::Plan(SamplerKind::Ddim)), ddim);

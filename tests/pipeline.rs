@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::f32s;
+
 use std::path::Path;
 
 use diffusion_playground::gpu::Gpu;
@@ -154,15 +156,6 @@ fn bad_requests_are_errors() {
         assert!(e.contains(needle), "expected an error containing {needle:?}, got {e:?}");
     }
     assert!(Session::new(gpu, &unet, 0).is_err());
-}
-
-fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    st.tensor(name)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
 }
 
 /// diffusers' DDIMScheduler (20 steps, eta 0, leading spacing, clip_sample false as the

@@ -205,6 +205,37 @@ def part_small():
         print(name, "final mean/std", float(out["x_final"].mean()), float(out["x_final"].std()))
 
 
+def guided_trajectory(model, sched, steps, step):
+    """An end-to-end fixture run: classes [7, 0], guidance w = 2 as one batch [x; x] with
+    [classes; null], x_T from seed 42. `step(guided, t, x) -> (x_prev, x0_pred or None)`.
+    The model output keeps the eps names (a flow model's is its velocity)."""
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(42)
+    x = torch.randn(2, 1, 28, 28, generator=g)
+    x_T = x.clone()
+    cls = torch.tensor([7, 0])
+    null = torch.full_like(cls, model.config.num_class_embeds - 1)
+    w = 2.0
+    rec = {k: [] for k in ["x_t", "eps_cond", "eps_uncond", "eps", "x0_pred", "x_prev"]}
+    with torch.no_grad():
+        for tt in sched.timesteps:
+            e = model(torch.cat([x, x]), tt, class_labels=torch.cat([cls, null])).sample
+            ec, eu = e.chunk(2)
+            eps = eu + w * (ec - eu)
+            x_prev, x0 = step(eps, tt, x)
+            for k, v in [("x_t", x), ("eps_cond", ec), ("eps_uncond", eu), ("eps", eps),
+                         ("x0_pred", x0), ("x_prev", x_prev)]:
+                if v is not None:
+                    rec[k].append(v.clone())
+            x = x_prev
+    out = {"timesteps": fnum(sched.timesteps.float()), "x_T": fnum(x_T), "x_final": fnum(x),
+           "class": cls.to(torch.int64), "guidance_scale": fnum([w])}
+    for k, v in rec.items():
+        if v:
+            out[k] = fnum(torch.stack(v))
+    return out
+
+
 def part_fashion(mdir=None):
     mdir = mdir or os.path.join(ROOT, "www", "models", "fashion")
     model = UNet2DModel.from_pretrained(mdir)
@@ -221,29 +252,11 @@ def part_fashion(mdir=None):
     man_path = os.path.join(mdir, "manifest.json")
     sampling = json.load(open(man_path)).get("sampling", {}) if os.path.exists(man_path) else {}
     clipped_eps = bool(sampling.get("use_clipped_model_output", False))
-    sched.set_timesteps(20)
-    g = torch.Generator().manual_seed(42)
-    x = torch.randn(2, 1, 28, 28, generator=g)
-    x_T = x.clone()
-    cls = torch.tensor([7, 0])
-    null = torch.full_like(cls, model.config.num_class_embeds - 1)
-    w = 2.0
-    rec = {k: [] for k in ["x_t", "eps_cond", "eps_uncond", "eps", "x0_pred", "x_prev"]}
-    with torch.no_grad():
-        for tt in sched.timesteps:
-            e = model(torch.cat([x, x]), tt, class_labels=torch.cat([cls, null])).sample
-            ec, eu = e.chunk(2)
-            eps = eu + w * (ec - eu)
-            o = sched.step(eps, tt, x, eta=0.0, use_clipped_model_output=clipped_eps)
-            for k, v in [("x_t", x), ("eps_cond", ec), ("eps_uncond", eu), ("eps", eps),
-                         ("x0_pred", o.pred_original_sample), ("x_prev", o.prev_sample)]:
-                rec[k].append(v.clone())
-            x = o.prev_sample
-    out = {"timesteps": fnum(sched.timesteps.float()), "x_T": fnum(x_T), "x_final": fnum(x),
-           "class": cls.to(torch.int64), "guidance_scale": fnum([w]),
-           "alphas_cumprod": fnum(sched.alphas_cumprod)}
-    for k, v in rec.items():
-        out[k] = fnum(torch.stack(v))
+    def ddim_step(eps, tt, x):
+        o = sched.step(eps, tt, x, eta=0.0, use_clipped_model_output=clipped_eps)
+        return o.prev_sample, o.pred_original_sample
+    out = guided_trajectory(model, sched, 20, ddim_step)
+    out["alphas_cumprod"] = fnum(sched.alphas_cumprod)
     save_file(out, os.path.join(FIX, "fashion_ddim20_cfg2.safetensors"),
               metadata={"model": "www/models/fashion", "sampler": "DDIMScheduler eta 0, 20 steps",
                         "scheduler_config": json.dumps(dict(sched.config)),
@@ -538,28 +551,7 @@ def part_fashion_flow(mdir=None):
     for cls_name, steps, fname in [("FlowMatchEulerDiscreteScheduler", 20, "fashion_flow_euler20_cfg2"),
                                    ("FlowMatchHeunDiscreteScheduler", 6, "fashion_flow_heun6_cfg2")]:
         sched = getattr(diffusers, cls_name).from_pretrained(mdir)
-        sched.set_timesteps(steps)
-        g = torch.Generator().manual_seed(42)
-        x = torch.randn(2, 1, 28, 28, generator=g)
-        x_T = x.clone()
-        cls = torch.tensor([7, 0])
-        null = torch.full_like(cls, model.config.num_class_embeds - 1)
-        w = 2.0
-        rec = {k: [] for k in ["x_t", "eps_cond", "eps_uncond", "eps", "x_prev"]}
-        with torch.no_grad():
-            for tt in sched.timesteps:
-                e = model(torch.cat([x, x]), tt, class_labels=torch.cat([cls, null])).sample
-                ec, eu = e.chunk(2)
-                v = eu + w * (ec - eu)
-                o = sched.step(v, tt, x)
-                for k, val in [("x_t", x), ("eps_cond", ec), ("eps_uncond", eu), ("eps", v),
-                               ("x_prev", o.prev_sample)]:
-                    rec[k].append(val.clone())
-                x = o.prev_sample
-        out = {"timesteps": fnum(sched.timesteps.float()), "x_T": fnum(x_T), "x_final": fnum(x),
-               "class": cls.to(torch.int64), "guidance_scale": fnum([w])}
-        for k, val in rec.items():
-            out[k] = fnum(torch.stack(val))
+        out = guided_trajectory(model, sched, steps, lambda v, tt, x: (sched.step(v, tt, x).prev_sample, None))
         save_file(out, os.path.join(FIX, f"{fname}.safetensors"),
                   metadata={"model": "www/models/fashion-flow",
                             "sampler": f"{cls_name}, {steps} steps (model output: velocity, "
@@ -567,7 +559,7 @@ def part_fashion_flow(mdir=None):
                             "num_inference_steps": str(steps),
                             "scheduler_class": cls_name,
                             "scheduler_config": json.dumps(dict(sched.config, _class_name=cls_name))})
-        print(fname, "final mean/std", float(x.mean()), float(x.std()))
+        print(fname, "final mean/std", float(out["x_final"].mean()), float(out["x_final"].std()))
 
 
 # --part analytic (issue 15): Analytic-DPM's optimal noise per step for the shipped fashion

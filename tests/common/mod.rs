@@ -86,3 +86,13 @@ fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
 pub fn dot_tolerance(k: usize) -> f32 {
     8.0 * (k as f32).sqrt() * f32::EPSILON
 }
+
+/// A float32 tensor of a safetensors fixture, flat.
+pub fn f32s(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"))
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
