@@ -5,15 +5,20 @@
 // variance = analytic (DDPM, fashion) matches the CLI, and compare="model:fashion,fashion-flow"
 // draws one labelled row per model from one x_T, in the page and in a widget.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { test } from "node:test";
-import { withPage } from "./harness.mjs";
-import { sampleNative, waitForState } from "./playground-helpers.mjs";
+import { ROOT, withPage } from "./harness.mjs";
+import { linkOrCopy, sampleNative, waitForState } from "./playground-helpers.mjs";
 
 // playground.test.mjs's bound: the same f32 kernels on other CPU rasterisers / thread
 // splits, 1/8 of an 8-bit grey level.
 const TOLERANCE = 1e-3;
 const maxErr = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 const lastResult = (page) => page.evaluate(() => Array.from(window.__lastResult ?? []));
+// sampleNative writes its .npy under target/tmp (other test files' helpers create it too).
+await mkdir(path.join(ROOT, "target/tmp"), { recursive: true });
 const flowArgs = ["--model", "www/models/fashion-flow", "--class", "7", "--n", "1", "--guidance", "2", "--seed", "5"];
 
 /** Starts a run with `start()` and waits until it is done; returns its x. */
@@ -115,10 +120,9 @@ test("a sampler that does not suit the model is reported; fixing it samples; the
         // The menu shows what the error is about; Sample stays usable.
         assert.equal(await page.$eval("#sampler option:checked", (o) => o.textContent), "DDIM (not for this model)");
         assert.equal(await page.isDisabled("#run"), false);
-        await page.selectOption("#sampler", "flow_euler");
-        const done = await waitForState(page, "done");
-        assert.equal(done.state, "done", done.text);
+        await runDone(page, () => page.selectOption("#sampler", "flow_euler"));
         assert.match(page.url(), /sampler=flow_euler/);
+        assert.deepEqual(await page.$$eval("#sampler option", (os) => os.map((o) => o.value)), ["flow_euler", "flow_heun"]);
 
         // The model menu to a diffusion model: its default sampler (DDIM) takes over and
         // the diffusion controls come back.
@@ -159,8 +163,7 @@ test("variance=analytic: DDPM on fashion matches the CLI's --variance analytic",
         assert.equal(st.state, "error", st.text);
         assert.match(st.text, /analytic_dpm\.json/);
         assert.equal(await page.$eval('#variance option[value="analytic"]', (o) => o.textContent), "Analytic-DPM (needs analytic_dpm.json; this model has none)");
-        await page.selectOption("#variance", "fixed_small");
-        assert.equal((await waitForState(page, "done")).state, "done");
+        await runDone(page, () => page.selectOption("#variance", "fixed_small"));
         assert.deepEqual(pageErrors, []);
         assert.deepEqual(consoleErrors, []);
     });
@@ -207,4 +210,43 @@ test("compare model:fashion,fashion-flow: one labelled row per model from one x_
         assert.deepEqual(pageErrors, []);
         assert.deepEqual(consoleErrors, []);
     });
+});
+
+test("analytic_dpm.json measured on other weights: refused in plain words, the model still loads and samples", { timeout: 200_000 }, async (t) => {
+    // A temporary root (nothing broken goes into www/): the page, and the fashion model
+    // whose analytic_dpm.json names other weights (the manifest lists its new digest, so
+    // only the engine's check can catch it).
+    await mkdir(path.join(ROOT, "target/tmp"), { recursive: true });
+    const dir = await mkdtemp(path.join(ROOT, "target/tmp/e2e-analytic-"));
+    try {
+        const www = path.join(ROOT, "www");
+        await cp(www, dir, { recursive: true, filter: (src) => !src.startsWith(path.join(www, "models")) });
+        const from = path.join(www, "models/fashion"), to = path.join(dir, "models/fashion");
+        await mkdir(to, { recursive: true });
+        for (const f of await readdir(from)) await linkOrCopy(path.join(from, f), path.join(to, f));
+        const table = JSON.parse(await readFile(path.join(from, "analytic_dpm.json"), "utf8"));
+        table.weights_sha256 = "ab".repeat(32);
+        const text = JSON.stringify(table);
+        await rm(path.join(to, "analytic_dpm.json"));
+        await writeFile(path.join(to, "analytic_dpm.json"), text);
+        const manifest = JSON.parse(await readFile(path.join(from, "manifest.json"), "utf8"));
+        const entry = manifest.files.find((f) => f.name === "analytic_dpm.json");
+        Object.assign(entry, { bytes: Buffer.byteLength(text), sha256: createHash("sha256").update(text).digest("hex") });
+        await rm(path.join(to, "manifest.json"));
+        await writeFile(path.join(to, "manifest.json"), JSON.stringify(manifest));
+
+        await withPage(t, { root: path.relative(ROOT, dir) }, async ({ page, url, pageErrors }) => {
+            await page.goto(`${url}?model=fashion&label=7&grid=1&steps=2&sampler=ddpm`);
+            const done = await waitForState(page, "done");
+            assert.equal(done.state, "done", done.text);
+            const warning = await page.textContent("#warning");
+            t.diagnostic(warning);
+            assert.match(warning, /Analytic-DPM's variance is not offered: analytic_dpm\.json was measured on other weights/);
+            assert.equal(await page.evaluate(() => window.__playground.loaded.hasAnalytic), false);
+            assert.equal(await page.$eval('#variance option[value="analytic"]', (o) => o.disabled), true);
+            assert.deepEqual(pageErrors, []);
+        });
+    } finally {
+        await rm(dir, { recursive: true, force: true });
+    }
 });
