@@ -283,8 +283,8 @@ impl Model {
         self.alphas.clone()
     }
 
-    /// `{signal, noise}` (`Float64Array`s over the T training timesteps): x_t = signal[t] x_0
-    /// + noise[t] eps exactly. Diffusion: sqrt(a_t), sqrt(1 - a_t); flow matching: 1 - s, s
+    /// `{signal, noise}` (`Float64Array`s over the T training timesteps):
+    /// x_t = signal[t] x_0 + noise[t] eps exactly. Diffusion: sqrt(a_t), sqrt(1 - a_t); flow matching: 1 - s, s
     /// with s = t / T after the model's shift.
     #[wasm_bindgen(js_name = forwardCoefficients)]
     pub fn forward_coefficients(&self) -> JsValue {

@@ -15,8 +15,8 @@ pub fn sampler_names(cfg: &SchedulerConfig) -> Vec<&'static str> {
     SamplerKind::for_model(cfg.is_flow()).iter().map(|k| k.as_str()).collect()
 }
 
-/// The forward process's coefficients per training timestep t = 0..T-1, x_t = signal[t] x_0
-/// + noise[t] eps. Diffusion: sqrt(abar_t) and sqrt(1 - abar_t). Flow matching:
+/// The forward process's coefficients per training timestep t = 0..T-1:
+/// x_t = signal[t] x_0 + noise[t] eps. Diffusion: sqrt(abar_t) and sqrt(1 - abar_t). Flow matching:
 /// x_s = (1 - s) x_0 + s eps with s = t / T after the model's shift, which is not the
 /// variance-preserving pair of `alphas_cumprod` (that table is the flow point rescaled to
 /// unit variance, for the schedule plot's log-SNR), so it is worked out from s directly.
