@@ -16,5 +16,6 @@ pub mod selftest;
 pub mod web;
 #[cfg(target_arch = "wasm32")]
 pub mod web_lab;
+pub mod web_model;
 
 pub use error::{EngineError, ErrorKind, Result};

@@ -27,8 +27,10 @@ use crate::model::{UNet, UNetConfig};
 use crate::pipeline::{check_image_count, PendingRead, Readback, Run, SampleRequest, Session};
 use crate::sched::inspect::schedule_view;
 use crate::sched::{
-    alphas_cumprod, SamplerKind, SchedulerConfig, SchedulerOverrides, TimestepSpacing, VarianceType,
+    alphas_cumprod, check_sampler, SamplerKind, SchedulerConfig, SchedulerOverrides, TimestepSpacing,
+    VarianceType,
 };
+use crate::web_model;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -169,7 +171,9 @@ struct SampleOptions {
     count: usize,
     steps: usize,
     guidance: f32,
-    sampler: String,
+    /// Absent: the model's default (`defaultSampler`: flow_euler for a flow-matching model,
+    /// ddim for a diffusion one).
+    sampler: Option<String>,
     eta: f32,
     seed: f64,
     first_image: u32,
@@ -179,7 +183,8 @@ struct SampleOptions {
     clip_sample: Option<bool>,
     /// "leading" | "trailing" | "linspace": overrides `timestep_spacing`.
     spacing: Option<String>,
-    /// "fixed_small" | "fixed_large": overrides DDPM's `variance_type`.
+    /// "fixed_small" | "fixed_large" | "analytic": overrides DDPM's `variance_type`
+    /// (analytic, with the moments `setAnalyticMoments` attached, also sets DDIM's noise).
     variance: Option<String>,
     /// With clipping, DDIM re-derives eps from the clipped x0 (diffusers'
     /// `use_clipped_model_output`) and DPM-Solver++ clips x0 too; the page passes the model
@@ -204,7 +209,20 @@ impl SampleOptions {
             variance_type: variance,
             use_clipped_model_output: self.clipped_eps,
         };
+        web_model::check_flow_overrides(base, &over, self.eta).map_err(to_js)?;
         Ok(over.apply(base))
+    }
+
+    /// The run's sampler: the one asked for if it fits the model (a diffusion sampler on a
+    /// flow-matching model and the reverse are refused, naming those that fit), else the
+    /// model's default.
+    fn kind(&self, sched: &SchedulerConfig) -> Result<SamplerKind, JsValue> {
+        let kind = match &self.sampler {
+            Some(s) => s.parse().map_err(to_js)?,
+            None => sched.default_sampler(),
+        };
+        check_sampler(sched, kind).map_err(to_js)?;
+        Ok(kind)
     }
 }
 
@@ -224,7 +242,7 @@ impl Default for SampleOptions {
             count: 1,
             steps: 20,
             guidance: 2.0,
-            sampler: "ddim".into(),
+            sampler: None,
             eta: 0.0,
             seed: 0.0,
             first_image: 0,
@@ -257,11 +275,59 @@ impl Model {
         self.sched.num_train_timesteps
     }
 
-    /// `alphas_cumprod[t]` of the training schedule (the engine's `sched::alphas_cumprod`),
-    /// for the forward-process panel: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps.
+    /// `alphas_cumprod[t]` of the training schedule (the engine's `sched::alphas_cumprod`;
+    /// for a flow-matching model the variance-preserving equivalent, 0 at the last step), for
+    /// the schedule plot. The forward panel draws `forwardCoefficients()` instead.
     #[wasm_bindgen(js_name = alphasCumprod)]
     pub fn alphas_cumprod(&self) -> Vec<f64> {
         self.alphas.clone()
+    }
+
+    /// `{signal, noise}` (`Float64Array`s over the T training timesteps):
+    /// x_t = signal[t] x_0 + noise[t] eps exactly. Diffusion: sqrt(a_t), sqrt(1 - a_t); flow matching: 1 - s, s
+    /// with s = t / T after the model's shift.
+    #[wasm_bindgen(js_name = forwardCoefficients)]
+    pub fn forward_coefficients(&self) -> JsValue {
+        forward_js(&self.sched, &self.alphas)
+    }
+
+    /// True for a flow-matching model (its scheduler_config.json names a FlowMatch scheduler):
+    /// only the flow samplers run it, and eta, clipping, spacing and variance do not apply.
+    #[wasm_bindgen(getter, js_name = isFlow)]
+    pub fn is_flow(&self) -> bool {
+        self.sched.is_flow()
+    }
+
+    /// The samplers that fit this model, in menu order.
+    #[wasm_bindgen(getter)]
+    pub fn samplers(&self) -> Vec<String> {
+        web_model::sampler_names(&self.sched).into_iter().map(String::from).collect()
+    }
+
+    /// The sampler a run takes when its options name none.
+    #[wasm_bindgen(getter, js_name = defaultSampler)]
+    pub fn default_sampler(&self) -> String {
+        self.sched.default_sampler().as_str().into()
+    }
+
+    /// Attaches Analytic-DPM's moments (the text of the model's `analytic_dpm.json`), which
+    /// `variance: "analytic"` needs. `weights_sha256`: the weights' SHA-256 (hex) as the
+    /// manifest gives it; a table measured on other weights is refused (kind `checksum`).
+    #[wasm_bindgen(js_name = setAnalyticMoments)]
+    pub fn set_analytic_moments(
+        &mut self,
+        text: &str,
+        weights_sha256: Option<String>,
+    ) -> Result<(), JsValue> {
+        self.sched.analytic =
+            Some(web_model::analytic_moments(&self.sched, text, weights_sha256.as_deref()).map_err(to_js)?);
+        Ok(())
+    }
+
+    /// True once `setAnalyticMoments` succeeded: `variance: "analytic"` can run.
+    #[wasm_bindgen(getter, js_name = hasAnalytic)]
+    pub fn has_analytic(&self) -> bool {
+        self.sched.analytic.is_some()
     }
 
     /// The timesteps a run of `steps` steps of `sampler` visits, in order.
@@ -270,20 +336,23 @@ impl Model {
     }
 
     /// The schedule of a run of `options` (as `sample` takes them: sampler, steps, eta,
-    /// spacing, variance, clipSample, clippedEps): `{sampler, alphasCumprod, betas}` over all
-    /// T training timesteps (`Float64Array`s), the visited `timesteps` (`Float32Array`), and
-    /// per step `alphaBar`, `alphaBarPrev` (the level it lands on, 1 at x0) and `sigma` (the
-    /// standard deviation of the noise it adds).
+    /// guidance, spacing, variance, clipSample, clippedEps): `{sampler, alphasCumprod, betas}`
+    /// over all T training timesteps (`Float64Array`s), the visited `timesteps`
+    /// (`Float32Array`), and per step `alphaBar`, `alphaBarPrev` (the level it lands on, 1 at
+    /// x0) and `sigma` (the standard deviation of the noise it adds).
     pub fn schedule(&self, options: JsValue) -> Result<JsValue, JsValue> {
-        schedule_js(&self.sched, options)
+        schedule_js(&self.sched, self.classes(), options)
     }
 
     /// Samples `count` images. `options`: `{class | classes, count, steps, guidance, sampler
-    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a"), eta, seed, firstImage, preview, clipSample,
-    /// spacing, variance, clippedEps}` (`clipSample` overrides the scheduler config's
-    /// `clip_sample`, `spacing` ("leading" | "trailing" | "linspace") its `timestep_spacing`,
-    /// `variance` ("fixed_small" | "fixed_large") its `variance_type`; `clippedEps`: with
-    /// clipping, DDIM re-derives eps from the clipped x0, diffusers' `use_clipped_model_output`).
+    /// ("ddim" | "ddpm" | "dpmpp2m" | "euler_a" for a diffusion model, "flow_euler" |
+    /// "flow_heun" for a flow-matching one; absent: `defaultSampler`), eta, seed, firstImage,
+    /// preview, clipSample, spacing, variance, clippedEps}` (`clipSample` overrides the
+    /// scheduler config's `clip_sample`, `spacing` ("leading" | "trailing" | "linspace") its
+    /// `timestep_spacing`, `variance` ("fixed_small" | "fixed_large" | "analytic") its
+    /// `variance_type`; `clippedEps`: with clipping, DDIM re-derives eps from the clipped x0,
+    /// diffusers' `use_clipped_model_output`). A flow-matching model refuses eta (nonzero),
+    /// clipSample, spacing, variance and clippedEps, as the CLI refuses their flags.
     ///
     /// `on_step({step, steps, timestep, xt, x0})` is called after every step (`xt` and `x0`
     /// are `Float32Array`s [n, C, H, W] in [-1, 1] when `preview` is on, else absent); when
@@ -428,7 +497,7 @@ fn request(
     if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9007199254740992.0) {
         return Err(bad("seed", format!("seed {} is not an integer in 0..2^53", o.seed)));
     }
-    let kind: SamplerKind = o.sampler.parse().map_err(to_js)?;
+    let kind = o.kind(sched)?;
     let labels: Vec<u32> = match (&o.classes, o.class, classes) {
         (_, _, 0) => Vec::new(),
         (Some(list), _, _) => list.clone(),
@@ -467,14 +536,19 @@ fn parse_scheduler(scheduler_json: Option<String>) -> Result<(SchedulerConfig, V
     Ok((sched, alphas))
 }
 
-fn schedule_js(base: &SchedulerConfig, options: JsValue) -> Result<JsValue, JsValue> {
+fn schedule_js(base: &SchedulerConfig, classes: usize, options: JsValue) -> Result<JsValue, JsValue> {
     let opts = parse_options(options)?;
     let sched = opts.scheduler(base)?;
-    let kind: SamplerKind = opts.sampler.parse().map_err(to_js)?;
+    let kind = opts.kind(&sched)?;
+    // The guidance the run's plan gets (pipeline::check_request): the scale itself only
+    // with classifier-free guidance, which Analytic-DPM's variance depends on.
+    let w = opts.guidance;
+    let guidance = if classes > 0 && w != 0.0 && w != 1.0 { w } else { 1.0 };
     let v = schedule_view(
         &sched,
         &crate::sched::SamplerOptions {
             eta: opts.eta as f64,
+            guidance,
             ..crate::sched::SamplerOptions::new(kind, opts.steps)
         },
     )
@@ -489,6 +563,14 @@ fn schedule_js(base: &SchedulerConfig, options: JsValue) -> Result<JsValue, JsVa
         ("alphaBarPrev", f64a(&v.alpha_bar_prev)),
         ("sigma", f64a(&v.sigma)),
     ]))
+}
+
+fn forward_js(sched: &SchedulerConfig, alphas: &[f64]) -> JsValue {
+    let (signal, noise) = web_model::forward_coefficients(sched, alphas);
+    object(&[
+        ("signal", js_sys::Float64Array::from(signal.as_slice()).into()),
+        ("noise", js_sys::Float64Array::from(noise.as_slice()).into()),
+    ])
 }
 
 fn timesteps_of(sched: &SchedulerConfig, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
@@ -545,13 +627,51 @@ impl CpuModel {
         self.alphas.clone()
     }
 
+    /// As `Model.forwardCoefficients`.
+    #[wasm_bindgen(js_name = forwardCoefficients)]
+    pub fn forward_coefficients(&self) -> JsValue {
+        forward_js(&self.sched, &self.alphas)
+    }
+
+    #[wasm_bindgen(getter, js_name = isFlow)]
+    pub fn is_flow(&self) -> bool {
+        self.sched.is_flow()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn samplers(&self) -> Vec<String> {
+        web_model::sampler_names(&self.sched).into_iter().map(String::from).collect()
+    }
+
+    #[wasm_bindgen(getter, js_name = defaultSampler)]
+    pub fn default_sampler(&self) -> String {
+        self.sched.default_sampler().as_str().into()
+    }
+
+    /// As `Model.setAnalyticMoments`; the run in progress (if any) keeps its schedule.
+    #[wasm_bindgen(js_name = setAnalyticMoments)]
+    pub fn set_analytic_moments(
+        &mut self,
+        text: &str,
+        weights_sha256: Option<String>,
+    ) -> Result<(), JsValue> {
+        self.sched.analytic =
+            Some(web_model::analytic_moments(&self.sched, text, weights_sha256.as_deref()).map_err(to_js)?);
+        Ok(())
+    }
+
+    #[wasm_bindgen(getter, js_name = hasAnalytic)]
+    pub fn has_analytic(&self) -> bool {
+        self.sched.analytic.is_some()
+    }
+
     pub fn timesteps(&self, sampler: &str, steps: usize) -> Result<Vec<f32>, JsValue> {
         timesteps_of(&self.sched, sampler, steps)
     }
 
     /// As `Model.schedule`.
     pub fn schedule(&self, options: JsValue) -> Result<JsValue, JsValue> {
-        schedule_js(&self.sched, options)
+        schedule_js(&self.sched, self.classes(), options)
     }
 
     /// Runs step `k` of the started run as `step(k)` does and returns it taken apart:

@@ -2,7 +2,8 @@
 // own copy of the model, sampling the share of the images the page gives it, one step per
 // message, so the page can preview, cancel between steps and merge the workers' images.
 //
-// Messages in:  {id, type: "load", config, weights (ArrayBuffer), scheduler}
+// Messages in:  {id, type: "load", config, weights (ArrayBuffer), scheduler, analytic}
+//               (analytic: {text, sha256} of analytic_dpm.json, or null)
 //               {id, type: "start", options}   (Model.sample's options for this share)
 //               {id, type: "step", k, preview}
 //               {id, type: "forwardPart", k, first, count}  (part of the model batch)
@@ -25,11 +26,26 @@ async function handle(msg) {
             model?.free();
             model = null;
             model = CpuModel.load(msg.config, new Uint8Array(msg.weights), msg.scheduler ?? undefined);
+            // Analytic-DPM's moments: refused ones leave the model usable without them.
+            let analyticError = null;
+            if (msg.analytic) {
+                try {
+                    model.setAnalyticMoments(msg.analytic.text, msg.analytic.sha256 ?? undefined);
+                } catch (e) {
+                    analyticError = e?.message ?? String(e);
+                }
+            }
             return {
                 classes: model.classes,
                 shape: Array.from(model.sampleShape),
                 alphas: model.alphasCumprod(),
+                forward: model.forwardCoefficients(),
                 numTrainTimesteps: model.numTrainTimesteps,
+                isFlow: model.isFlow,
+                samplers: Array.from(model.samplers),
+                defaultSampler: model.defaultSampler,
+                hasAnalytic: model.hasAnalytic,
+                analyticError,
             };
         }
         case "start":

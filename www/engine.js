@@ -176,11 +176,13 @@ export function restartGpu() {
 
 /** Uploads the model of `rec` to `engine` again from its files; frees the lost one. */
 async function reupload(rec, engine) {
-    const { configText, schedText, weights } = rec.entry.recipe;
+    const { configText, schedText, weights, analytic } = rec.entry.recipe;
     const { bytes } = await fetchWeights(weights.url, weights.expected, () => {});
     let fresh;
     try {
         fresh = await engine.loadModel(configText, bytes, schedText ?? undefined);
+        // Accepted before the loss, so it is accepted again.
+        if (rec.entry.hasAnalytic) fresh.setAnalyticMoments(analytic.text, analytic.sha256 ?? undefined);
     } catch (e) {
         throw fromEngineError(e);
     }
@@ -350,9 +352,12 @@ export class CpuPool {
         return new PoolWorker((dead, why) => this.replace(dead, why));
     }
 
-    /** Starts the workers and loads the model into each; resolves to the model's facts. */
-    async load(config, bytes, scheduler) {
-        this.modelMsg = { type: "load", config, weights: bytes, scheduler };
+    /** Starts the workers and loads the model into each; resolves to the model's facts.
+     *  `analytic`: `{text, sha256}` of analytic_dpm.json, attached in every worker (a
+     *  replacement worker too); when the engine refuses it, the model still loads, with
+     *  `analyticError` saying why. */
+    async load(config, bytes, scheduler, analytic = null) {
+        this.modelMsg = { type: "load", config, weights: bytes, scheduler, analytic };
         this.workers = Array.from({ length: this.threads }, () => this.spawn());
         let infos;
         try {
@@ -389,6 +394,9 @@ export class CpuPool {
     }
     alphasCumprod() {
         return this.alphas;
+    }
+    forwardCoefficients() {
+        return this.forward;
     }
 
     /**
@@ -674,20 +682,36 @@ async function fetchModel(base, progress, backend, signal) {
     const { bytes, source, store } = await fetchWeights(weights.url, weights.expected, progress, { signal, warn });
     signal.throwIfAborted();
 
+    // Analytic-DPM's moments, when the manifest lists them: small (90 kB), checked like the
+    // other texts, and attached to the model (here, or in every CPU worker) so that
+    // variance = analytic can run. A model whose moments fail to load or are refused still
+    // loads and samples; the page says why analytic is not offered.
+    const analytic = files.has(ANALYTIC_FILE) ? await fetchAnalytic(base, files, weights, warn, signal) : null;
+
     progress({ phase: "upload", done: bytes.byteLength, total: bytes.byteLength });
     let model;
+    let analyticError = null;
     try {
         if (backend?.kind === "cpu") {
             model = new CpuPool(backend.threads);
-            await model.load(configText, bytes, schedText ?? undefined);
+            await model.load(configText, bytes, schedText ?? undefined, analytic);
+            analyticError = model.analyticError;
         } else {
             // Async: the GPU says whether the weights fit only through an error scope's promise.
             model = await (await getEngine()).loadModel(configText, bytes, schedText ?? undefined);
+            if (analytic) {
+                try {
+                    model.setAnalyticMoments(analytic.text, analytic.sha256 ?? undefined);
+                } catch (e) {
+                    analyticError = e?.message ?? String(e);
+                }
+            }
         }
     } catch (e) {
         if (source === "cache") await dropCached(store.key);
         throw fromEngineError(e);
     }
+    if (analyticError) warn(`Analytic-DPM's variance is not offered: ${ANALYTIC_FILE} ${analyticError.replace(/^analytic_dpm\.json:?\s*/, "")}`);
     liveModels++;
     builtModels++;
     // Only a file the engine accepted (and that matched the manifest) is cached.
@@ -703,6 +727,14 @@ async function fetchModel(base, progress, backend, signal) {
         classNames,
         shape: Array.from(model.sampleShape),
         alphas: model.alphasCumprod(),
+        // x_t = signal[t] x0 + noise[t] eps exactly (a flow model's is not sqrt(alphas)).
+        forward: model.forwardCoefficients(),
+        // A flow-matching model runs only the flow samplers and reads no eta, clip, spacing
+        // or variance; `samplers` is the menu, `defaultSampler` what a run takes unless set.
+        isFlow: model.isFlow,
+        samplers: Array.from(model.samplers),
+        defaultSampler: model.defaultSampler,
+        hasAnalytic: model.hasAnalytic,
         source,
         bytes: bytes.byteLength,
         backend: backend?.kind ?? "webgpu",
@@ -712,7 +744,7 @@ async function fetchModel(base, progress, backend, signal) {
         warnings: [...warnings],
         // What a GPU restart needs to build the model again: the small texts, and where the
         // weights are (not the weights themselves).
-        recipe: { configText, schedText, weights },
+        recipe: { configText, schedText, weights, analytic },
     };
 }
 
@@ -724,6 +756,25 @@ export function samplingDefaults(manifest) {
     const out = {};
     if (s && typeof s.use_clipped_model_output === "boolean") out.clippedEps = s.use_clipped_model_output;
     return out;
+}
+
+const ANALYTIC_FILE = "analytic_dpm.json";
+
+/** `{text, sha256}` of the model's analytic_dpm.json (checked against the manifest like the
+ *  other files; `sha256`: the manifest's digest of the weights, which the engine checks the
+ *  table's against), or null with a warning when it cannot be had: the model samples
+ *  without it. An abort still aborts the load. */
+async function fetchAnalytic(base, files, weights, warn, signal) {
+    const url = `${base}${ANALYTIC_FILE}`;
+    try {
+        const text = await fetchText(url, ANALYTIC_FILE, { signal, listed: true });
+        await checkText(text, files.get(ANALYTIC_FILE), ANALYTIC_FILE, warn, url);
+        return { text, sha256: weights.expected?.sha256 ?? null };
+    } catch (e) {
+        if (isAbort(e) || signal?.aborted) throw e;
+        warn(`Analytic-DPM's variance is not offered: ${e?.message ?? e}`);
+        return null;
+    }
 }
 
 async function request(url, what, signal) {

@@ -21,7 +21,7 @@ import {
     releaseModel,
     restartGpu,
 } from "./engine.js";
-import { ALL_CONTROLS, DEFAULTS, fmtMs, parseCompare, usesClip, usesEta, usesVariance } from "./settings.js";
+import { ALL_CONTROLS, DEFAULTS, fmtMs, parseCompare, samplerOf, usesEta, usesVariance } from "./settings.js";
 import { CONTROL_IDS, controlsHtml, fillLabels, wireControls, writeControls } from "./panels/controls.js";
 import { OUTPUT_IDS, drawFrame, enableScrubber, finishRow, layoutRows, outputHtml, wireOutput } from "./panels/output.js";
 import { FORWARD_IDS, drawForward, forwardHtml, setupForward, wireForward } from "./panels/forward.js";
@@ -45,6 +45,7 @@ export {
     parseCompare,
     parseControls,
     parseSettings,
+    samplerOf,
     settingsQuery,
     usesClip,
     usesEta,
@@ -58,9 +59,11 @@ const FRAME_BUDGET = 48 << 20;
 
 let uid = 0;
 
-/** The caption of a compared row: "guidance 2", "sampler ddim", "label Sneaker". */
-function captionOf(key, value, names) {
+/** The caption of a compared row: "guidance 2", "sampler ddim", "label Sneaker",
+ *  "model fashion-flow (flow_euler)" (a compared model says which sampler it ran). */
+function captionOf(key, value, names, sampler) {
     if (key === "label" && /^\d+$/.test(String(value)) && names?.[Number(value)]) return `label ${names[Number(value)]}`;
+    if (key === "model") return `model ${value} (${sampler})`;
     return `${key} ${value}`;
 }
 
@@ -83,6 +86,7 @@ export class Playground {
         this.loaded = null; // the loaded model entry, once it may sample
         this.held = null; // the model entry this view holds (engine.js releaseModel frees it)
         this.loading = null; // the AbortController of the load in flight
+        this.others = new Map(); // compare="model:…": the other models' entries this view holds, by spec
         this.rows = []; // the last run's rows: {value, caption, settings, steps, shape, frames, x, ms}
         this.lastResult = null;
         this.runs = []; // a log of runs: {id, settings, status, stepsDone, ms}
@@ -92,6 +96,12 @@ export class Playground {
         this.id = `dp${++uid}`;
         this.build();
         this.unsubscribeGpu = onGpuEvent((ev) => this.onGpuEvent(ev));
+    }
+
+    /** The sampler a run of the current settings takes: theirs, else the loaded model's
+     *  default (undefined before a model is loaded, when the settings leave it open). */
+    runSampler() {
+        return this.loaded ? samplerOf(this.settings, this.loaded) : this.settings.sampler || undefined;
     }
 
     /** Frames of the single run (the first row when comparing), for the scrubber and tests. */
@@ -316,6 +326,15 @@ export class Playground {
             return;
         }
         this.held = this.loaded = entry;
+        // The model menu moved to a model of another kind: the sampler of the old one gives
+        // way to this one's default. (A link or an attribute that fixes a sampler this model
+        // cannot run keeps it, and the run says why.)
+        if (this.modelPicked && this.settings.sampler && !entry.samplers.includes(this.settings.sampler)) {
+            this.settings.sampler = "";
+            this.o.onChange?.(this.settings);
+        }
+        this.modelPicked = false;
+        this.syncControls(); // the model's samplers, its flow-only controls, analytic
         this.showWarnings(entry.warnings);
         this.loadMs = performance.now() - started;
         this.el.progress.max = 1;
@@ -338,11 +357,45 @@ export class Playground {
         if (this.settings.autoplay) this.sample();
     }
 
-    /** Gives back the model this view holds (engine.js frees it when no view holds it). */
+    /** Gives back the model this view holds (engine.js frees it when no view holds it),
+     *  and the compared ones. */
     releaseModel() {
         const held = this.held;
         this.held = this.loaded = null;
         if (held) releaseModel(held);
+        this.releaseOthers(new Set());
+    }
+
+    /** Gives back the compared models not in `keep` (specs). */
+    releaseOthers(keep) {
+        for (const [spec, p] of this.others) {
+            if (keep.has(spec)) continue;
+            this.others.delete(spec);
+            p.controller.abort();
+            p.promise.then((e) => releaseModel(e), () => {});
+        }
+    }
+
+    /** The entries of the models `specs` names (compare="model:…"): this view's own model,
+     *  and the others loaded on its backend, held until the compare spec or the backend
+     *  changes. Rejects with the load's error (the view stays usable). */
+    async compareModels(specs) {
+        const own = this.settings.model;
+        const wanted = new Set(specs.filter((m) => m !== own));
+        this.releaseOthers(wanted);
+        const out = new Map([[own, this.loaded]]);
+        for (const spec of wanted) {
+            let p = this.others.get(spec);
+            if (!p) {
+                const controller = new AbortController();
+                const url = modelUrl(spec, this.o.base ?? document.baseURI);
+                p = { controller, promise: loadModel(url, null, this.backend, controller.signal) };
+                p.promise.catch(() => this.others.get(spec) === p && this.others.delete(spec));
+                this.others.set(spec, p);
+            }
+            out.set(spec, await p.promise);
+        }
+        return out;
     }
 
     /** What could not be checked about the model (e.g. no SHA-256 outside HTTPS). */
@@ -351,9 +404,9 @@ export class Playground {
         this.el.warning.hidden = list.length === 0;
     }
 
-    /** The label setting as an index (names match case-insensitively), "all", or null. */
-    labelIndex(label = this.settings.label) {
-        const names = this.loaded?.classNames ?? [];
+    /** The label setting as an index (names match case-insensitively), "all", or null;
+     *  `names`: the class names of the model it is for (this view's by default). */
+    labelIndex(label = this.settings.label, names = this.loaded?.classNames ?? []) {
         const v = String(label ?? "0").trim();
         if (v.toLowerCase() === "all") return "all";
         if (/^\d+$/.test(v) && Number(v) < names.length) return Number(v);
@@ -372,36 +425,52 @@ export class Playground {
         this.debounce = setTimeout(() => this.sample(), DEBOUNCE_MS);
     }
 
-    /** The engine's options for one run of `s`. */
+    /** The engine's options for one run of `s` on `entry`. */
     options(s, entry) {
         const n = s.grid;
-        const li = this.labelIndex(s.label);
+        const li = this.labelIndex(s.label, entry.classNames);
         const k = entry.classNames.length;
+        const sampler = samplerOf(s, entry);
         const opts = {
-            ...entry.defaults,
             count: n,
             steps: s.steps,
             guidance: s.guidance,
-            sampler: s.sampler,
-            eta: usesEta(s.sampler) ? s.eta : 0,
+            sampler,
+            eta: usesEta(sampler) && !entry.isFlow ? s.eta : 0,
             seed: s.seed,
             preview: true,
         };
+        if (k > 0) opts.classes = Array.from({ length: n }, (_, i) => (li === "all" ? i % k : li));
+        // A flow-matching model has no eta, clipping, spacing or variance: the engine
+        // refuses them, so a diffusion setting left on (or a manifest default) is not sent.
+        if (entry.isFlow) return opts;
+        Object.assign(opts, entry.defaults);
         // "default" (or absent) leaves the model's scheduler_config.json value.
         if (s.spacing && s.spacing !== "default") opts.spacing = s.spacing;
-        if (s.variance && s.variance !== "default" && usesVariance(s.sampler)) opts.variance = s.variance;
+        if (s.variance && s.variance !== "default" && usesVariance(sampler, s.variance)) opts.variance = s.variance;
+        // (Sent for every diffusion sampler, as the CLI's --clip-sample: DPM-Solver++ reads
+        // it in the clipped-eps mode.)
         if (s.clip !== "auto") opts.clipSample = s.clip === "on";
-        else if (s.sampler === "ddpm") opts.clipSample = true;
-        if (k > 0) opts.classes = Array.from({ length: n }, (_, i) => (li === "all" ? i % k : li));
+        else if (sampler === "ddpm") opts.clipSample = true;
         return opts;
     }
 
     /** The runs a sample makes: one, or one per value of `compare` (an input error names
-     *  the field when the spec or one of its labels is wrong). */
-    variants(s, entry) {
+     *  the field when the spec or one of its labels is wrong), each with the model entry it
+     *  runs on. `models`: compare="model:…"'s entries by spec (`compareModels`); without it
+     *  every row names this view's model (for the schedule panel before they load). */
+    variants(s, entry, models = null) {
         const cmp = parseCompare(s.compare);
-        if (!cmp) return [{ value: null, caption: "", settings: s }];
+        if (!cmp) return [{ value: null, caption: "", settings: s, entry }];
         const names = entry.classNames;
+        if (cmp.key === "model") {
+            return cmp.values.map((value) => {
+                const e = models?.get(value) ?? entry;
+                // Each model with its default sampler, unless the settings fix one it runs.
+                const settings = { ...s, model: value, sampler: samplerOf(s, e, { fit: true }) };
+                return { value, caption: captionOf("model", value, null, settings.sampler), settings, entry: e };
+            });
+        }
         return cmp.values.map((value) => {
             if (cmp.key === "label") {
                 const v = String(value).trim();
@@ -410,7 +479,7 @@ export class Playground {
                     throw new PlaygroundError("input", `compare="${s.compare}": “${v}” is not a label of this model (0..${names.length - 1} or ${names.join(", ")}).`, { field: "compare" });
                 }
             }
-            return { value, caption: captionOf(cmp.key, value, names), settings: { ...s, [cmp.key]: value } };
+            return { value, caption: captionOf(cmp.key, value, names), settings: { ...s, [cmp.key]: value }, entry };
         });
     }
 
@@ -421,20 +490,42 @@ export class Playground {
         const entry = this.loaded;
         if (!entry) return Promise.resolve(null);
         const s = { ...this.settings };
-        let variants;
-        try {
-            variants = this.variants(s, entry);
-        } catch (e) {
-            // The view stays usable: fix the spec (or empty it) and sample again.
+        // The view stays usable after a bad spec or a compared model that fails to load:
+        // fix the spec (or empty it) and sample again.
+        const refuse = (e) => {
+            if (isAbort(e)) return null;
+            const err = e instanceof PlaygroundError ? e : fromEngineError(e);
             this.runner.cancel();
             this.releaseGate();
-            this.setStatus(e.message, "error", e);
+            this.setStatus(err.message, "error", err);
             this.enableButtons(true);
-            return Promise.resolve(null);
+            return null;
+        };
+        let variants;
+        try {
+            const cmp = parseCompare(s.compare);
+            if (cmp?.key === "model") {
+                const missing = cmp.values.filter((m) => m !== s.model && !this.others.has(m));
+                const loading = this.compareModels(cmp.values);
+                if (missing.length) this.setStatus(`Loading ${missing.join(", ")} to compare…`, "loading");
+                return loading.then(
+                    (models) => (this.loaded === entry ? this.run(s, entry, this.variants(s, entry, models), pauseAfterFirst) : null),
+                    refuse,
+                );
+            }
+            this.releaseOthers(new Set());
+            variants = this.variants(s, entry);
+        } catch (e) {
+            return Promise.resolve(refuse(e));
         }
+        return this.run(s, entry, variants, pauseAfterFirst);
+    }
+
+    /** Runs `variants` (one run, or the compared rows) one after the other. */
+    run(s, entry, variants, pauseAfterFirst) {
         this.releaseGate();
         // The schedule panel follows the single run, or the first compared row.
-        refreshSchedule(this, variants[0].settings);
+        refreshSchedule(this, variants[0].settings, variants[0].entry);
         this.pauseAfterStep = pauseAfterFirst;
         this.stopRequested = false;
         const n = s.grid;
@@ -447,7 +538,7 @@ export class Playground {
             signal.addEventListener("abort", () => this.releaseGate());
             record.status = "running";
             const totalSteps = variants.reduce((a, v) => a + v.settings.steps, 0);
-            const rows = variants.map((v) => ({ ...v, steps: v.settings.steps, shape, frames: [], x: null, ms: null }));
+            const rows = variants.map((v) => ({ ...v, steps: v.settings.steps, shape: [n, ...v.entry.shape], frames: [], x: null, ms: null }));
             this.rows = rows;
             const stride = Math.max(1, Math.ceil((totalSteps * 2 * n * c * h * w) / FRAME_BUDGET));
             layoutRows(this, rows);
@@ -460,12 +551,12 @@ export class Playground {
             let done = 0;
             let result;
             for (const [i, row] of rows.entries()) {
-                const opts = this.options(row.settings, entry);
+                const opts = this.options(row.settings, row.entry);
                 const rowStart = performance.now();
                 let last = rowStart;
                 finishRow(row, "running…");
                 try {
-                    result = await entry.model.sample(
+                    result = await row.entry.model.sample(
                         opts,
                         (info) => {
                             const now = performance.now();
@@ -488,7 +579,7 @@ export class Playground {
                     );
                 } catch (e) {
                     record.status = "error";
-                    this.showError(this.runError(e, n, entry));
+                    this.showError(this.runError(e, n, row.entry));
                     return null;
                 }
                 if (result.cancelled) {
@@ -506,15 +597,16 @@ export class Playground {
             record.totalMs = performance.now() - started;
             record.status = "done";
             const first = rows[0];
-            this.lastResult = { x: first.x, shape, settings: s, steps: first.steps };
+            const sampler = samplerOf(s, entry);
+            this.lastResult = { x: first.x, shape, settings: { ...s, sampler }, steps: first.steps };
             if (rows.length > 1 || first.value != null) {
                 this.lastResult.compare = parseCompare(s.compare);
-                this.lastResult.rows = rows.map((r) => ({ value: r.value, caption: r.caption, x: r.x, steps: r.steps, ms: r.ms, settings: r.settings }));
+                this.lastResult.rows = rows.map((r) => ({ value: r.value, caption: r.caption, x: r.x, steps: r.steps, ms: r.ms, settings: { ...r.settings, sampler: samplerOf(r.settings, r.entry) } }));
             }
             this.showTiming(record, record.totalMs, totalSteps, true);
             const how = rows.length > 1 ? `${rows.length} runs of ${what}` : what;
             this.setStatus(`Done: ${how} of ${this.describe(s)} in ${fmtMs(record.totalMs)}.`, "done");
-            this.el.canvas.setAttribute("aria-label", `${what}: ${this.describe(s)}, ${s.sampler}, ${s.steps} steps, seed ${s.seed}`);
+            this.el.canvas.setAttribute("aria-label", `${what}: ${this.describe(s)}, ${sampler}, ${s.steps} steps, seed ${s.seed}`);
             this.el.download.disabled = this.el.filmstrip.disabled = false;
             enableScrubber(this);
             drawForward(this);

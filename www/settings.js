@@ -4,16 +4,22 @@
 
 import { BACKENDS, PlaygroundError } from "./engine.js";
 
+/** Every sampler the engine has; a model offers only those of its kind (the engine's
+ *  `samplers`: the first four for a diffusion model, the flow ones for a flow-matching one). */
 export const SAMPLERS = [
     ["ddim", "DDIM"],
     ["ddpm", "DDPM (ancestral)"],
     ["dpmpp2m", "DPM-Solver++ (2M)"],
     ["euler_a", "Euler ancestral"],
+    ["flow_euler", "Flow Euler"],
+    ["flow_heun", "Flow Heun (2N − 1 evaluations)"],
 ];
+export const samplerLabel = (v) => SAMPLERS.find(([k]) => k === v)?.[1] ?? v;
 export const GRID_SIZES = [1, 4, 16, 64];
 export const SHIPPED_MODELS = [
     ["fashion", "Fashion-MNIST"],
     ["digits", "MNIST digits"],
+    ["fashion-flow", "Fashion-MNIST, flow matching"],
 ];
 /** Every control a view can show (the widget's `controls` attribute picks among them).
  *  `run` is the Sample / Pause / Step / Stop row, `download` the PNG and filmstrip buttons. */
@@ -39,19 +45,35 @@ export const SPACING_MODES = [
     ["linspace", "Linspace"],
 ];
 /** DDPM's noise variance: "default" follows the model's `variance_type`; fixed_small is the
- *  posterior's beta-tilde, fixed_large beta itself. */
+ *  posterior's beta-tilde, fixed_large beta itself; analytic is Analytic-DPM's optimal
+ *  variance from the model's analytic_dpm.json (only models whose manifest lists it), which
+ *  also sets DDIM's noise (the only variance DDIM reads). */
 export const VARIANCE_MODES = [
     ["default", "Model default"],
     ["fixed_small", "Fixed small (β̃)"],
     ["fixed_large", "Fixed large (β)"],
+    ["analytic", "Analytic-DPM (optimal)"],
 ];
 /** The settings a link, a widget attribute or a query parameter carries (besides autoplay
  *  and controls). `label` is the diffusion class; the widget never reads HTML's `class`. */
 export const SETTING_KEYS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "spacing", "variance", "seed", "grid", "view", "compare"];
-/** Which samplers read eta (DDIM), clip (DDPM and DDIM) and variance (DDPM). */
+/** Which samplers read eta (DDIM), clip (DDPM and DDIM) and variance (DDPM; DDIM only
+ *  `analytic`, which replaces its eta noise). A flow sampler reads none of them, nor the
+ *  spacing. `sampler` is the run's sampler (see `samplerOf`), never "" (the model's default). */
 export const usesEta = (sampler) => sampler === "ddim";
 export const usesClip = (sampler) => sampler === "ddpm" || sampler === "ddim";
-export const usesVariance = (sampler) => sampler === "ddpm";
+export const usesVariance = (sampler, variance) => sampler === "ddpm" || (sampler === "ddim" && (variance === undefined || variance === "analytic"));
+export const isFlowSampler = (sampler) => sampler === "flow_euler" || sampler === "flow_heun";
+
+/** The sampler a run of settings `s` takes on model `entry` (engine.js loadModel's): the
+ *  one the settings fix, else the model's default. `fit`: a fixed sampler that does not
+ *  suit the model gives way to the default too (compared models), instead of reaching the
+ *  engine, which refuses it in plain words (the single run: the visitor hears why). */
+export function samplerOf(s, entry, { fit = false } = {}) {
+    if (!s.sampler) return entry?.defaultSampler ?? "ddim";
+    if (fit && entry?.samplers && !entry.samplers.includes(s.sampler)) return entry.defaultSampler;
+    return s.sampler;
+}
 
 export const DEFAULTS = {
     model: "fashion",
@@ -59,7 +81,8 @@ export const DEFAULTS = {
     label: "0",
     steps: 20,
     guidance: 2,
-    sampler: "ddim",
+    // "": the model's default sampler (flow_euler for a flow-matching model, else ddim).
+    sampler: "",
     eta: 0,
     clip: "auto",
     spacing: "default",
@@ -135,15 +158,18 @@ const numberList = (lo, hi, int) => (v) => {
 };
 const oneOf = (list) => (v) => (list.includes(v) ? v : `“${v}” is not one of ${list.join(", ")}`);
 /** What `compare` may vary, and how each value is checked. `spacing` and `variance` are
- *  passed to the engine as sampling options of the same name. */
+ *  passed to the engine as sampling options of the same name; `model` loads each model
+ *  (a shipped name or a folder URL, checked when it loads) and runs it with its default
+ *  sampler unless the settings fix one that suits it. */
 export const COMPARE_KEYS = {
+    model: (v) => (v === "" ? "“” is not a model" : v),
     sampler: oneOf(SAMPLERS.map(([v]) => v)),
     guidance: numberList(0, 10, false),
     steps: numberList(1, 1000, true),
     eta: numberList(0, 1, false),
     clip: oneOf(CLIP_MODES.map(([v]) => v)),
     spacing: oneOf(["leading", "trailing", "linspace"]),
-    variance: oneOf(["fixed_small", "fixed_large"]),
+    variance: oneOf(["fixed_small", "fixed_large", "analytic"]),
     label: (v) => v,
 };
 
@@ -172,13 +198,25 @@ export function parseCompare(text) {
 // -----------------------------------------------------------------------------------------
 // Links and embed code
 
-/** The query parameters of a link to `s` (only the options the sampler reads). */
-export function settingsQuery(s, controls = null) {
+/** Whether a link or an embed tag carries setting `k` of `s`: only the options the run's
+ *  sampler reads (`sampler`: the run's, `samplerOf`; the settings' own when not given), and
+ *  no sampler at all when the settings leave it to the model, so that the link keeps
+ *  following the model's default. */
+function carries(k, s, sampler = s.sampler) {
+    if (k === "sampler") return !!s.sampler;
+    if (k === "eta") return usesEta(sampler);
+    if (k === "clip") return usesClip(sampler);
+    if (k === "spacing") return !isFlowSampler(sampler);
+    if (k === "variance") return usesVariance(sampler, s.variance);
+    return true;
+}
+
+/** The query parameters of a link to `s` (only the options the sampler reads; `sampler`:
+ *  the run's, when `s` leaves it to the model). */
+export function settingsQuery(s, controls = null, sampler = undefined) {
     const q = new URLSearchParams();
     for (const k of SETTING_KEYS) {
-        if (k === "eta" && !usesEta(s.sampler)) continue;
-        if (k === "clip" && !usesClip(s.sampler)) continue;
-        if (k === "variance" && !usesVariance(s.sampler)) continue;
+        if (!carries(k, s, sampler ?? s.sampler)) continue;
         if (k === "compare" && !s.compare) continue;
         q.set(k, s[k]);
     }
@@ -188,14 +226,12 @@ export function settingsQuery(s, controls = null) {
 
 /** The `<diffusion-playground>` tag that embeds `s` with `controls` shown; attributes at
  *  their widget default are left out, so the tag stays short. */
-export function embedTag(s, controls, src = "widget.js") {
+export function embedTag(s, controls, src = "widget.js", sampler = undefined) {
     const widgetDefaults = { ...DEFAULTS, grid: 4 };
     const attrs = [];
     for (const k of SETTING_KEYS) {
         if (k === "backend" && s.backend === "auto") continue;
-        if (k === "eta" && !usesEta(s.sampler)) continue;
-        if (k === "clip" && !usesClip(s.sampler)) continue;
-        if (k === "variance" && !usesVariance(s.sampler)) continue;
+        if (!carries(k, s, sampler ?? s.sampler)) continue;
         if (k !== "model" && String(s[k]) === String(widgetDefaults[k])) continue;
         attrs.push(`${k}="${esc(s[k])}"`);
     }

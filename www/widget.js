@@ -7,25 +7,31 @@
 // Attributes (all optional; README.md "The widget" documents them):
 //   backend   auto | webgpu | cpu (default auto: WebGPU on a hardware GPU, else the CPU
 //             engine in Web Workers, which needs no WebGPU and no special headers)
-//   model     a shipped model name (fashion, digits: next to this script) or the URL of a
+//   model     a shipped model name (fashion, digits, fashion-flow: next to this script) or the URL of a
 //             model folder (config.json, diffusion_pytorch_model.safetensors, manifest.json,
 //             scheduler_config.json), resolved against the page; default fashion
 //   label     the diffusion class: index or name (case-insensitive), or "all" (one label per
 //             image). HTML's `class` attribute is only a CSS class here: it never changes
 //             the label and never re-samples.
 //   steps     1..1000 (default 20)      guidance  0..10 (default 2)
-//   sampler   ddim | ddpm | dpmpp2m | euler_a (default ddim)      eta  DDIM's eta, 0..1
+//   sampler   ddim | ddpm | dpmpp2m | euler_a for a diffusion model, flow_euler | flow_heun
+//             for a flow-matching one (default: the model's, ddim or flow_euler; one that
+//             does not suit the model is reported as an error)      eta  DDIM's eta, 0..1
+//             (eta, clip, spacing and variance do not apply to a flow-matching model)
 //   clip      auto | on | off: clamp x0_hat in DDPM/DDIM (default auto: on for DDPM, the
 //             model's scheduler_config.json for DDIM)
 //   spacing   default | leading | trailing | linspace: which timesteps the steps visit
 //             (default: the model's scheduler_config.json timestep_spacing)
-//   variance  default | fixed_small | fixed_large: DDPM's added noise, beta-tilde or beta
-//             (default: the model's variance_type)
+//   variance  default | fixed_small | fixed_large | analytic: DDPM's added noise, beta-tilde,
+//             beta, or Analytic-DPM's optimal one (models whose manifest lists
+//             analytic_dpm.json; also DDIM's noise) (default: the model's variance_type)
 //   seed      integer (default 1)
 //   grid      the NUMBER of images, 1..64 (1, 4, 16, 64 make square grids; default 4)
 //   view      xt | x0: what the live preview shows (default xt)
-//   compare   key:v1,v2,… (sampler, guidance, steps, eta, clip, spacing, variance, label):
-//             one row per value, all from the seed's x_T, one shared scrubber
+//   compare   key:v1,v2,… (model, sampler, guidance, steps, eta, clip, spacing, variance,
+//             label): one row per value, all from the seed's x_T, one shared scrubber;
+//             model:fashion,fashion-flow runs each model with its default sampler unless
+//             `sampler` names one it runs
 //   controls  which controls to show: "all", "none", or a list of model, backend, label,
 //             steps, guidance, sampler, eta, clip, spacing, variance, seed, grid, view,
 //             compare, scrubber, download, forward, schedule, run (default "label steps guidance sampler seed view run")

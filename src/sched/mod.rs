@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 pub use config::{manifest_overrides, SchedulerConfig, SchedulerOverrides};
 pub use plan::{check_sampler, plan, Plan, PlannedStep, SamplerOptions, StepCoefficients};
-pub use schedule::{alphas_cumprod, betas, flow_alpha_bar};
+pub use schedule::{alphas_cumprod, betas, flow_alpha_bar, shift_sigma};
 pub use timesteps::{flow_sigmas, timesteps};
 
 use crate::error::{EngineError, Result};

@@ -297,7 +297,7 @@ test("page: compare and controls in the URL, copy link / embed code, quiet statu
         assert.equal(await page.$$eval("footer a[href='selftest.html']", (a) => a.length), 0);
         assert.equal(await page.$$eval("#backend-help a[href='selftest.html']", (a) => a.length), 1);
         // The model cards are linked from the header.
-        assert.deepEqual(await page.$$eval("header a", (a) => a.map((x) => x.getAttribute("href"))), ["models/fashion/README.md", "models/digits/README.md"]);
+        assert.deepEqual(await page.$$eval("header a", (a) => a.map((x) => x.getAttribute("href"))), ["models/fashion/README.md", "models/digits/README.md", "models/fashion-flow/README.md"]);
 
         // Space with nothing focused plays: a new run of the same rows.
         const runs = await page.evaluate(() => window.__playground.runs.length);

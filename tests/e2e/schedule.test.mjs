@@ -142,10 +142,14 @@ test("?spacing=trailing&variance=fixed_large sets the controls, the link and the
         assert.ok(effect > 0.05, `the variance changed nothing (${effect})`);
         await page.selectOption("#variance", "fixed_large");
 
-        // Variance is DDPM's only: another sampler greys it out and drops it from the link.
+        // Fixed variances are DDPM's only: DDIM reads only the analytic one, so the link
+        // drops fixed_large; another sampler greys the control out.
         await page.selectOption("#sampler", "ddim");
-        assert.equal(await page.isDisabled("#variance"), true);
+        assert.equal(await page.isDisabled("#variance"), false);
         assert.doesNotMatch(page.url(), /variance=/);
+        await page.selectOption("#sampler", "dpmpp2m");
+        assert.equal(await page.isDisabled("#variance"), true);
+        await page.selectOption("#sampler", "ddim");
         assert.match(page.url(), /spacing=trailing/);
         assert.deepEqual(pageErrors, []);
         assert.deepEqual(consoleErrors, []);

@@ -3,7 +3,7 @@
 // compare, and the Sample / Pause / Step / Stop row.
 
 import { BACKENDS } from "../engine.js";
-import { CLIP_MODES, GRID_SIZES, SAMPLERS, SHIPPED_MODELS, SPACING_MODES, VARIANCE_MODES, esc, usesClip, usesEta, usesVariance } from "../settings.js";
+import { CLIP_MODES, GRID_SIZES, SAMPLERS, SHIPPED_MODELS, SPACING_MODES, VARIANCE_MODES, esc, isFlowSampler, samplerLabel, samplerOf, usesClip, usesEta, usesVariance } from "../settings.js";
 
 /** Where sampling runs: auto picks WebGPU on a hardware GPU, else the CPU engine. */
 const BACKEND_LABELS = {
@@ -14,7 +14,7 @@ const BACKEND_LABELS = {
 
 export const CONTROL_IDS = [
     "model", "backend", "label", "steps", "steps-num", "guidance", "guidance-out", "sampler", "eta", "eta-out", "eta-field", "clip", "clip-field",
-    "spacing", "variance", "variance-field",
+    "spacing", "spacing-field", "variance", "variance-field", "sampler-help",
     "seed", "randomise", "grid", "compare", "run", "pause", "step", "stop",
 ];
 
@@ -51,7 +51,8 @@ export function controlsHtml(pg) {
   </div>
   <div class="dp-field"${hide("sampler")}>
     <label for="sampler">Sampler</label>
-    <select id="sampler" name="sampler">${SAMPLERS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
+    <select id="sampler" name="sampler" aria-describedby="sampler-help">${SAMPLERS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
+    <small id="sampler-help" class="dp-help"></small>
   </div>
   <div class="dp-field dp-range" id="eta-field"${hide("eta")}>
     <label for="eta">DDIM η</label>
@@ -64,7 +65,7 @@ export function controlsHtml(pg) {
     <select id="clip" name="clip" aria-describedby="clip-help">${CLIP_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
     <small id="clip-help" class="dp-help">DDPM and DDIM: clamp the predicted image before each step</small>
   </div>
-  <div class="dp-field"${hide("spacing")}>
+  <div class="dp-field" id="spacing-field"${hide("spacing")}>
     <label for="spacing">Spacing</label>
     <select id="spacing" name="spacing" aria-describedby="spacing-help">${SPACING_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
     <small id="spacing-help" class="dp-help">which timesteps the steps visit: leading starts 2 steps at t = 500, trailing at t = T − 1</small>
@@ -72,7 +73,7 @@ export function controlsHtml(pg) {
   <div class="dp-field" id="variance-field"${hide("variance")}>
     <label for="variance">DDPM variance</label>
     <select id="variance" name="variance" aria-describedby="variance-help">${VARIANCE_MODES.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select>
-    <small id="variance-help" class="dp-help">DDPM: the noise each step adds, the posterior's β̃ or β</small>
+    <small id="variance-help" class="dp-help">DDPM: the noise each step adds, the posterior's β̃, β, or Analytic-DPM's optimal one (models that ship analytic_dpm.json); DDIM reads only the analytic one</small>
   </div>
   <div class="dp-field"${hide("seed")}>
     <label for="seed">Seed</label>
@@ -88,7 +89,7 @@ export function controlsHtml(pg) {
   <div class="dp-field"${hide("compare")}>
     <label for="compare">Compare</label>
     <input type="text" id="compare" name="compare" spellcheck="false" autocomplete="off" placeholder="e.g. guidance:0,2,4" aria-describedby="compare-help">
-    <small id="compare-help" class="dp-help">one row per value, all from the same starting noise: sampler:ddim,ddpm · guidance:0,2,4 · steps:1,5,20 · eta:0,1 · spacing:leading,trailing · label:0,1,2. Empty: one run.</small>
+    <small id="compare-help" class="dp-help">one row per value, all from the same starting noise: sampler:ddim,ddpm · guidance:0,2,4 · steps:1,5,20 · eta:0,1 · spacing:leading,trailing · variance:fixed_small,analytic · label:0,1,2 · model:fashion,fashion-flow. Empty: one run.</small>
   </div>
   <div class="dp-buttons"${hide("run")}>
     <button type="submit" id="run" disabled>Sample</button>
@@ -110,13 +111,14 @@ export function writeControls(pg) {
     e.steps.value = e["steps-num"].value = s.steps;
     e.guidance.value = s.guidance;
     e["guidance-out"].value = Number(s.guidance).toFixed(1);
-    e.sampler.value = s.sampler;
+    fillSamplers(pg);
     e.eta.value = s.eta;
     e["eta-out"].value = Number(s.eta).toFixed(2);
     e.clip.value = s.clip;
     e.spacing.value = s.spacing ?? "default";
+    fillVariance(pg);
     e.variance.value = s.variance ?? "default";
-    showSamplerOptions(pg, s.sampler);
+    showSamplerOptions(pg, samplerOf(s, pg.loaded));
     e.seed.value = s.seed;
     if (![...e.grid.options].some((o) => Number(o.value) === s.grid)) e.grid.append(new Option(String(s.grid), s.grid));
     e.grid.value = String(s.grid);
@@ -125,16 +127,49 @@ export function writeControls(pg) {
     if (pg.loaded) fillLabels(pg);
 }
 
+/** The sampler menu: the loaded model's samplers (all of them before a model is loaded),
+ *  showing the run's sampler (the settings' or the model's default). A sampler the settings
+ *  fix that does not suit the model (a link's ?sampler=ddim on a flow model) stays shown,
+ *  marked, so the menu says what the error is about until another one is picked. */
+export function fillSamplers(pg) {
+    const sel = pg.el.sampler, s = pg.settings, entry = pg.loaded;
+    const list = entry?.samplers ?? SAMPLERS.map(([v]) => v);
+    const opts = list.map((v) => new Option(samplerLabel(v), v));
+    if (s.sampler && !list.includes(s.sampler)) opts.push(new Option(`${samplerLabel(s.sampler)} (not for this model)`, s.sampler));
+    if (!entry && !s.sampler) opts.unshift(new Option("Model default", ""));
+    sel.replaceChildren(...opts);
+    sel.value = entry ? samplerOf(s, entry) : s.sampler;
+}
+
+/** The variance menu offers analytic only where the model has its moments (manifest.json
+ *  lists analytic_dpm.json and it loaded). */
+function fillVariance(pg) {
+    const opt = [...pg.el.variance.options].find((o) => o.value === "analytic");
+    if (!opt) return;
+    const missing = pg.loaded && !pg.loaded.hasAnalytic;
+    opt.disabled = !!missing && pg.settings.variance !== "analytic";
+    opt.textContent = missing ? "Analytic-DPM (needs analytic_dpm.json; this model has none)" : "Analytic-DPM (optimal)";
+}
+
 /** Greys out the options the sampler ignores (eta: DDIM only; clip: DDPM and DDIM;
- *  variance: DDPM only). */
+ *  variance: DDPM, and DDIM's analytic), and for a flow-matching model all of them and the
+ *  spacing, saying why (its sampler reads none of them). */
 export function showSamplerOptions(pg, sampler) {
     const e = pg.el;
-    e["eta-field"].classList.toggle("dp-off", !usesEta(sampler));
-    e.eta.disabled = !usesEta(sampler);
-    e["clip-field"].classList.toggle("dp-off", !usesClip(sampler));
-    e.clip.disabled = !usesClip(sampler);
-    e["variance-field"].classList.toggle("dp-off", !usesVariance(sampler));
-    e.variance.disabled = !usesVariance(sampler);
+    const flow = !!pg.loaded?.isFlow || isFlowSampler(sampler);
+    const why = flow ? "Does not apply to a flow-matching model: its sampler integrates the velocity, with no noise schedule to space, clip or add noise from." : "";
+    const toggle = (field, control, on) => {
+        e[field].classList.toggle("dp-off", !on);
+        control.disabled = !on;
+        e[field].title = on ? "" : why;
+    };
+    toggle("eta-field", e.eta, !flow && usesEta(sampler));
+    toggle("clip-field", e.clip, !flow && usesClip(sampler));
+    toggle("spacing-field", e.spacing, !flow);
+    toggle("variance-field", e["variance"], !flow && usesVariance(sampler));
+    e["sampler-help"].textContent = flow
+        ? "flow matching: the sampler integrates the velocity from noise (s = 1) to the image (s = 0); η, clipping, spacing and variance do not apply"
+        : "";
 }
 
 export function fillLabels(pg) {
@@ -166,6 +201,9 @@ export function wireControls(pg) {
     });
     e.model.addEventListener("change", () => {
         pg.settings.model = e.model.value;
+        // A sampler of the old model's kind gives way to the new model's default once it
+        // loads (a link or an attribute that fixes one is reported instead).
+        pg.modelPicked = true;
         pg.o.onChange?.(pg.settings);
         pg.load();
     });
@@ -187,6 +225,8 @@ export function wireControls(pg) {
         changed("guidance", Number(e.guidance.value));
     });
     e.sampler.addEventListener("change", () => {
+        pg.settings.sampler = e.sampler.value;
+        fillSamplers(pg); // drops a "(not for this model)" entry once another is picked
         showSamplerOptions(pg, e.sampler.value);
         changed("sampler", e.sampler.value);
     });

@@ -37,14 +37,30 @@ function el(name, attrs = {}, text) {
     return e;
 }
 
-const fmt = (v) => (v === 0 ? "0" : Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4 ? v.toExponential(2) : v.toPrecision(4));
+const fmt = (v) => (v === 0 ? "0" : !Number.isFinite(v) ? (v > 0 ? "∞" : "−∞") : Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4 ? v.toExponential(2) : v.toPrecision(4));
 
-/** Asks the engine for the schedule of a run of `settings` and redraws; a later call wins
- *  over an earlier one still in flight (the CPU backend answers from a worker). */
-export async function refreshSchedule(pg, settings) {
-    if (!pg.controls.has("schedule") || !pg.loaded) return;
+/** ln(a / (1 - a)): +inf at a = 1 and -inf at a = 0, which a flow-matching model's
+ *  variance-preserving equivalent reaches at its ends (s = 0 and s = 1). */
+const logSnr = (a) => Math.log(a / (1 - a));
+/** The log-SNR axis: the finite values' range, at most +-LSNR_CAP (a flow model's first
+ *  training step has log-SNR ~ +14 and its s = 1 end -inf); values past it are drawn at its
+ *  edge, never as NaN or infinity. */
+const LSNR_CAP = 20;
+function lsnrRange(values) {
+    const finite = values.filter(Number.isFinite);
+    if (!finite.length) return [-5, 5];
+    const lo = Math.max(-LSNR_CAP, Math.floor(Math.min(...finite) / 5) * 5);
+    const hi = Math.min(LSNR_CAP, Math.ceil(Math.max(...finite) / 5) * 5);
+    return lo < hi ? [lo, hi] : [lo - 5, hi + 5];
+}
+
+/** Asks the engine for the schedule of a run of `settings` on `entry` (a compared model's
+ *  row runs on its own) and redraws; a later call wins over an earlier one still in flight
+ *  (the CPU backend answers from a worker). */
+export async function refreshSchedule(pg, settings, entry = pg.loaded) {
+    if (!pg.controls.has("schedule") || !pg.loaded || !entry) return;
     const token = (pg.schedToken = (pg.schedToken ?? 0) + 1);
-    const entry = pg.loaded;
+    const own = pg.loaded;
     let sched;
     try {
         sched = await entry.model.schedule(pg.options(settings, entry));
@@ -55,8 +71,8 @@ export async function refreshSchedule(pg, settings) {
         pg.el["sched-levels"].textContent = `No schedule for these settings: ${e?.message ?? e}`;
         return;
     }
-    if (token !== pg.schedToken || pg.loaded !== entry) return;
-    pg.sched = { ...sched, settings };
+    if (token !== pg.schedToken || pg.loaded !== own) return;
+    pg.sched = { ...sched, settings, flow: !!entry.isFlow };
     drawSchedule(pg);
     markSchedule(pg, pg.schedStep ?? 0);
 }
@@ -66,14 +82,15 @@ export function drawSchedule(pg) {
     const s = pg.sched, svg = pg.el["sched-svg"];
     const a = s.alphasCumprod, beta = s.betas, T = a.length;
     const ts = Array.from(s.timesteps);
-    const x = (t) => L + (t / Math.max(1, T - 1)) * PW;
-    const yl = (v) => TOP + (1 - Math.min(1, Math.max(0, v))) * PH;
-    const lsnr = Array.from(a, (v) => Math.log(v / (1 - v)));
-    const lo = Math.floor(Math.min(...lsnr) / 5) * 5, hi = Math.ceil(Math.max(...lsnr) / 5) * 5;
-    const yr = (v) => TOP + ((hi - v) / (hi - lo || 1)) * PH;
+    // A flow model's timesteps are s T, up to T itself (s = 1): clamp onto the axis.
+    const x = (t) => L + Math.min(1, Math.max(0, t / Math.max(1, T - 1))) * PW;
+    const yl = (v) => TOP + (1 - Math.min(1, Math.max(0, Number.isFinite(v) ? v : 1))) * PH;
+    const lsnr = Array.from(a, logSnr);
+    const [lo, hi] = lsnrRange(lsnr);
+    const yr = (v) => TOP + ((hi - Math.min(hi, Math.max(lo, v))) / (hi - lo || 1)) * PH;
     // beta on its own scale: divided by its 95th percentile and clipped at 1, because a
     // cosine schedule's last betas (clipped at 0.999) would flatten every other one to 0.
-    const bscale = [...beta].sort((p, q) => p - q)[Math.floor(0.95 * (T - 1))] || Math.max(...beta) || 1;
+    const bscale = [...beta].filter(Number.isFinite).sort((p, q) => p - q)[Math.floor(0.95 * (T - 1))] || 1;
     const kids = [];
     // Frame and grid.
     kids.push(el("rect", { x: L, y: TOP, width: PW, height: PH, class: "dp-sched-frame" }));
@@ -95,6 +112,7 @@ export function drawSchedule(pg) {
     // The curves, one point per timestep.
     const path = (f, cls) => el("polyline", { points: Array.from({ length: T }, (_, t) => `${x(t).toFixed(1)},${f(t).toFixed(1)}`).join(" "), class: cls });
     kids.push(path((t) => yl(a[t]), "dp-sched-abar"));
+    // (a flow model's last "beta" is 1: its equivalent alpha_bar reaches 0 there)
     kids.push(path((t) => yl(beta[t] / bscale), "dp-sched-beta"));
     kids.push(path((t) => yr(lsnr[t]), "dp-sched-lsnr"));
     // The visited timesteps: ticks under the axis and each step's sigma as a dot (clamped
@@ -114,10 +132,12 @@ export function drawSchedule(pg) {
     sec.dataset.ticks = String(ts.length);
     sec.dataset.timesteps = ts.join(",");
     sec.dataset.sampler = s.sampler;
+    sec.dataset.lsnrRange = `${lo},${hi}`;
     const first = ts[0], last = ts[ts.length - 1];
+    const kind = s.flow ? " (flow matching: ᾱ is the variance-preserving equivalent of x_s = (1 − s) x₀ + s ε, s = t / T)" : "";
     svg.setAttribute(
         "aria-label",
-        `Noise schedule over t = 0 to ${T - 1}: ᾱ falls from ${fmt(a[0])} to ${fmt(a[T - 1])}, log-SNR from ${lsnr[0].toFixed(1)} to ${lsnr[T - 1].toFixed(1)}. ` +
+        `Noise schedule over t = 0 to ${T - 1}${kind}: ᾱ falls from ${fmt(a[0])} to ${fmt(a[T - 1])}, log-SNR from ${fmt(lsnr[0])} to ${fmt(lsnr[T - 1])}. ` +
             `This ${s.sampler} run visits ${ts.length} timestep${ts.length > 1 ? "s" : ""}, from t = ${first} down to t = ${last}.`,
     );
 }
@@ -130,8 +150,8 @@ export function markSchedule(pg, k) {
     const n = s.timesteps.length;
     const i = Math.min(n - 1, Math.max(0, k));
     const t = s.timesteps[i], T = s.alphasCumprod.length;
-    const x = L + (t / Math.max(1, T - 1)) * PW;
-    const y = TOP + (1 - s.alphaBar[i]) * PH;
+    const x = L + Math.min(1, Math.max(0, t / Math.max(1, T - 1))) * PW;
+    const y = TOP + (1 - Math.min(1, Math.max(0, s.alphaBar[i]))) * PH;
     const [line, dot] = pg.schedMarker.children;
     line.setAttribute("x1", x);
     line.setAttribute("x2", x);
@@ -139,8 +159,8 @@ export function markSchedule(pg, k) {
     dot.setAttribute("cy", y);
     pg.el.sched.dataset.markerStep = String(i);
     pg.el.sched.dataset.markerT = String(t);
-    const snr = s.alphaBar[i] / (1 - s.alphaBar[i]);
+    const l = logSnr(s.alphaBar[i]);
     pg.el["sched-levels"].textContent =
-        `Step ${i + 1} of ${n}: t = ${t}, ᾱ_t = ${fmt(s.alphaBar[i])} (log-SNR ${Math.log(snr).toFixed(2)}), ` +
+        `Step ${i + 1} of ${n}: t = ${t}, ᾱ_t = ${fmt(s.alphaBar[i])} (log-SNR ${Number.isFinite(l) ? l.toFixed(2) : fmt(l)}), ` +
         `lands on ᾱ = ${fmt(s.alphaBarPrev[i])}, σ = ${fmt(s.sigma[i])}`;
 }

@@ -34,7 +34,7 @@ function chosen(pg) {
 /** The page's link for the current settings and the chosen controls. */
 export function shareLink(pg) {
     const u = new URL(pg.o.pageUrl ?? location.href);
-    u.search = `?${settingsQuery(pg.settings, chosen(pg))}`;
+    u.search = `?${settingsQuery(pg.settings, chosen(pg), pg.runSampler())}`;
     u.hash = "";
     return u.href;
 }
@@ -42,7 +42,7 @@ export function shareLink(pg) {
 /** The widget tag for the current settings; widget.js is named by its absolute URL so the
  *  code works pasted anywhere. */
 export function shareEmbed(pg) {
-    return embedTag(pg.settings, chosen(pg), new URL("widget.js", pg.o.pageUrl ?? location.href).href);
+    return embedTag(pg.settings, chosen(pg), new URL("widget.js", pg.o.pageUrl ?? location.href).href, pg.runSampler());
 }
 
 async function copy(pg, text, what) {

@@ -1,0 +1,109 @@
+//! What the browser API derives from a model's scheduler config (src/web_model.rs): the
+//! samplers it offers, the forward panel's exact coefficients, the Analytic-DPM moments the
+//! page attaches, and the options a flow-matching model refuses.
+
+use diffusion_playground::sched::{alphas_cumprod, SchedulerConfig, SchedulerOverrides, VarianceType};
+use diffusion_playground::web_model::{
+    analytic_moments, check_flow_overrides, forward_coefficients, sampler_names,
+};
+use diffusion_playground::ErrorKind;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn flow_config(shift: f64) -> SchedulerConfig {
+    SchedulerConfig::from_json(&format!(
+        r#"{{"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": {shift}}}"#
+    ))
+    .unwrap()
+}
+
+fn fashion() -> SchedulerConfig {
+    SchedulerConfig::from_json(
+        &std::fs::read_to_string(format!("{ROOT}/www/models/fashion/scheduler_config.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn manifest_sha(model: &str, file: &str) -> String {
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/www/models/{model}/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    m["files"].as_array().unwrap().iter().find(|f| f["name"] == file).unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn samplers_follow_the_model_kind() {
+    assert_eq!(sampler_names(&fashion()), ["ddim", "ddpm", "dpmpp2m", "euler_a"]);
+    assert_eq!(sampler_names(&flow_config(1.0)), ["flow_euler", "flow_heun"]);
+}
+
+#[test]
+fn forward_coefficients_are_exact_for_both_kinds() {
+    let d = fashion();
+    let a = alphas_cumprod(&d).unwrap();
+    let (signal, noise) = forward_coefficients(&d, &a);
+    for t in [0, 500, 999] {
+        assert!((signal[t] - a[t].sqrt()).abs() < 1e-15);
+        assert!((signal[t] * signal[t] + noise[t] * noise[t] - 1.0).abs() < 1e-12);
+    }
+    // Flow: x_s = (1 - s) x0 + s eps, s = t / T (shift 1), finite at the last step where
+    // the variance-preserving alpha_bar is 0.
+    let f = flow_config(1.0);
+    let a = alphas_cumprod(&f).unwrap();
+    let (signal, noise) = forward_coefficients(&f, &a);
+    assert_eq!(signal.len(), 1000);
+    assert_eq!((signal[0], noise[0]), (1.0, 0.0));
+    assert!((noise[500] - 0.5).abs() < 1e-15 && (signal[500] - 0.5).abs() < 1e-15);
+    assert!((noise[999] - 0.999).abs() < 1e-12);
+    assert!(signal.iter().chain(&noise).all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+    // The same signal-to-noise ratio as the schedule plot's alpha_bar.
+    for t in [1, 250, 900] {
+        let snr = (signal[t] / noise[t]).powi(2);
+        assert!((snr / (a[t] / (1.0 - a[t])) - 1.0).abs() < 1e-9, "t = {t}");
+    }
+    // A shift of 3 pushes s up: s(0.5) = 1.5 / 2 = 0.75.
+    let (_, noise) = forward_coefficients(&flow_config(3.0), &[]);
+    assert!((noise[500] - 0.75).abs() < 1e-12, "{}", noise[500]);
+}
+
+#[test]
+fn analytic_moments_are_checked_against_the_weights_and_the_model() {
+    let text = std::fs::read_to_string(format!("{ROOT}/www/models/fashion/analytic_dpm.json")).unwrap();
+    let sha = manifest_sha("fashion", "diffusion_pytorch_model.safetensors");
+    let d = fashion();
+    let m = analytic_moments(&d, &text, Some(&sha)).unwrap();
+    assert_eq!(m.cc.len(), 1000);
+    // Without a digest (no manifest) the table is taken as it is.
+    analytic_moments(&d, &text, None).unwrap();
+    // Other weights: refused in plain words.
+    let other = "0".repeat(64);
+    let e = analytic_moments(&d, &text, Some(&other)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Checksum);
+    assert!(e.to_string().contains("other weights"), "{e}");
+    // Not JSON, and a flow model.
+    assert_eq!(analytic_moments(&d, "{", None).unwrap_err().kind(), ErrorKind::Checksum);
+    let e = analytic_moments(&flow_config(1.0), &text, None).unwrap_err();
+    assert!(e.to_string().contains("flow matching"), "{e}");
+    // A table of another length than the schedule.
+    let short = SchedulerConfig { num_train_timesteps: 500, ..d.clone() };
+    let e = analytic_moments(&short, &text, None).unwrap_err();
+    assert!(e.to_string().contains("1000 timesteps"), "{e}");
+}
+
+#[test]
+fn flow_models_refuse_diffusion_only_options() {
+    let f = flow_config(1.0);
+    check_flow_overrides(&f, &SchedulerOverrides::default(), 0.0).unwrap();
+    let e = check_flow_overrides(&f, &SchedulerOverrides::default(), 0.5).unwrap_err();
+    assert_eq!((e.kind(), e.field()), (ErrorKind::Input, Some("eta")));
+    let over = SchedulerOverrides { variance_type: Some(VarianceType::Analytic), ..Default::default() };
+    let e = check_flow_overrides(&f, &over, 0.0).unwrap_err();
+    assert_eq!(e.field(), Some("variance"));
+    assert!(e.to_string().contains("flow-matching"), "{e}");
+    // A diffusion model takes them all.
+    check_flow_overrides(&fashion(), &over, 1.0).unwrap();
+}
