@@ -118,7 +118,14 @@ pub(crate) fn check_request(
             kind: req.kind,
             steps: req.steps,
             eta: req.eta as f64,
-            guidance: if guidance == Guidance::Classifier { req.guidance } else { 1.0 },
+            // The scale the kernel combines the halves with, and the w whose Gamma(w)
+            // Analytic-DPM reads: 0 when only the unconditional half runs, 1 when only the
+            // conditional one (or the model has no classes).
+            guidance: match guidance {
+                Guidance::Classifier => req.guidance,
+                Guidance::Unconditional => 0.0,
+                Guidance::Conditional => 1.0,
+            },
         },
     )?;
     Ok((guidance, plan))

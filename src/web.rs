@@ -540,10 +540,9 @@ fn schedule_js(base: &SchedulerConfig, classes: usize, options: JsValue) -> Resu
     let opts = parse_options(options)?;
     let sched = opts.scheduler(base)?;
     let kind = opts.kind(&sched)?;
-    // The guidance the run's plan gets (pipeline::check_request): the scale itself only
-    // with classifier-free guidance, which Analytic-DPM's variance depends on.
-    let w = opts.guidance;
-    let guidance = if classes > 0 && w != 0.0 && w != 1.0 { w } else { 1.0 };
+    // The guidance the run's plan gets (pipeline::check_request), which Analytic-DPM's
+    // variance depends on: the scale, 0 for the unconditional half alone, 1 without classes.
+    let guidance = if classes > 0 { opts.guidance } else { 1.0 };
     let v = schedule_view(
         &sched,
         &crate::sched::SamplerOptions {
