@@ -25,6 +25,7 @@ use crate::fast::{CpuEngine, CpuRun, CpuSession};
 use crate::gpu::{Gpu, Owned};
 use crate::model::{UNet, UNetConfig};
 use crate::pipeline::{check_image_count, PendingRead, Readback, Run, SampleRequest, Session};
+use crate::sched::analytic::AnalyticMoments;
 use crate::sched::inspect::schedule_view;
 use crate::sched::{
     alphas_cumprod, check_sampler, SamplerKind, SchedulerConfig, SchedulerOverrides, TimestepSpacing,
@@ -320,7 +321,7 @@ impl Model {
         weights_sha256: Option<String>,
     ) -> Result<(), JsValue> {
         self.sched.analytic =
-            Some(web_model::analytic_moments(&self.sched, text, weights_sha256.as_deref()).map_err(to_js)?);
+            Some(AnalyticMoments::for_model(&self.sched, text, weights_sha256.as_deref()).map_err(to_js)?);
         Ok(())
     }
 
@@ -655,7 +656,7 @@ impl CpuModel {
         weights_sha256: Option<String>,
     ) -> Result<(), JsValue> {
         self.sched.analytic =
-            Some(web_model::analytic_moments(&self.sched, text, weights_sha256.as_deref()).map_err(to_js)?);
+            Some(AnalyticMoments::for_model(&self.sched, text, weights_sha256.as_deref()).map_err(to_js)?);
         Ok(())
     }
 

@@ -1,12 +1,10 @@
 //! What the browser API (`src/web.rs`) derives from a model's scheduler config, kept out of
 //! the wasm-only module so it is tested natively (`tests/web_model.rs`): the samplers a
-//! model offers, the exact forward-process coefficients the page's forward panel draws, the
-//! Analytic-DPM moments the page attaches, and the per-run overrides a flow model refuses.
-
-use std::sync::Arc;
+//! model offers, the exact forward-process coefficients the page's forward panel draws and
+//! the per-run overrides a flow model refuses. (The Analytic-DPM moments the page attaches
+//! are checked by `sched::analytic::AnalyticMoments::for_model`, which the CLI shares.)
 
 use crate::error::{EngineError, Result};
-use crate::sched::analytic::AnalyticMoments;
 use crate::sched::{shift_sigma, SamplerKind, SchedulerConfig, SchedulerOverrides};
 
 /// The samplers that fit the model, in menu order (the first is not necessarily the
@@ -32,39 +30,6 @@ pub fn forward_coefficients(cfg: &SchedulerConfig, alphas: &[f64]) -> (Vec<f64>,
             (alphas.iter().map(|a| a.sqrt()).collect(), alphas.iter().map(|a| (1.0 - a).sqrt()).collect())
         }
     }
-}
-
-/// Parses `analytic_dpm.json` for `cfg`'s model and checks it: measured on these weights
-/// (`weights_sha256`, the manifest's digest of the weights, when the page has one), one
-/// value per training timestep, and a diffusion model (flow samplers have no variance).
-pub fn analytic_moments(
-    cfg: &SchedulerConfig,
-    text: &str,
-    weights_sha256: Option<&str>,
-) -> Result<Arc<AnalyticMoments>> {
-    if cfg.is_flow() {
-        return Err(EngineError::input(
-            "analytic",
-            "analytic_dpm.json is for a diffusion model: this one was trained with flow matching, whose \
-             samplers add no noise to size"
-                .to_string(),
-        ));
-    }
-    let m = AnalyticMoments::from_json(text)?;
-    if let Some(sha) = weights_sha256.filter(|s| !s.is_empty()) {
-        m.check_weights(sha)?;
-    }
-    if m.cc.len() != cfg.num_train_timesteps {
-        return Err(EngineError::Checksum {
-            file: "analytic_dpm.json".into(),
-            message: format!(
-                "has {} timesteps, but the model's schedule has {}",
-                m.cc.len(),
-                cfg.num_train_timesteps
-            ),
-        });
-    }
-    Ok(Arc::new(m))
 }
 
 /// Refuses the per-run options that only a diffusion schedule reads when `cfg` is a

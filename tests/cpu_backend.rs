@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::f32s;
+use common::{f32s, labels};
 
 use std::path::Path;
 
@@ -17,11 +17,6 @@ use diffusion_playground::model::UNet;
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig, TimestepSpacing};
 use safetensors::SafeTensors;
-
-fn labels(st: &SafeTensors, name: &str) -> Vec<u32> {
-    let v = st.tensor(name).unwrap();
-    v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
-}
 
 fn read_model(dir: &str) -> (String, Vec<u8>) {
     let dir = Path::new(dir);

@@ -39,33 +39,22 @@ const CASES: [(&str, SamplerKind, usize); 2] = [
     ("fashion_flow_heun6_cfg2", SamplerKind::FlowHeun, 6),
 ];
 
+/// A fixture decoded once: the request it makes, its timesteps and per-step states.
 struct Fixture {
-    bytes: Vec<u8>,
+    req: SampleRequest,
+    timesteps: Vec<f32>,
+    x_prev: Vec<f32>,
+    x_final: Vec<f32>,
 }
 
 impl Fixture {
-    fn load(name: &str) -> Fixture {
+    fn load(name: &str, kind: SamplerKind, steps: usize) -> Fixture {
         let path = format!("tests/fixtures/{name}.safetensors");
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{path}: {e}: run train/make_fixtures.py --part fashion-flow"));
-        Fixture { bytes }
-    }
-
-    fn st(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).unwrap()
-    }
-
-    fn request(&self, kind: SamplerKind, steps: usize) -> SampleRequest {
-        let st = self.st();
-        let classes = st
-            .tensor("class")
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect();
-        SampleRequest {
-            classes,
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let req = SampleRequest {
+            classes: common::labels(&st, "class"),
             guidance: f32s(&st, "guidance_scale")[0],
             kind,
             steps,
@@ -73,19 +62,25 @@ impl Fixture {
             seed: 0,
             first_image: 0,
             init_noise: Some(f32s(&st, "x_T")),
+        };
+        Fixture {
+            req,
+            timesteps: f32s(&st, "timesteps"),
+            x_prev: f32s(&st, "x_prev"),
+            x_final: f32s(&st, "x_final"),
         }
+    }
+
+    /// Checks the state after step `k`; returns its worst error.
+    fn check_step(&self, what: &str, k: usize, got: &[f32]) -> f32 {
+        let per = self.x_prev.len() / self.timesteps.len();
+        let want = &self.x_prev[k * per..(k + 1) * per];
+        common::assert_close(&format!("{what} step {k} x_prev"), got, want, &SHAPE, 1e-3, 0.0);
+        got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
     }
 }
 
 const SHAPE: [usize; 4] = [2, 1, 28, 28];
-
-fn check_step(what: &str, k: usize, got: &[f32], fx: &Fixture) -> f32 {
-    let want = f32s(&fx.st(), "x_prev");
-    let per = want.len() / f32s(&fx.st(), "timesteps").len();
-    let want = &want[k * per..(k + 1) * per];
-    common::assert_close(&format!("{what} step {k} x_prev"), got, want, &SHAPE, 1e-3, 0.0);
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
-}
 
 #[test]
 fn gpu_backend_follows_diffusers_flow_schedulers() {
@@ -93,18 +88,18 @@ fn gpu_backend_follows_diffusers_flow_schedulers() {
     let (config, weights, sched) = read_model();
     let unet = UNet::load(gpu, &config, &weights).unwrap();
     for (name, kind, steps) in CASES {
-        let fx = Fixture::load(name);
+        let fx = Fixture::load(name, kind, steps);
         let mut session = Session::new(gpu, &unet, 2).unwrap();
-        let run = session.start(gpu, &unet, &sched, &fx.request(kind, steps)).unwrap();
-        assert_eq!(run.plan().timesteps(), f32s(&fx.st(), "timesteps"), "{name}: timesteps");
+        let run = session.start(gpu, &unet, &sched, &fx.req).unwrap();
+        assert_eq!(run.plan().timesteps(), fx.timesteps, "{name}: timesteps");
         let mut worst = 0.0f32;
         for k in 0..run.steps() {
             session.step(gpu, &run, k).unwrap();
             let x = pollster::block_on(session.read(gpu, false)).unwrap().x;
-            worst = worst.max(check_step(name, k, &x, &fx));
+            worst = worst.max(fx.check_step(name, k, &x));
         }
         let x = pollster::block_on(session.read(gpu, false)).unwrap().x;
-        common::assert_close(&format!("{name} x_final"), &x, &f32s(&fx.st(), "x_final"), &SHAPE, 1e-3, 0.0);
+        common::assert_close(&format!("{name} x_final"), &x, &fx.x_final, &SHAPE, 1e-3, 0.0);
         eprintln!("{name} (GPU): {} model evaluations, worst |x - diffusers| {worst:.1e}", run.steps());
     }
 }
@@ -114,14 +109,14 @@ fn cpu_backend_follows_diffusers_flow_schedulers() {
     let (config, weights, sched) = read_model();
     let engine = CpuEngine::load(&config, &weights, 2).unwrap();
     for (name, kind, steps) in CASES {
-        let fx = Fixture::load(name);
+        let fx = Fixture::load(name, kind, steps);
         let mut session = CpuSession::new(&engine, 2).unwrap();
-        let run = session.start(&engine, &sched, &fx.request(kind, steps)).unwrap();
+        let run = session.start(&engine, &sched, &fx.req).unwrap();
         let mut worst = 0.0f32;
         for k in 0..run.steps() {
             session.step(&engine, &run, k).unwrap();
             let x = session.read(false).unwrap().x;
-            worst = worst.max(check_step(name, k, &x, &fx));
+            worst = worst.max(fx.check_step(name, k, &x));
         }
         eprintln!("{name} (CPU): {} model evaluations, worst |x - diffusers| {worst:.1e}", run.steps());
     }

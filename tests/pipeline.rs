@@ -182,15 +182,8 @@ fn fashion_ddim20_cfg2_matches_diffusers() {
     let sched = diffusion_playground::sched::manifest_overrides(&manifest)
         .unwrap()
         .apply(&SchedulerConfig::from_json(&sched_text).unwrap());
-    let classes: Vec<u32> = fx
-        .tensor("class")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
     let req = SampleRequest {
-        classes,
+        classes: common::labels(&fx, "class"),
         guidance: f32s(&fx, "guidance_scale")[0],
         kind: SamplerKind::Ddim,
         steps: 20,

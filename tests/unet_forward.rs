@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::labels;
+
 use std::path::Path;
 
 use diffusion_playground::model::UNet;
@@ -21,11 +23,6 @@ fn f32s(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let v = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
     let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     (v.shape().to_vec(), data)
-}
-
-fn labels(st: &SafeTensors, name: &str) -> Vec<u32> {
-    let v = st.tensor(name).unwrap();
-    v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
 }
 
 fn check_model(model_dir: &Path, io_file: &Path, cases: usize) {

@@ -2,10 +2,9 @@
 //! samplers it offers, the forward panel's exact coefficients, the Analytic-DPM moments the
 //! page attaches, and the options a flow-matching model refuses.
 
+use diffusion_playground::sched::analytic::AnalyticMoments;
 use diffusion_playground::sched::{alphas_cumprod, SchedulerConfig, SchedulerOverrides, VarianceType};
-use diffusion_playground::web_model::{
-    analytic_moments, check_flow_overrides, forward_coefficients, sampler_names,
-};
+use diffusion_playground::web_model::{check_flow_overrides, forward_coefficients, sampler_names};
 use diffusion_playground::ErrorKind;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -75,22 +74,22 @@ fn analytic_moments_are_checked_against_the_weights_and_the_model() {
     let text = std::fs::read_to_string(format!("{ROOT}/www/models/fashion/analytic_dpm.json")).unwrap();
     let sha = manifest_sha("fashion", "diffusion_pytorch_model.safetensors");
     let d = fashion();
-    let m = analytic_moments(&d, &text, Some(&sha)).unwrap();
+    let m = AnalyticMoments::for_model(&d, &text, Some(&sha)).unwrap();
     assert_eq!(m.cc.len(), 1000);
     // Without a digest (no manifest) the table is taken as it is.
-    analytic_moments(&d, &text, None).unwrap();
+    AnalyticMoments::for_model(&d, &text, None).unwrap();
     // Other weights: refused in plain words.
     let other = "0".repeat(64);
-    let e = analytic_moments(&d, &text, Some(&other)).unwrap_err();
+    let e = AnalyticMoments::for_model(&d, &text, Some(&other)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Checksum);
     assert!(e.to_string().contains("other weights"), "{e}");
     // Not JSON, and a flow model.
-    assert_eq!(analytic_moments(&d, "{", None).unwrap_err().kind(), ErrorKind::Checksum);
-    let e = analytic_moments(&flow_config(1.0), &text, None).unwrap_err();
+    assert_eq!(AnalyticMoments::for_model(&d, "{", None).unwrap_err().kind(), ErrorKind::Checksum);
+    let e = AnalyticMoments::for_model(&flow_config(1.0), &text, None).unwrap_err();
     assert!(e.to_string().contains("flow matching"), "{e}");
     // A table of another length than the schedule.
     let short = SchedulerConfig { num_train_timesteps: 500, ..d.clone() };
-    let e = analytic_moments(&short, &text, None).unwrap_err();
+    let e = AnalyticMoments::for_model(&short, &text, None).unwrap_err();
     assert!(e.to_string().contains("1000 timesteps"), "{e}");
 }
 

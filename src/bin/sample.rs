@@ -229,7 +229,7 @@ mod native {
         }
         let mut sched = over.apply(&sched);
         if sched.variance_type == VarianceType::Analytic {
-            sched.analytic = Some(analytic_moments(&a.model, &weights_path)?);
+            sched.analytic = Some(analytic_moments(&a.model, &weights_path, &sched)?);
         }
         let classes = match class {
             None => Vec::new(),
@@ -327,7 +327,7 @@ mod native {
 
     /// The weights file: the one manifest.json names, else diffusers' usual names.
     /// The folder's `analytic_dpm.json`, checked against the weights it was measured on.
-    fn analytic_moments(dir: &Path, weights: &Path) -> Result<Arc<AnalyticMoments>> {
+    fn analytic_moments(dir: &Path, weights: &Path, sched: &SchedulerConfig) -> Result<Arc<AnalyticMoments>> {
         let path = dir.join("analytic_dpm.json");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -343,10 +343,8 @@ mod native {
             }
             Err(e) => return Err(io("model", &path, e)),
         };
-        let m = AnalyticMoments::from_json(&text)?;
         let sha = sha256_file(weights).map_err(|e| io("model", weights, e))?;
-        m.check_weights(&sha)?;
-        Ok(Arc::new(m))
+        AnalyticMoments::for_model(sched, &text, Some(&sha))
     }
 
     fn weights_path(dir: &Path, manifest: Option<&serde_json::Value>) -> Result<PathBuf> {

@@ -20,7 +20,11 @@
 //! square is a quadratic in w, so the file holds three moments per timestep and Gamma(w)
 //! follows exactly for any guidance.
 
+use std::sync::Arc;
+
 use serde_json::Value;
+
+use super::SchedulerConfig;
 
 use crate::error::{EngineError, Result};
 
@@ -73,6 +77,36 @@ impl AnalyticMoments {
         }
         let weights_sha256 = v.get("weights_sha256").and_then(Value::as_str).map(str::to_owned);
         Ok(AnalyticMoments { cc, uu, uc, weights_sha256 })
+    }
+
+    /// Parses `analytic_dpm.json` for `cfg`'s model and checks it: measured on these weights
+    /// (`weights_sha256`, the weights' digest, when known), one value per training timestep,
+    /// and a diffusion model (flow samplers have no variance). What the CLI and the page
+    /// attach to a model's config.
+    pub fn for_model(cfg: &SchedulerConfig, text: &str, weights_sha256: Option<&str>) -> Result<Arc<Self>> {
+        if cfg.is_flow() {
+            return Err(EngineError::input(
+                "analytic",
+                "analytic_dpm.json is for a diffusion model: this one was trained with flow matching, whose \
+                 samplers add no noise to size"
+                    .to_string(),
+            ));
+        }
+        let m = AnalyticMoments::from_json(text)?;
+        if let Some(sha) = weights_sha256.filter(|s| !s.is_empty()) {
+            m.check_weights(sha)?;
+        }
+        if m.cc.len() != cfg.num_train_timesteps {
+            return Err(EngineError::Checksum {
+                file: FILE.into(),
+                message: format!(
+                    "has {} timesteps, but the model's schedule has {}",
+                    m.cc.len(),
+                    cfg.num_train_timesteps
+                ),
+            });
+        }
+        Ok(Arc::new(m))
     }
 
     /// Refuses moments measured on other weights than those whose SHA-256 (hex) is `sha256`:

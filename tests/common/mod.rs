@@ -96,3 +96,13 @@ pub fn f32s(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+/// An int64 tensor of class labels of a safetensors fixture, as the engine's u32 classes.
+pub fn labels(st: &safetensors::SafeTensors, name: &str) -> Vec<u32> {
+    st.tensor(name)
+        .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"))
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect()
+}
