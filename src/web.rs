@@ -674,6 +674,28 @@ impl CpuModel {
         schedule_js(&self.sched, self.classes(), options)
     }
 
+    /// The denoising loss of one image over t (`web_model::denoising_loss`): `x0` [C, H, W],
+    /// the class `label` (the null class gives the unconditional loss), training timesteps
+    /// `timesteps`, and the one noise draw `noise` [C, H, W] every x_t shares. Returns
+    /// ||target - output||^2 / d per timestep; `lossTarget` names the target.
+    #[wasm_bindgen(js_name = lossCurve)]
+    pub fn loss_curve(
+        &self,
+        x0: &[f32],
+        label: Option<u32>,
+        timesteps: Vec<u32>,
+        noise: &[f32],
+    ) -> Result<Vec<f64>, JsValue> {
+        let ts: Vec<usize> = timesteps.iter().map(|&t| t as usize).collect();
+        web_model::denoising_loss(&self.engine, &self.sched, &self.alphas, x0, label, &ts, noise)
+            .map_err(to_js)
+    }
+
+    #[wasm_bindgen(getter, js_name = lossTarget)]
+    pub fn loss_target(&self) -> String {
+        web_model::loss_target(&self.sched).into()
+    }
+
     /// Runs step `k` of the started run as `step(k)` does and returns it taken apart:
     /// `{step, timestep, xt, modelOut, eps, x0, mean, noise, xPrev}` (`Float32Array`s
     /// [n, C, H, W]: the state before the step, the guided model output, the eps the update

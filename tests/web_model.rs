@@ -2,10 +2,15 @@
 //! samplers it offers, the forward panel's exact coefficients, the Analytic-DPM moments the
 //! page attaches, and the options a flow-matching model refuses.
 
+use diffusion_playground::fast::CpuEngine;
 use diffusion_playground::sched::analytic::AnalyticMoments;
 use diffusion_playground::sched::{alphas_cumprod, SchedulerConfig, SchedulerOverrides, VarianceType};
-use diffusion_playground::web_model::{check_flow_overrides, forward_coefficients, sampler_names};
+use diffusion_playground::web_model::{
+    check_flow_overrides, denoising_loss, forward_coefficients, loss_target, sampler_names,
+};
 use diffusion_playground::ErrorKind;
+
+mod common;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -105,4 +110,53 @@ fn flow_models_refuse_diffusion_only_options() {
     assert!(e.to_string().contains("flow-matching"), "{e}");
     // A diffusion model takes them all.
     check_flow_overrides(&fashion(), &over, 1.0).unwrap();
+}
+
+/// The forward panel's loss curve against PyTorch (tests/fixtures/loss_curve_fashion,
+/// `make_fixtures.py --part loss`): one test image, one eps, nine timesteps from 0 to 999,
+/// for the diffusion model (target eps) and the flow model (target eps - x0, timestep s T).
+/// Tolerance: the outputs match diffusers to ~1e-5 (tests/unet_forward.rs); a mean of
+/// squared differences of O(1) moves by about twice that, so 1e-4 relative plus 1e-6.
+#[test]
+fn loss_curve_matches_pytorch() {
+    let bytes = std::fs::read(format!("{ROOT}/tests/fixtures/loss_curve_fashion.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let label: u32 = meta.metadata().as_ref().unwrap()["label"].parse().unwrap();
+    let x0 = common::f32s(&st, "x0");
+    let eps = common::f32s(&st, "eps");
+    let ts: Vec<usize> = common::labels(&st, "timesteps").into_iter().map(|t| t as usize).collect();
+    for (model, target) in [("fashion", "epsilon"), ("fashion-flow", "velocity")] {
+        let dir = format!("{ROOT}/www/models/{model}");
+        let config = std::fs::read_to_string(format!("{dir}/config.json")).unwrap();
+        let weights = std::fs::read(format!("{dir}/diffusion_pytorch_model.safetensors")).unwrap();
+        let sched = SchedulerConfig::from_json(
+            &std::fs::read_to_string(format!("{dir}/scheduler_config.json")).unwrap(),
+        )
+        .unwrap();
+        let alphas = alphas_cumprod(&sched).unwrap();
+        let engine = CpuEngine::load(&config, &weights, 0).unwrap();
+        assert_eq!(loss_target(&sched), target);
+        let got = denoising_loss(&engine, &sched, &alphas, &x0, Some(label), &ts, &eps).unwrap();
+        let want: Vec<f64> = st
+            .tensor(&format!("{}.loss", model.replace('-', "_")))
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        for ((t, g), w) in ts.iter().zip(&got).zip(&want) {
+            assert!((g - w).abs() <= 1e-6 + 1e-4 * w.abs(), "{model} t = {t}: loss {g} vs PyTorch {w}");
+        }
+        println!("{model}: {got:?}");
+        // Bad input is refused, naming the field.
+        let e = denoising_loss(&engine, &sched, &alphas, &x0[1..], Some(label), &ts, &eps).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Input);
+        let e = denoising_loss(&engine, &sched, &alphas, &x0, Some(label), &[1000], &eps).unwrap_err();
+        assert!(e.to_string().contains("timestep 1000"), "{e}");
+        let e = denoising_loss(&engine, &sched, &alphas, &x0, None, &ts, &eps).unwrap_err();
+        assert!(e.to_string().contains("class"), "{e}");
+        let e = denoising_loss(&engine, &sched, &alphas, &x0, Some(11), &ts, &eps).unwrap_err();
+        assert!(e.to_string().contains("class 11"), "{e}");
+    }
 }

@@ -7,6 +7,7 @@
     python make_fixtures.py --part flow       # flow-matching Euler / Heun on an exact velocity
     python make_fixtures.py --part fashion-flow  # the shipped www/models/fashion-flow U-Net
     python make_fixtures.py --part analytic   # Analytic-DPM sigmas for the shipped fashion Gamma
+    python make_fixtures.py --part loss       # the forward panel's per-t loss, fashion + flow
     python make_fixtures.py --part all
 
 Every tensor is float32 except class labels (int64). Timesteps are float32 (they may
@@ -679,10 +680,58 @@ def gaussian_laws():
                    "dtype": "float64", "cases": cases}, f, indent=1)
 
 
+# --part loss (issue 14): the forward panel's per-t denoising loss of one test image, as
+# PyTorch computes it with diffusers' UNet2DModel: x_t = signal x0 + noise eps for one eps
+# shared by every t, the model's output at t (a flow model sees s * 1000), and the mean
+# squared error against eps (diffusion) or eps - x0 (flow), in float64 from float32 outputs.
+LOSS_TS = [0, 1, 10, 100, 250, 500, 750, 900, 999]
+
+
+def part_loss():
+    import data
+    x_all, y_all = data.load("fashion", "test")
+    idx = 7
+    x0 = torch.from_numpy(data.to_model_range(x_all[idx:idx + 1]))
+    label = int(y_all[idx])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(14))
+    out = {"x0": x0[0].contiguous(), "eps": eps[0].contiguous(),
+           "timesteps": torch.tensor(LOSS_TS, dtype=torch.int64)}
+    meta = {"made_by": "train/make_fixtures.py --part loss", "label": str(label),
+            "image": f"fashion test split, index {idx}"}
+    for name in ["fashion", "fashion-flow"]:
+        mdir = os.path.join(ROOT, "www", "models", name)
+        model = UNet2DModel.from_pretrained(mdir)
+        model.eval()
+        cfg = json.load(open(os.path.join(mdir, "scheduler_config.json")))
+        flow = cfg.get("_class_name", "").startswith("FlowMatch")
+        T = int(cfg.get("num_train_timesteps", 1000))
+        if not flow:
+            acp = DDPMScheduler.from_pretrained(mdir).alphas_cumprod.double()
+        losses = []
+        for t in LOSS_TS:
+            if flow:
+                shift = float(cfg.get("shift", 1.0))
+                u = t / T
+                s = shift * u / (1 + (shift - 1) * u)
+                sig, noi, model_t = 1 - s, s, torch.tensor([float(torch.tensor(s, dtype=torch.float32)) * T])
+                target = eps.double() - x0.double()
+            else:
+                sig, noi, model_t = float(acp[t].sqrt()), float((1 - acp[t]).sqrt()), torch.tensor([t])
+                target = eps.double()
+            xt = (sig * x0.double() + noi * eps.double()).float()
+            with torch.no_grad():
+                pred = model(xt, model_t, class_labels=torch.tensor([label])).sample
+            losses.append(float(((target - pred.double()) ** 2).mean()))
+        key = name.replace("-", "_")
+        out[f"{key}.loss"] = torch.tensor(losses, dtype=torch.float64)
+        print(name, " ".join(f"{t}:{l:.4f}" for t, l in zip(LOSS_TS, losses)))
+    save_file(out, os.path.join(FIX, "loss_curve_fashion.safetensors"), metadata=meta)
+
+
 def main():
     global FIX
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "flow", "fashion-flow", "analytic", "all"],
+    p.add_argument("--part", choices=["small", "fashion", "euler", "clipped", "flow", "fashion-flow", "analytic", "loss", "all"],
                    default="all")
     p.add_argument("--fashion-model", default=None, help="default: www/models/fashion")
     p.add_argument("--out", default=FIX, help="default: tests/fixtures")
@@ -702,6 +751,8 @@ def main():
         part_flow()
     if a.part in ("analytic", "all"):
         part_analytic()
+    if a.part in ("loss", "all"):
+        part_loss()
     if a.part == "fashion-flow" or (a.part == "all" and os.path.isdir(os.path.join(ROOT, "www", "models", "fashion-flow"))):
         part_fashion_flow()
     for fn in os.listdir(FIX):

@@ -10,6 +10,8 @@
 //               {id, type: "finishStep", k, modelOut, preview} (the update on the whole batch)
 //               {id, type: "read"}
 //               {id, type: "schedule", options}  (CpuModel.schedule: the run's timesteps, sigma)
+//               {id, type: "inspectStep", k}   (CpuModel.inspectStep: step k taken apart)
+//               {id, type: "lossCurve", x0, label, timesteps, noise}  (CpuModel.lossCurve)
 // Messages out: {id, ok: true, ...result} or {id, ok: false, name, message, kind, field, tensor}
 //               (kind: the engine's taxonomy, engine.js ERROR_KINDS; the page never reads
 //               the message to classify an error)
@@ -70,6 +72,13 @@ async function handle(msg) {
             const r = model.read(false);
             return { x: r.x, transfer: [r.x.buffer] };
         }
+        case "inspectStep": {
+            const parts = model.inspectStep(msg.k);
+            const arrays = ["xt", "modelOut", "eps", "x0", "mean", "noise", "xPrev"].map((key) => parts[key].buffer);
+            return { parts, transfer: arrays };
+        }
+        case "lossCurve":
+            return { loss: Array.from(model.lossCurve(msg.x0, msg.label ?? undefined, Uint32Array.from(msg.timesteps), msg.noise)), target: model.lossTarget };
         case "schedule":
             return { schedule: model.schedule(msg.options) };
         case "timesteps":

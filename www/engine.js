@@ -500,6 +500,113 @@ export class CpuPool {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The teaching inspector: one CPU worker of its own per model, which re-runs one image of a
+// run up to the step the reader scrubbed to and takes that step apart (x_t, eps-hat, x0-hat,
+// the mean, the added noise), and measures the forward panel's loss over t. A worker of its
+// own, so that it never disturbs a run in flight, whichever backend samples: the CPU engine
+// draws the same image as the GPU from the same seed (the noise is keyed by the global image
+// index), so what it shows is the step the page ran.
+
+const inspectors = new WeakMap();
+
+/** The inspector of a loaded model entry (made on first use; freed with the entry). */
+export function inspectorOf(entry) {
+    let ins = inspectors.get(entry);
+    if (!ins) {
+        ins = new Inspector(entry);
+        inspectors.set(entry, ins);
+    }
+    return ins;
+}
+
+class Inspector {
+    constructor(entry) {
+        this.entry = entry;
+        this.loading = null; // Promise<PoolWorker>
+        this.at = null; // the run the worker holds: {key, next (the next step to run), worker}
+        this.queue = Promise.resolve();
+        this.loads = 0;
+    }
+
+    /** The worker with the model loaded. The weights come from the CPU pool when the model
+     *  samples on the CPU, else from the Cache API, as a GPU restart reads them. */
+    worker() {
+        this.loading ??= (async () => {
+            const { configText, schedText, weights, analytic } = this.entry.recipe;
+            const m = this.entry.model;
+            const bytes = m instanceof CpuPool ? m.modelMsg.weights : (await fetchWeights(weights.url, weights.expected, () => {})).bytes;
+            const w = new PoolWorker(() => {
+                if (this.at?.worker === w) this.at = null;
+                this.loading = null;
+            });
+            this.current = w;
+            const copy = bytes.slice().buffer;
+            await w.call({ type: "load", config: configText, weights: copy, scheduler: schedText ?? undefined, analytic: this.entry.hasAnalytic ? analytic : null }, [copy]);
+            this.loads++;
+            return w;
+        })().catch((e) => {
+            this.loading = null;
+            throw e instanceof WorkerCrash ? workerError(e.message) : e;
+        });
+        return this.loading;
+    }
+
+    /** One call at a time: the worker holds one run. */
+    serial(task) {
+        const r = this.queue.then(task);
+        this.queue = r.catch(() => {});
+        return r.catch((e) => {
+            throw e instanceof WorkerCrash ? workerError(e.message) : e;
+        });
+    }
+
+    /**
+     * Step `k` of image `image` of a run of `options` (`Model.sample`'s, for all the run's
+     * images), taken apart as `CpuModel.inspectStep` returns it. The steps before `k` are
+     * re-run on one image (`onProgress(done, of)` after each; `signal` aborts between them),
+     * continuing from the last call when it inspected an earlier step of the same run.
+     */
+    inspectStep(options, image, k, { onProgress, signal } = {}) {
+        return this.serial(async () => {
+            const w = await this.worker();
+            const one = { ...options, count: 1, firstImage: (options.firstImage ?? 0) + image, preview: false };
+            if (options.classes) one.classes = [options.classes[image]];
+            const key = JSON.stringify(one);
+            if (this.at?.key !== key || this.at.worker !== w || this.at.next > k) {
+                this.at = null;
+                await w.call({ type: "start", options: one });
+                this.at = { key, next: 0, worker: w };
+            }
+            while (this.at.next < k) {
+                signal?.throwIfAborted();
+                await w.call({ type: "step", k: this.at.next, preview: false }, [], STEP_TIMEOUT_MS);
+                this.at.next++;
+                onProgress?.(this.at.next, k);
+            }
+            signal?.throwIfAborted();
+            const { parts } = await w.call({ type: "inspectStep", k }, [], STEP_TIMEOUT_MS);
+            this.at.next = k + 1;
+            return parts;
+        });
+    }
+
+    /** The denoising loss of image `x0` ([C, H, W]) with class `label` at the training
+     *  timesteps `timesteps`, every x_t made with the one draw `noise`:
+     *  `{loss: number[], target: "epsilon" | "v" | "sample" | "velocity"}`. */
+    lossCurve(x0, label, timesteps, noise) {
+        return this.serial(async () => {
+            const w = await this.worker();
+            return w.call({ type: "lossCurve", x0, label, timesteps, noise }, [], STEP_TIMEOUT_MS);
+        });
+    }
+
+    dispose() {
+        this.disposed = true;
+        this.current?.crash("disposed");
+    }
+}
+
 function workerError(why) {
     return new PlaygroundError("internal", `A CPU worker stopped unexpectedly (${why}). It has been restarted; sample again to retry.`, { worker: why });
 }
@@ -658,6 +765,7 @@ function disposeEntry(entry) {
         liveModels--;
         if (m instanceof CpuPool) m.dispose();
         else m.free();
+        inspectors.get(entry)?.dispose();
     });
 }
 

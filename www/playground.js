@@ -27,6 +27,7 @@ import { OUTPUT_IDS, drawFrame, enableScrubber, finishRow, layoutRows, outputHtm
 import { FORWARD_IDS, drawForward, forwardHtml, setupForward, wireForward } from "./panels/forward.js";
 import { SHARE_IDS, shareHtml, wireShare } from "./panels/share.js";
 import { SCHEDULE_IDS, markSchedule, refreshSchedule, scheduleHtml } from "./panels/schedule.js";
+import { INSIDE_IDS, followInside, insideHtml, resetInside, wireInside } from "./panels/inside.js";
 
 export {
     ALL_CONTROLS,
@@ -119,9 +120,9 @@ export class Playground {
         // what is seen: the widget shows its output above the form, the narrow page the form
         // first (the wide page puts the form on the left).
         const form = controlsHtml(this), out = outputHtml(this, shareHtml(this));
-        this.host.innerHTML = (this.o.compact ? out + form : form + out) + forwardHtml(this) + scheduleHtml(this);
+        this.host.innerHTML = (this.o.compact ? out + form : form + out) + insideHtml(this) + forwardHtml(this) + scheduleHtml(this);
         const $ = (id) => this.host.querySelector(`#${id}`);
-        const ids = [...CONTROL_IDS, ...OUTPUT_IDS, ...FORWARD_IDS, ...SCHEDULE_IDS, ...(this.o.share ? SHARE_IDS : [])];
+        const ids = [...CONTROL_IDS, ...OUTPUT_IDS, ...INSIDE_IDS, ...FORWARD_IDS, ...SCHEDULE_IDS, ...(this.o.share ? SHARE_IDS : [])];
         this.el = Object.fromEntries(ids.map((id) => [id, $(id)]));
         this.el.form = this.host.querySelector("form");
         this.el.views = [...this.host.querySelectorAll(`input[name="view-${this.id}"]`)];
@@ -129,6 +130,7 @@ export class Playground {
         wireControls(this);
         wireOutput(this);
         wireForward(this);
+        wireInside(this);
         wireShare(this);
         this.el.restart.addEventListener("click", () => this.restartGpu());
         this.host.addEventListener("keydown", (ev) => this.onKey(ev));
@@ -163,7 +165,9 @@ export class Playground {
     /** A frame of `row` is on screen (live or scrubbed): the schedule's marker follows the
      *  first row's. */
     frameShown(row, frame) {
-        if (row === this.rows[0]) markSchedule(this, frame.step);
+        if (row !== this.rows[0]) return;
+        markSchedule(this, frame.step);
+        followInside(this);
     }
 
     redrawRows() {
@@ -540,6 +544,7 @@ export class Playground {
             const totalSteps = variants.reduce((a, v) => a + v.settings.steps, 0);
             const rows = variants.map((v) => ({ ...v, steps: v.settings.steps, shape: [n, ...v.entry.shape], frames: [], x: null, ms: null }));
             this.rows = rows;
+            resetInside(this);
             const stride = Math.max(1, Math.ceil((totalSteps * 2 * n * c * h * w) / FRAME_BUDGET));
             layoutRows(this, rows);
             this.el.scrub.disabled = true;

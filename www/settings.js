@@ -23,7 +23,7 @@ export const SHIPPED_MODELS = [
 ];
 /** Every control a view can show (the widget's `controls` attribute picks among them).
  *  `run` is the Sample / Pause / Step / Stop row, `download` the PNG and filmstrip buttons. */
-export const ALL_CONTROLS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "spacing", "variance", "seed", "grid", "view", "compare", "scrubber", "download", "forward", "schedule", "run"];
+export const ALL_CONTROLS = ["model", "backend", "label", "steps", "guidance", "sampler", "eta", "clip", "spacing", "variance", "seed", "grid", "view", "compare", "scrubber", "download", "inside", "forward", "schedule", "run"];
 /** The widget's controls when its `controls` attribute is absent. */
 export const WIDGET_CONTROLS = ["label", "steps", "guidance", "sampler", "seed", "view", "run"];
 /** x0 clipping of DDPM and DDIM: "auto" clips for DDPM and follows the model's

@@ -4,9 +4,14 @@
 // for a diffusion model, 1 - s and s (s = t / T after the shift) for a flow-matching one,
 // whose x_s = (1 - s) x0 + s eps is not variance-preserving.
 
-import { drawGrid, gaussian, quantize } from "../engine.js";
+import { drawGrid, fromEngineError, gaussian, inspectorOf, quantize } from "../engine.js";
+import { fmtMs } from "../settings.js";
 
-export const FORWARD_IDS = ["fwd-x0", "fwd-xt", "fwd-chart", "fwd-t", "fwd-t-out", "fwd-levels", "fwd-formula", "fwd-key"];
+export const FORWARD_IDS = ["fwd-x0", "fwd-xt", "fwd-chart", "fwd-t", "fwd-t-out", "fwd-levels", "fwd-formula", "fwd-key", "fwd-loss", "fwd-loss-go", "fwd-loss-text"];
+
+// The loss curve's timesteps: evenly spaced over 0..T-1 (one forward each, on the CPU).
+const LOSS_POINTS = 50;
+const TARGET_NAMES = { epsilon: "ε", v: "v", sample: "x<sub>0</sub>", velocity: "the velocity ε − x<sub>0</sub>" };
 
 const DIFFUSION_FORMULA =
     "Noise is added in closed form: x<sub>t</sub> = √ᾱ<sub>t</sub> x<sub>0</sub> + √(1 − ᾱ<sub>t</sub>) ε, with ᾱ<sub>t</sub> from the model's own schedule (scheduler_config.json). x<sub>0</sub> is the first image of the last run.";
@@ -25,6 +30,7 @@ export function forwardHtml(pg) {
     <figure><canvas id="fwd-x0" width="28" height="28" role="img" aria-label="x0: the clean image"></canvas><figcaption>x<sub>0</sub></figcaption></figure>
     <figure><canvas id="fwd-xt" width="28" height="28" role="img" aria-label="x_t: the noised image"></canvas><figcaption>x<sub>t</sub></figcaption></figure>
     <figure class="dp-chart"><canvas id="fwd-chart" width="240" height="120" role="img" aria-label="Signal and noise levels over t"></canvas><figcaption id="fwd-key">${DIFFUSION_KEY}</figcaption></figure>
+    <figure class="dp-chart"><canvas id="fwd-loss" width="240" height="120" role="img" aria-label="The denoising loss over t (not measured yet)"></canvas><figcaption>denoising loss over t (log scale)</figcaption></figure>
   </div>
   <div class="dp-field dp-range">
     <label for="fwd-t">t</label>
@@ -32,11 +38,16 @@ export function forwardHtml(pg) {
     <output id="fwd-t-out" for="fwd-t"></output>
   </div>
   <p id="fwd-levels" class="dp-levels" aria-live="polite"></p>
+  <div class="dp-ins-form">
+    <button type="button" id="fwd-loss-go" disabled>Measure the loss over t</button>
+    <span id="fwd-loss-text" class="dp-help" role="status">What training minimised: the network's error at each noise level for this x<sub>0</sub> and this ε, ||target − prediction||² / d (its average over t is the loss; for an ε model each term is the ELBO's L<sub>t−1</sub> up to a weight).</span>
+  </div>
 </section>`;
 }
 
 export function wireForward(pg) {
     pg.el["fwd-t"].addEventListener("input", () => drawForward(pg));
+    pg.el["fwd-loss-go"].addEventListener("click", () => measureLoss(pg));
 }
 
 export function setupForward(pg) {
@@ -68,6 +79,8 @@ export function drawForward(pg) {
     drawChart(pg, t);
     const r = pg.lastResult;
     pg.el["fwd-t"].disabled = !r;
+    pg.el["fwd-loss-go"].disabled = !r || pg.measuringLoss;
+    drawLoss(pg, t);
     if (!r) {
         pg.el["fwd-levels"].textContent = `${text}. Sample an image to see it noised.`;
         return;
@@ -115,4 +128,93 @@ function drawChart(pg, tMark) {
         ctx.lineTo(x, H);
         ctx.stroke();
     }
+}
+
+/** The image and noise the panel shows, and the class it was sampled with: what the loss
+ *  curve is measured on (a key tells whether a measured curve is still this one's). */
+function lossInput(pg) {
+    const r = pg.lastResult;
+    const entry = pg.rows?.[0]?.entry ?? pg.loaded;
+    if (!r || !entry || !pg.eps) return null;
+    const [, c, h, w] = r.shape;
+    const x0 = r.x.slice(0, c * h * w);
+    const label = pg.options(r.settings, entry).classes?.[0];
+    return { entry, x0, label, key: `${entry.url}|${r.settings.seed}|${label}|${x0.slice(0, 8).join(",")}` };
+}
+
+async function measureLoss(pg) {
+    const input = lossInput(pg);
+    if (!input) return;
+    const T = pg.loaded.alphas.length;
+    const ts = Array.from({ length: LOSS_POINTS }, (_, i) => Math.round((i * (T - 1)) / (LOSS_POINTS - 1)));
+    const text = pg.el["fwd-loss-text"];
+    pg.measuringLoss = true;
+    pg.el["fwd-loss-go"].disabled = true;
+    text.textContent = `Measuring: ${LOSS_POINTS} forward passes of the network on the CPU…`;
+    const started = performance.now();
+    try {
+        const { loss, target } = await inspectorOf(input.entry).lossCurve(input.x0, input.label, ts, pg.eps);
+        pg.lossCurve = { key: input.key, ts, loss, target, T };
+        const mean = loss.reduce((a, b) => a + b, 0) / loss.length;
+        text.innerHTML = `Target ${TARGET_NAMES[target] ?? target}. Mean over t: ${mean.toFixed(4)} (${LOSS_POINTS} timesteps, ${fmtMs(performance.now() - started)} on the CPU). The marker follows t.`;
+    } catch (e) {
+        text.textContent = fromEngineError(e, "Measuring the loss failed").message;
+    } finally {
+        pg.measuringLoss = false;
+        pg.el["fwd-loss-go"].disabled = !pg.lastResult;
+    }
+    drawForward(pg);
+}
+
+/** The measured curve (when it is still the shown image's) with a marker at t, and its value
+ *  at t (linear between the measured timesteps) in the levels line. */
+function drawLoss(pg, tMark) {
+    const cv = pg.el["fwd-loss"];
+    const ctx = cv.getContext("2d");
+    const W = cv.width, H = cv.height, pad = 6;
+    ctx.clearRect(0, 0, W, H);
+    const lc = pg.lossCurve;
+    const input = lossInput(pg);
+    if (!lc || !input || lc.key !== input.key) {
+        cv.setAttribute("aria-label", "The denoising loss over t (not measured yet)");
+        return;
+    }
+    const logs = lc.loss.map((l) => Math.log10(Math.max(l, 1e-6)));
+    const lo = Math.floor(Math.min(...logs)), hi = Math.ceil(Math.max(...logs));
+    const span = Math.max(1, hi - lo);
+    const x = (t) => pad + (t / (lc.T - 1)) * (W - 2 * pad);
+    const y = (g) => H - pad - ((g - lo) / span) * (H - 2 * pad);
+    ctx.strokeStyle = "#8884";
+    ctx.fillStyle = "#888";
+    ctx.font = "9px sans-serif";
+    ctx.lineWidth = 1;
+    for (let g = lo; g <= hi; g++) {
+        ctx.beginPath();
+        ctx.moveTo(pad, y(g));
+        ctx.lineTo(W - pad, y(g));
+        ctx.stroke();
+        ctx.fillText(`1e${g}`, pad + 1, y(g) - 1);
+    }
+    ctx.strokeStyle = "#a371f7";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    lc.ts.forEach((t, i) => (i ? ctx.lineTo(x(t), y(logs[i])) : ctx.moveTo(x(t), y(logs[i]))));
+    ctx.stroke();
+    let at = lc.loss[0];
+    for (let i = 1; i < lc.ts.length; i++) {
+        if (lc.ts[i] >= tMark) {
+            const f = (tMark - lc.ts[i - 1]) / (lc.ts[i] - lc.ts[i - 1]);
+            at = lc.loss[i - 1] + f * (lc.loss[i] - lc.loss[i - 1]);
+            break;
+        }
+    }
+    ctx.strokeStyle = "#888";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(x(tMark), 0);
+    ctx.lineTo(x(tMark), H);
+    ctx.stroke();
+    const what = `loss ${at.toPrecision(3)} at t = ${tMark}`;
+    cv.setAttribute("aria-label", `The denoising loss over t, from ${Math.min(...lc.loss).toPrecision(2)} to ${Math.max(...lc.loss).toPrecision(2)}; ${what}`);
+    pg.el["fwd-levels"].textContent += `; ${what}`;
 }
