@@ -193,7 +193,7 @@ function drawLoss(pg, tMark) {
         ctx.moveTo(pad, y(g));
         ctx.lineTo(W - pad, y(g));
         ctx.stroke();
-        ctx.fillText(`1e${g}`, pad + 1, y(g) - 1);
+        ctx.fillText(`1e${g}`, pad + 1, g === hi ? y(g) + 9 : y(g) - 1);
     }
     ctx.strokeStyle = "#a371f7";
     ctx.lineWidth = 2;

@@ -145,7 +145,7 @@ export function equationHtml(parts, row, k) {
         lines.push(`t = ${fmtT(parts.timestep)}: s = ${num(s)}. The network predicts the velocity v̂ = ε − x<sub>0</sub>; ${guided.replace(/ε̂/g, "v̂")}.`);
         lines.push(`x̂<sub>0</sub> = x<sub>t</sub> − s v̂ and ε̂ = x<sub>t</sub> + (1 − s) v̂.`);
     } else {
-        lines.push(`t = ${fmtT(parts.timestep)}: ᾱ<sub>t</sub> = ${num(ab)}, the step lands where ᾱ = ${num(abPrev)}. ${guided.charAt(0).toUpperCase() + guided.slice(1)}.`);
+        lines.push(`t = ${fmtT(parts.timestep)}: ᾱ<sub>t</sub> = ${num(ab)}, the step lands where ᾱ = ${num(abPrev)}. The model output: ${guided}.`);
         const clip = c.clip != null ? `, clipped to ±${c.clip}` : "";
         lines.push(`x̂<sub>0</sub> = (x<sub>t</sub> − √(1 − ᾱ<sub>t</sub>) ε̂) / √ᾱ<sub>t</sub> = (x<sub>t</sub> − ${num(Math.sqrt(1 - ab))} ε̂) / ${num(Math.sqrt(ab))}${clip}.`);
     }
