@@ -34,7 +34,8 @@
 //             `sampler` names one it runs
 //   controls  which controls to show: "all", "none", or a list of model, backend, label,
 //             steps, guidance, sampler, eta, clip, spacing, variance, seed, grid, view,
-//             compare, scrubber, download, forward, schedule, run (default "label steps guidance sampler seed view run")
+//             compare, scrubber, download, inside, forward, schedule, run (default "label
+//             steps guidance sampler seed view run"); `inside` is the inside-one-step panel
 //   autoplay  present (or "true"): sample once the model is loaded; "eager": also load at
 //             once instead of when the widget nears the viewport; absent or "false": wait
 //             for the Sample button
