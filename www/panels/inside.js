@@ -153,7 +153,7 @@ export function equationHtml(parts, row, k) {
         [c.x, "x<sub>t</sub>"],
         [c.x0, "x̂<sub>0</sub>"],
         [c.eps, "ε̂"],
-        [c.prevX0, "x̂<sub>0</sub><sup>prev</sup> (the previous step's, DPM-Solver++'s second order)"],
+        [c.prevX0, sampler === "flow_heun" ? "x̂<sub>0</sub><sup>pred</sup> (the predictor's, Heun's corrector)" : "x̂<sub>0</sub><sup>prev</sup> (the previous step's, DPM-Solver++'s second order)"],
     ].filter(([v]) => v !== 0);
     const mean = terms.map(([v, name], i) => `${i === 0 ? (v < 0 ? "−" : "") : v < 0 ? " − " : " + "}${num(Math.abs(v))} ${name}`).join("") || "0";
     const meanName = sampler === "ddpm" ? "μ̃ (the posterior mean)" : "the mean";
