@@ -701,8 +701,12 @@ impl CpuModel {
     /// [n, C, H, W]: the state before the step, the guided model output, the eps the update
     /// uses, x0-hat (clipped when the run clips), the update without its noise (DDPM: the
     /// posterior mean mu-tilde), sigma z, and the new state = mean + noise) and the step's
-    /// scalars `alphaBar`, `alphaBarPrev`, `sigma` and `coefficients` `{x, x0, eps, prevX0,
-    /// noise, clip}` of x' = c.x x + c.x0 x0 + c.eps eps + c.prevX0 x0_prev + c.noise z.
+    /// scalars `steps` (model evaluations of the run), `prediction` (what the network outputs:
+    /// `web_model::loss_target`), `alphaBar`, `alphaBarPrev`, `sigma` and `coefficients`
+    /// `{x, x0, eps, prevX0, noise, clip}` of x' = c.x x + c.x0 x0 + c.eps eps + c.prevX0
+    /// x0_prev + c.noise z, with how x0 and eps follow from x and the output m:
+    /// x0 = x0FromX x + x0FromOut m (clipped to +-clip), eps = epsFromX x + epsFromOut m, or
+    /// with `epsUsesX0` eps = epsFromX x + epsFromX0 x0.
     #[wasm_bindgen(js_name = inspectStep)]
     pub fn inspect_step(&self, k: usize) -> Result<JsValue, JsValue> {
         let mut guard = self.run.borrow_mut();
@@ -723,9 +727,17 @@ impl CpuModel {
             ("prevX0", c.prev_x0.into()),
             ("noise", c.noise.into()),
             ("clip", c.clip.map_or(JsValue::NULL, JsValue::from)),
+            ("x0FromX", c.x0_from_x.into()),
+            ("x0FromOut", c.x0_from_out.into()),
+            ("epsFromX", c.eps_from_x.into()),
+            ("epsFromOut", c.eps_from_out.into()),
+            ("epsFromX0", c.eps_from_x0.into()),
+            ("epsUsesX0", c.eps_uses_x0.into()),
         ]);
         Ok(object(&[
             ("step", (k as f64).into()),
+            ("steps", (run.steps() as f64).into()),
+            ("prediction", web_model::loss_target(&self.sched).into()),
             ("timestep", s.timestep.into()),
             ("xt", f32a(&parts.x_t)),
             ("modelOut", f32a(&parts.model_out)),

@@ -751,7 +751,7 @@ def main():
         part_flow()
     if a.part in ("analytic", "all"):
         part_analytic()
-    if a.part in ("loss", "all"):
+    if a.part == "loss" or (a.part == "all" and os.path.isdir(os.path.join(ROOT, "www", "models", "fashion-flow"))):
         part_loss()
     if a.part == "fashion-flow" or (a.part == "all" and os.path.isdir(os.path.join(ROOT, "www", "models", "fashion-flow"))):
         part_fashion_flow()

@@ -525,25 +525,30 @@ class Inspector {
         this.entry = entry;
         this.loading = null; // Promise<PoolWorker>
         this.at = null; // the run the worker holds: {key, next (the next step to run), worker}
+        this.last = null; // the last step taken apart: {key, k, parts}
         this.queue = Promise.resolve();
-        this.loads = 0;
+        this.disposed = false;
     }
 
     /** The worker with the model loaded. The weights come from the CPU pool when the model
      *  samples on the CPU, else from the Cache API, as a GPU restart reads them. */
     worker() {
+        const gone = () => new PlaygroundError("internal", "This model was unloaded; sample again to look inside a step.", { worker: "disposed" });
+        if (this.disposed || !this.entry.model) return Promise.reject(gone());
         this.loading ??= (async () => {
             const { configText, schedText, weights, analytic } = this.entry.recipe;
             const m = this.entry.model;
-            const bytes = m instanceof CpuPool ? m.modelMsg.weights : (await fetchWeights(weights.url, weights.expected, () => {})).bytes;
+            // The pool keeps its bytes (a copy is transferred); fresh bytes are transferred as they are.
+            const bytes = m instanceof CpuPool ? m.modelMsg.weights.slice() : (await fetchWeights(weights.url, weights.expected, () => {})).bytes;
+            const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+            const buffer = whole ? bytes.buffer : bytes.slice().buffer;
+            if (this.disposed) throw gone();
             const w = new PoolWorker(() => {
                 if (this.at?.worker === w) this.at = null;
-                this.loading = null;
+                if (this.current === w) this.loading = null;
             });
             this.current = w;
-            const copy = bytes.slice().buffer;
-            await w.call({ type: "load", config: configText, weights: copy, scheduler: schedText ?? undefined, analytic: this.entry.hasAnalytic ? analytic : null }, [copy]);
-            this.loads++;
+            await w.call({ type: "load", config: configText, weights: buffer, scheduler: schedText ?? undefined, analytic: this.entry.hasAnalytic ? analytic : null }, [buffer]);
             return w;
         })().catch((e) => {
             this.loading = null;
@@ -565,14 +570,18 @@ class Inspector {
      * Step `k` of image `image` of a run of `options` (`Model.sample`'s, for all the run's
      * images), taken apart as `CpuModel.inspectStep` returns it. The steps before `k` are
      * re-run on one image (`onProgress(done, of)` after each; `signal` aborts between them),
-     * continuing from the last call when it inspected an earlier step of the same run.
+     * continuing from the last call when it inspected an earlier step of the same run; the
+     * same step again is answered from memory.
      */
     inspectStep(options, image, k, { onProgress, signal } = {}) {
         return this.serial(async () => {
-            const w = await this.worker();
+            signal?.throwIfAborted();
             const one = { ...options, count: 1, firstImage: (options.firstImage ?? 0) + image, preview: false };
             if (options.classes) one.classes = [options.classes[image]];
             const key = JSON.stringify(one);
+            if (this.last?.key === key && this.last.k === k) return this.last.parts;
+            const w = await this.worker();
+            signal?.throwIfAborted();
             if (this.at?.key !== key || this.at.worker !== w || this.at.next > k) {
                 this.at = null;
                 await w.call({ type: "start", options: one });
@@ -587,17 +596,19 @@ class Inspector {
             signal?.throwIfAborted();
             const { parts } = await w.call({ type: "inspectStep", k }, [], STEP_TIMEOUT_MS);
             this.at.next = k + 1;
+            this.last = { key, k, parts };
             return parts;
         });
     }
 
     /** The denoising loss of image `x0` ([C, H, W]) with class `label` at the training
      *  timesteps `timesteps`, every x_t made with the one draw `noise`:
-     *  `{loss: number[], target: "epsilon" | "v" | "sample" | "velocity"}`. */
+     *  `{loss: number[], target: "epsilon" | "v" | "sample" | "velocity"}`. One call of one
+     *  forward per timestep: the hung-worker timeout grows with their number. */
     lossCurve(x0, label, timesteps, noise) {
         return this.serial(async () => {
             const w = await this.worker();
-            return w.call({ type: "lossCurve", x0, label, timesteps, noise }, [], STEP_TIMEOUT_MS);
+            return w.call({ type: "lossCurve", x0, label, timesteps, noise }, [], STEP_TIMEOUT_MS + 10_000 * timesteps.length);
         });
     }
 

@@ -195,6 +195,11 @@ export class Playground {
         st.dataset.httpStatus = error?.status ?? "";
         this.state = state;
         this.error = error;
+        // A running run's steps are not inspected (the panel follows once it pauses or ends).
+        if (state === "running" && this.el["ins-go"]) {
+            clearTimeout(this.insideTimer);
+            this.el["ins-go"].disabled = true;
+        }
         this.el.stop.disabled = !["running", "paused", "queued"].includes(state);
         this.o.onState?.(state, text, error);
     }
@@ -366,6 +371,8 @@ export class Playground {
     releaseModel() {
         const held = this.held;
         this.held = this.loaded = null;
+        resetInside(this, "The model changed: sample, then look inside a step.");
+        if (this.el["fwd-loss-go"]) this.el["fwd-loss-go"].disabled = true;
         if (held) releaseModel(held);
         this.releaseOthers(new Set());
     }

@@ -63,7 +63,7 @@ test("inside one step: the parts add up and reproduce the shown frame; the loss 
         assert.match(r.eq, /σ = 0\.\d+/);
         assert.match(r.eq, /clipped to ±1/);
         const drawn = await page.$$eval("#ins-parts canvas", (cs) => cs.map((c) => c.getAttribute("aria-label")));
-        assert.equal(drawn.length, 6);
+        assert.equal(drawn.length, 7);
         for (const label of drawn) assert.match(label, /standard deviation \d/);
 
         // The panel follows the scrubber and the image once open; the first step of image 1.
@@ -88,8 +88,55 @@ test("inside one step: the parts add up and reproduce the shown frame; the loss 
         assert.ok(lc.loss.every((v) => Number.isFinite(v) && v > 0));
         assert.ok(lc.loss[0] > 20 * lc.loss[49], `${lc.loss[0]} vs ${lc.loss[49]}`);
         await page.locator("#fwd-t").fill("500");
-        assert.match(await page.textContent("#fwd-levels"), /; loss 0\.\d+ at t = 500$/);
+        assert.match(await page.textContent("#fwd-levels"), /; loss \d[\d.e+-]* at t = 500$/);
 
+        assert.deepEqual(pageErrors, []);
+        assert.deepEqual(consoleErrors, []);
+    });
+});
+
+// The equations follow the plan's own coefficients for every sampler: x0-hat from x and the
+// output m, the mean from its terms, on a flow model with Heun (2N - 1 evaluations, the
+// corrector reading the predictor's x0-hat) and Euler ancestral (sigma-space state).
+test("inside one step: flow Heun and Euler ancestral", { timeout: 300_000 }, async (t) => {
+    await withPage(t, {}, async ({ page, url, pageErrors, consoleErrors }) => {
+        const check = () =>
+            page.evaluate(() => {
+                const p = window.__playground.inside.parts;
+                const c = p.coefficients;
+                let x0 = 0, mean = 0;
+                for (let i = 0; i < p.xt.length; i++) {
+                    x0 = Math.max(x0, Math.abs(c.x0FromX * p.xt[i] + c.x0FromOut * p.modelOut[i] - p.x0[i]));
+                    mean = Math.max(mean, Math.abs(c.x * p.xt[i] + c.x0 * p.x0[i] + c.eps * p.eps[i] - p.mean[i]));
+                }
+                return { x0, mean, prevX0: c.prevX0, steps: p.steps, status: document.getElementById("ins-status").textContent, eq: document.getElementById("ins-eq").textContent };
+            });
+        await page.goto(`${url}?model=fashion-flow&label=7&grid=1&steps=3&guidance=2&seed=3&sampler=flow_heun&backend=cpu`);
+        assert.equal((await waitForState(page, "done")).state, "done");
+        // Heun 3 levels = 5 evaluations; evaluation 2 is the first corrector.
+        await page.locator("#scrub").fill("1");
+        await page.click("#ins-go");
+        await waitInside(page, 1);
+        let r = await check();
+        t.diagnostic(`flow_heun: ${r.status} ${r.eq}`);
+        assert.equal(r.steps, 5);
+        assert.match(r.status, /^Step 2 of 5 /);
+        assert.ok(r.x0 < 1e-5, `x0 ${r.x0}`);
+        assert.notEqual(r.prevX0, 0, "the corrector reads the predictor's x0");
+        assert.match(r.eq, /Heun's corrector/);
+        assert.match(r.eq, /x̂0 = 1\.0000 xt − 0\.\d+ v̂θ\./);
+
+        await page.goto(`${url}?model=fashion&label=7&grid=1&steps=4&guidance=2&seed=3&sampler=euler_a&backend=cpu`);
+        assert.equal((await waitForState(page, "done")).state, "done");
+        await page.locator("#scrub").fill("1");
+        await page.click("#ins-go");
+        await waitInside(page, 1);
+        r = await check();
+        t.diagnostic(`euler_a: ${r.status} ${r.eq}`);
+        // Sigma-space values reach ~10 here (sigma_t = 2.4): 2e-4 absolute.
+        assert.ok(r.x0 < 2e-4 && r.mean < 2e-4, JSON.stringify(r));
+        assert.match(r.eq, /Euler ancestral works on x = xt \/ √ᾱt/);
+        assert.match(r.eq, /x̂0 = 1\.0000 x − \d+\.\d+ ε̂θ\./);
         assert.deepEqual(pageErrors, []);
         assert.deepEqual(consoleErrors, []);
     });

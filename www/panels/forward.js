@@ -40,8 +40,9 @@ export function forwardHtml(pg) {
   <p id="fwd-levels" class="dp-levels" aria-live="polite"></p>
   <div class="dp-ins-form">
     <button type="button" id="fwd-loss-go" disabled>Measure the loss over t</button>
-    <span id="fwd-loss-text" class="dp-help" role="status">What training minimised: the network's error at each noise level for this x<sub>0</sub> and this ε, ||target − prediction||² / d (its average over t is the loss; for an ε model each term is the ELBO's L<sub>t−1</sub> up to a weight).</span>
+    <span id="fwd-loss-text" class="dp-help" role="status"></span>
   </div>
+  <p class="dp-help">The loss curve is what training minimised: the network's error at each noise level for this x<sub>0</sub> and this ε, ||target − prediction||² / d at 50 timesteps (its average over t is the training loss; for an ε model each term is the ELBO's L<sub>t−1</sub> up to a weight).</p>
 </section>`;
 }
 
@@ -79,7 +80,7 @@ export function drawForward(pg) {
     drawChart(pg, t);
     const r = pg.lastResult;
     pg.el["fwd-t"].disabled = !r;
-    pg.el["fwd-loss-go"].disabled = !r || pg.measuringLoss;
+    pg.el["fwd-loss-go"].disabled = !r || pg.measuringLoss || !lossInput(pg);
     drawLoss(pg, t);
     if (!r) {
         pg.el["fwd-levels"].textContent = `${text}. Sample an image to see it noised.`;
@@ -135,17 +136,19 @@ function drawChart(pg, tMark) {
 function lossInput(pg) {
     const r = pg.lastResult;
     const entry = pg.rows?.[0]?.entry ?? pg.loaded;
-    if (!r || !entry || !pg.eps) return null;
+    if (!r || !entry?.model) return null;
     const [, c, h, w] = r.shape;
     const x0 = r.x.slice(0, c * h * w);
-    const label = pg.options(r.settings, entry).classes?.[0];
-    return { entry, x0, label, key: `${entry.url}|${r.settings.seed}|${label}|${x0.slice(0, 8).join(",")}` };
+    // The image is the first row's (a compared label or seed is that row's).
+    const s = r.rows?.[0]?.settings ?? r.settings;
+    const label = pg.options(s, entry).classes?.[0];
+    return { entry, x0, label, key: `${entry.url}|${s.seed}|${label}|${x0.slice(0, 8).join(",")}` };
 }
 
 async function measureLoss(pg) {
     const input = lossInput(pg);
-    if (!input) return;
-    const T = pg.loaded.alphas.length;
+    if (!input || !pg.eps) return;
+    const T = input.entry.alphas.length;
     const ts = Array.from({ length: LOSS_POINTS }, (_, i) => Math.round((i * (T - 1)) / (LOSS_POINTS - 1)));
     const text = pg.el["fwd-loss-text"];
     pg.measuringLoss = true;
@@ -161,13 +164,13 @@ async function measureLoss(pg) {
         text.textContent = fromEngineError(e, "Measuring the loss failed").message;
     } finally {
         pg.measuringLoss = false;
-        pg.el["fwd-loss-go"].disabled = !pg.lastResult;
+        pg.el["fwd-loss-go"].disabled = !lossInput(pg);
     }
     drawForward(pg);
 }
 
 /** The measured curve (when it is still the shown image's) with a marker at t, and its value
- *  at t (linear between the measured timesteps) in the levels line. */
+ *  at t (interpolated along the plotted log line) in the levels line. */
 function drawLoss(pg, tMark) {
     const cv = pg.el["fwd-loss"];
     const ctx = cv.getContext("2d");
@@ -203,8 +206,9 @@ function drawLoss(pg, tMark) {
     let at = lc.loss[0];
     for (let i = 1; i < lc.ts.length; i++) {
         if (lc.ts[i] >= tMark) {
+            // Between the measured timesteps along the plotted (log) line.
             const f = (tMark - lc.ts[i - 1]) / (lc.ts[i] - lc.ts[i - 1]);
-            at = lc.loss[i - 1] + f * (lc.loss[i] - lc.loss[i - 1]);
+            at = 10 ** (logs[i - 1] + f * (logs[i] - logs[i - 1]));
             break;
         }
     }
