@@ -160,3 +160,45 @@ fn loss_curve_matches_pytorch() {
         assert!(e.to_string().contains("class 11"), "{e}");
     }
 }
+
+/// The v and sample targets (no shipped model has them): the fashion network under a config
+/// that says v_prediction / sample, against the target worked out here from one forward per
+/// timestep: v = sqrt(abar) eps - sqrt(1 - abar) x0, and x0 itself.
+#[test]
+fn loss_curve_targets_follow_the_prediction_type() {
+    let dir = format!("{ROOT}/www/models/fashion");
+    let config = std::fs::read_to_string(format!("{dir}/config.json")).unwrap();
+    let weights = std::fs::read(format!("{dir}/diffusion_pytorch_model.safetensors")).unwrap();
+    let engine = CpuEngine::load(&config, &weights, 1).unwrap();
+    let d = 28 * 28;
+    let x0: Vec<f32> = (0..d).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let eps: Vec<f32> = (0..d).map(|i| ((i * 53 % 97) as f32 / 30.0) - 1.6).collect();
+    let ts = [3usize, 400, 990];
+    for (pred, target) in [("v_prediction", "v"), ("sample", "sample")] {
+        let sched = SchedulerConfig::from_json(&format!(
+            r#"{{"beta_schedule": "squaredcos_cap_v2", "prediction_type": "{pred}"}}"#
+        ))
+        .unwrap();
+        let alphas = alphas_cumprod(&sched).unwrap();
+        assert_eq!(loss_target(&sched), target);
+        let got = denoising_loss(&engine, &sched, &alphas, &x0, Some(3), &ts, &eps).unwrap();
+        let rows = engine.unet.class_rows(&[3]).unwrap();
+        for (&t, g) in ts.iter().zip(&got) {
+            let (a, s) = (alphas[t].sqrt(), (1.0 - alphas[t]).sqrt());
+            let xt: Vec<f32> =
+                x0.iter().zip(&eps).map(|(&x, &e)| (a * x as f64 + s * e as f64) as f32).collect();
+            let mut out = vec![0.0f32; d];
+            engine.forward(&xt, t as f32, &rows, &mut out);
+            let want: f64 = out
+                .iter()
+                .zip(x0.iter().zip(&eps))
+                .map(|(&o, (&x, &e))| {
+                    let y = if target == "v" { a * e as f64 - s * x as f64 } else { x as f64 };
+                    (y - o as f64).powi(2)
+                })
+                .sum::<f64>()
+                / d as f64;
+            assert!((g - want).abs() <= 1e-9 * want.max(1.0), "{pred} t = {t}: {g} vs {want}");
+        }
+    }
+}

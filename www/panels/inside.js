@@ -124,7 +124,8 @@ async function inspect(pg) {
     }
     pg.el["ins-eq"].innerHTML = equationHtml(parts, { sampler: opts.sampler, guidance: opts.guidance, conditional: !!opts.classes, flow: !!row.entry.isFlow, sigmaSpace });
     pg.inside = { row, step: k, image, parts };
-    status.textContent = `Step ${k + 1} of ${parts.steps} (t = ${fmtT(parts.timestep)}) of image ${image + 1}, re-run on the CPU in ${fmtMs(performance.now() - started)}.`;
+    const inRow = pg.rows.length > 1 || row.value != null ? ` in the first row (${row.caption})` : "";
+    status.textContent = `Step ${k + 1} of ${parts.steps} (t = ${fmtT(parts.timestep)}) of image ${image + 1}${inRow}, re-run on the CPU in ${fmtMs(performance.now() - started)}.`;
 }
 
 function std(v) {
