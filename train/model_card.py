@@ -57,33 +57,56 @@ FEW_ORDER = [("ddim", 1), ("ddim", 2), ("ddim", 5), ("ddim", 10), ("ddim", 20),
 FEW_NAMES = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)", "ddpm": "DDPM"}
 
 
-def few_steps_section(rows):
-    """The card's few-step table (evaluate.py's few_* rows): the old defaults (leading
-    spacing, no clipping) against the shipped ones (trailing, clip_sample, clipped eps)."""
+def shipped_sampling(model_dir):
+    """What the model folder ships: (timestep_spacing, clip_sample, use_clipped_model_output)."""
+    cfg = json.load(open(os.path.join(model_dir, "scheduler_config.json")))
+    man_path = os.path.join(model_dir, "manifest.json")
+    man = json.load(open(man_path)) if os.path.exists(man_path) else {}
+    return (cfg.get("timestep_spacing", "leading"), bool(cfg.get("clip_sample", True)),
+            bool(man.get("sampling", {}).get("use_clipped_model_output", False)))
+
+
+def few_steps_section(rows, model_dir=None):
+    """The card's few-step table (evaluate.py's few_* rows): leading spacing without clipping
+    against trailing + clip_sample + clipped eps, and which of the two the folder ships."""
+    tce = model_dir is None or shipped_sampling(model_dir) == ("trailing", True, True)
     L = [FEW_HEADING + "\n"]
-    L.append(
-        "`scheduler_config.json` ships `timestep_spacing: \"trailing\"` and `clip_sample: true`, "
-        "and `manifest.json` `\"sampling\": {\"use_clipped_model_output\": true}`: DDIM re-derives "
-        "eps from the clipped x0_hat, eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t). With the earlier "
-        "`leading` spacing 2 steps start at t = 500 and 5 at t = 800 (not from noise); "
-        "`trailing` starts at t = 999, where alpha_bar = 2.4e-9 and x0_hat = (x_t - sigma eps) / "
-        "alpha explodes unless clipped, and clipping x0 while keeping the unclipped eps "
-        "(diffusers' default) is inconsistent. In diffusers: "
-        "`DDIMScheduler.from_pretrained(dir)` reads the spacing and the clipping; pass "
-        "`use_clipped_model_output=True` to every `scheduler.step(...)` (DDPM and DPM-Solver++ "
-        "update from x0_hat and x_t only, so the flag does not apply to them; "
-        "`DPMSolverMultistepScheduler` has no `clip_sample`: in the clipped mode the engine "
-        "clips its x0_hat as `DPMSolverMultistepScheduler.from_pretrained(dir, thresholding=True, "
-        "sample_max_value=1.0)` does, and without that clip the trailing start ruins it). "
-        "The old behaviour: `from_pretrained(dir, timestep_spacing=\"leading\", "
-        "clip_sample=False)`. Guidance w = 2, classes balanced, the same seed per (sampler, "
-        "steps) pair; `python evaluate.py --rows 'few_*' --n-scale 0.4` (n = 200; the rows with "
-        "100 images ran with `--n-scale 0.2` for time). One step is still weak (about half "
-        "recognised): its image is a single x0_hat at t = 999, the eps-prediction model's "
-        "estimate of the posterior mean, blurred over the classes' variety and amplified by "
-        "1 / alpha = 2e4 before clipping; a v-prediction (or x0-prediction) retrain is the known "
-        "cure, and the clipped-eps mode cannot supply it.\n")
-    L.append("| Sampler, steps | leading, no clipping (old) | trailing + clip + clipped eps (shipped) | FD old / new | Images |")
+    ns = sorted({r["n"] for k, r in rows.items() if k.startswith("few_")}, reverse=True)
+    sizes = " and ".join(f"{n} images" for n in ns) or "no rows yet"
+    how = (
+        "The two modes: `leading` spacing without clipping (diffusers' defaults for this config), and "
+        "`trailing` spacing with `clip_sample` and eps re-derived from the clipped x0_hat, "
+        "eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t) (`use_clipped_model_output`). With `leading` "
+        "spacing 2 steps start at t = 500 and 5 at t = 800 (not from noise); `trailing` starts at "
+        "t = 999, where alpha_bar = 2.4e-9 and x0_hat = (x_t - sigma eps) / alpha explodes unless "
+        "clipped, and clipping x0 while keeping the unclipped eps (diffusers' default) is "
+        "inconsistent. In diffusers the trailing mode is `DDIMScheduler.from_pretrained(dir, "
+        "timestep_spacing=\"trailing\", clip_sample=True)` with `use_clipped_model_output=True` "
+        "passed to every `scheduler.step(...)` (DDPM and DPM-Solver++ update from x0_hat and x_t "
+        "only, so the flag does not apply to them; `DPMSolverMultistepScheduler` has no "
+        "`clip_sample`: in the clipped mode the engine clips its x0_hat as "
+        "`DPMSolverMultistepScheduler.from_pretrained(dir, thresholding=True, sample_max_value=1.0)` "
+        "does, and without that clip the trailing start ruins it); the leading mode is "
+        "`from_pretrained(dir, timestep_spacing=\"leading\", clip_sample=False)`. Guidance w = 2, "
+        f"classes balanced, the same seed per (sampler, steps) pair; `python evaluate.py --rows "
+        f"'few_*'` with `--n-scale` for the sizes ({sizes}). ")
+    if tce:
+        how += ("This folder ships the trailing mode: `scheduler_config.json` has "
+                "`timestep_spacing: \"trailing\"` and `clip_sample: true`, and `manifest.json` "
+                "`\"sampling\": {\"use_clipped_model_output\": true}`. ")
+    else:
+        how += ("This folder ships the leading mode (its `scheduler_config.json` as trained); the "
+                "playground's *Spacing* and *Clip* controls and the CLI's `--spacing trailing "
+                "--clip-sample on --clipped-eps` select the other. ")
+    one = rows.get("few_ddim1_w2_tce")
+    if one:
+        how += (f"One trailing DDIM step is recognised {100 * one['acc']:.0f}% of the time: its "
+                "image is a single x0_hat at t = 999, the eps-prediction model's estimate of the "
+                "posterior mean, blurred over the classes' variety and amplified by 1 / alpha = 2e4 "
+                "before clipping; a v-prediction (or x0-prediction) retrain is the known cure, and "
+                "the clipped-eps mode cannot supply it.")
+    L.append(how + "\n")
+    L.append("| Sampler, steps | leading, no clipping | trailing + clip + clipped eps | FD leading / trailing | Images |")
     L.append("|---|---|---|---|---|")
     shown = False
     for kind, steps in FEW_ORDER:
@@ -243,7 +266,7 @@ def update_few_steps(card, eval_path):
     """Replaces (or inserts before "## Intended use") the few-step section of an existing card."""
     rows = json.load(open(eval_path)).get("rows", {})
     text = open(card).read()
-    section = "\n".join(few_steps_section(rows)) + "\n"
+    section = "\n".join(few_steps_section(rows, os.path.dirname(card))) + "\n"
     start = text.find(FEW_HEADING)
     if start >= 0:
         end = text.find("\n## ", start + len(FEW_HEADING))
@@ -399,7 +422,7 @@ def main():
                 diff_rows = json.load(open(a.diffusion_eval)).get("rows", {})
                 L.extend(flow_section(diff_rows, rows))
         else:
-            L.extend(few_steps_section(rows))
+            L.extend(few_steps_section(rows, a.model))
         if missing:
             L.append("**Not evaluated** (ran out of the session's CPU time; rerun "
                      "`train/evaluate.py`, it resumes): " + "; ".join(missing) + ".\n")
