@@ -1,5 +1,6 @@
 """Write a PNG grid of samples: one row per class (top to bottom in class order),
---per-class columns, DDIM --steps at guidance --guidance (flow models: flow Euler).
+--per-class columns, DDIM --steps at guidance --guidance (flow models: flow Euler), with the
+folder's scheduler_config.json and manifest.json sampling defaults.
 
     python sample_grid.py --model ../www/models/fashion --out ../www/models/fashion/samples.png
 """
@@ -27,11 +28,16 @@ def main():
     import json
     import os
     cls_name = json.load(open(os.path.join(a.model, "scheduler_config.json"))).get("_class_name", "")
-    sched = make_scheduler(a.model, "flow_euler" if cls_name.startswith("FlowMatch") else "ddim")
+    # The manifest's sampling defaults (DDIM's eps re-derived from the clipped x0_hat), as
+    # the playground and the CLI apply them.
+    man_path = os.path.join(a.model, "manifest.json")
+    man = json.load(open(man_path)) if os.path.exists(man_path) else {}
+    clipped_eps = bool(man.get("sampling", {}).get("use_clipped_model_output", False))
+    sched = make_scheduler(a.model, "flow_euler" if cls_name.startswith("FlowMatch") else "ddim", clipped_eps=clipped_eps)
     ncls = model.config.num_class_embeds - 1
     classes = torch.arange(ncls).repeat_interleave(a.per_class)
     g = torch.Generator().manual_seed(a.seed)
-    x = sample(model, sched, classes, a.steps, a.guidance, g)
+    x = sample(model, sched, classes, a.steps, a.guidance, g, clipped_eps=clipped_eps)
     img = ((x[:, 0].numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     h = w = model.config.sample_size
     pad = 2
