@@ -188,8 +188,12 @@ def analytic_section(rows, moments=None):
         a, sm, lg = fd(st, "analytic"), fd(st, "fixed_small"), fd(st, "fixed_large")
         if None in (a, sm, lg):
             continue
-        best = min(sm, lg)
-        word = "lower than both" if a < best else "between the two" if a < max(sm, lg) else "higher than both"
+        # Compared as printed (one decimal): a tie is said as one.
+        a, sm, lg = round(a, 1), round(sm, 1), round(lg, 1)
+        if a in (sm, lg):
+            word = "the same as " + " and ".join(n for n, v in (("fixed_small's", sm), ("fixed_large's", lg)) if v == a)
+        else:
+            word = "lower than both" if a < min(sm, lg) else "between the two" if a < max(sm, lg) else "higher than both"
         verdict.append(f"{st} steps: analytic FD {a:.1f}, {word} (fixed_small {sm:.1f}, fixed_large {lg:.1f})")
     if moments:
         w = 2.0
