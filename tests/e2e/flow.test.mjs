@@ -2,7 +2,8 @@
 // fashion-flow model samples like the CLI on the CPU workers and on WebGPU (flow_euler by
 // default, flow_heun from the menu), its forward and schedule panels draw finite numbers, a
 // sampler that does not suit the model is reported and the page samples once it is fixed,
-// variance = analytic (DDPM, fashion) matches the CLI, and compare="model:fashion,fashion-flow"
+// variance = analytic (DDPM, fashion) matches the CLI (a table of other weights, or none,
+// is refused in plain words), and compare="model:fashion,fashion-flow"
 // draws one labelled row per model from one x_T, in the page and in a widget.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -157,13 +158,12 @@ test("variance=analytic: DDPM on fashion matches the CLI's --variance analytic",
         const sigma = await page.evaluate(() => Array.from(window.__playground.sched.sigma));
         assert.equal(sigma.length, 3);
         assert.ok(sigma.every(Number.isFinite));
-        // A model without analytic_dpm.json still loads, and says analytic is not there.
+        // digits ships its own table: switching models keeps analytic, with digits' Gamma.
         await page.selectOption("#model", "digits");
+        await page.waitForFunction(() => window.__playground.loaded?.url.endsWith("/models/digits/"), null, { timeout: 60_000 });
         const st = await waitForState(page, ["done", "error"], { allowError: true });
-        assert.equal(st.state, "error", st.text);
-        assert.match(st.text, /analytic_dpm\.json/);
-        assert.equal(await page.$eval('#variance option[value="analytic"]', (o) => o.textContent), "Analytic-DPM (needs analytic_dpm.json; this model has none)");
-        await runDone(page, () => page.selectOption("#variance", "fixed_small"));
+        assert.equal(st.state, "done", st.text);
+        assert.equal(await page.evaluate(() => window.__playground.loaded.hasAnalytic), true);
         assert.deepEqual(pageErrors, []);
         assert.deepEqual(consoleErrors, []);
     });
@@ -212,7 +212,7 @@ test("compare model:fashion,fashion-flow: one labelled row per model from one x_
     });
 });
 
-test("analytic_dpm.json measured on other weights: refused in plain words, the model still loads and samples", { timeout: 200_000 }, async (t) => {
+test("analytic_dpm.json measured on other weights, or missing: refused in plain words, the model still loads and samples", { timeout: 200_000 }, async (t) => {
     // A temporary root (nothing broken goes into www/): the page, and the fashion model
     // whose analytic_dpm.json names other weights (the manifest lists its new digest, so
     // only the engine's check can catch it).
@@ -235,6 +235,14 @@ test("analytic_dpm.json measured on other weights: refused in plain words, the m
         await rm(path.join(to, "manifest.json"));
         await writeFile(path.join(to, "manifest.json"), JSON.stringify(manifest));
 
+        // And digits without the file (its manifest no longer lists it): a model with no table.
+        const dfrom = path.join(www, "models/digits"), dto = path.join(dir, "models/digits");
+        await mkdir(dto, { recursive: true });
+        for (const f of await readdir(dfrom)) if (!["analytic_dpm.json", "manifest.json"].includes(f)) await linkOrCopy(path.join(dfrom, f), path.join(dto, f));
+        const dman = JSON.parse(await readFile(path.join(dfrom, "manifest.json"), "utf8"));
+        dman.files = dman.files.filter((f) => f.name !== "analytic_dpm.json");
+        await writeFile(path.join(dto, "manifest.json"), JSON.stringify(dman));
+
         await withPage(t, { root: path.relative(ROOT, dir) }, async ({ page, url, pageErrors }) => {
             await page.goto(`${url}?model=fashion&label=7&grid=1&steps=2&sampler=ddpm`);
             const done = await waitForState(page, "done");
@@ -244,6 +252,15 @@ test("analytic_dpm.json measured on other weights: refused in plain words, the m
             assert.match(warning, /Analytic-DPM's variance is not offered: analytic_dpm\.json was measured on other weights/);
             assert.equal(await page.evaluate(() => window.__playground.loaded.hasAnalytic), false);
             assert.equal(await page.$eval('#variance option[value="analytic"]', (o) => o.disabled), true);
+
+            // A model without analytic_dpm.json still loads, and a run asking for analytic
+            // says the file is missing; another variance samples again.
+            await page.goto(`${url}?model=digits&label=7&grid=1&steps=2&sampler=ddpm&variance=analytic`);
+            const st = await waitForState(page, ["done", "error"], { allowError: true });
+            assert.equal(st.state, "error", st.text);
+            assert.match(st.text, /analytic_dpm\.json/);
+            assert.equal(await page.$eval('#variance option[value="analytic"]', (o) => o.textContent), "Analytic-DPM (needs analytic_dpm.json; this model has none)");
+            await runDone(page, () => page.selectOption("#variance", "fixed_small"));
             assert.deepEqual(pageErrors, []);
         });
     } finally {
