@@ -120,7 +120,8 @@ pub fn denoising_loss(
     let per_out = engine.unet.config().out_channels * h * w;
     let (mut x_t, mut out) = (vec![0.0f32; d], vec![0.0f32; per_out]);
     let target = loss_target(cfg);
-    ts.iter()
+    let loss = ts
+        .iter()
         .map(|&t| {
             let (a, s) = (signal[t], noise[t]);
             for ((x, &x0), &e) in x_t.iter_mut().zip(x0).zip(noise_draw) {
@@ -128,22 +129,21 @@ pub fn denoising_loss(
             }
             let model_t = if cfg.is_flow() { (s as f32) * t_max as f32 } else { t as f32 };
             engine.forward(&x_t, model_t, &rows, &mut out);
+            // The target as (eps, x0) weights, once per timestep.
+            let (we, wx) = match target {
+                "velocity" => (1.0, -1.0),
+                "v" => (a, -s),
+                "sample" => (0.0, 1.0),
+                _ => (1.0, 0.0),
+            };
             // A learned-variance head puts its extra channels after the prediction.
             let sum: f64 = out[..d]
                 .iter()
                 .zip(x0.iter().zip(noise_draw))
-                .map(|(&o, (&x0, &e))| {
-                    let (x0, e) = (x0 as f64, e as f64);
-                    let want = match target {
-                        "velocity" => e - x0,
-                        "v" => a * e - s * x0,
-                        "sample" => x0,
-                        _ => e,
-                    };
-                    (want - o as f64).powi(2)
-                })
+                .map(|(&o, (&x0, &e))| (we * e as f64 + wx * x0 as f64 - o as f64).powi(2))
                 .sum();
-            Ok(sum / d as f64)
+            sum / d as f64
         })
-        .collect()
+        .collect();
+    Ok(loss)
 }

@@ -552,7 +552,7 @@ class Inspector {
             return w;
         })().catch((e) => {
             this.loading = null;
-            throw e instanceof WorkerCrash ? workerError(e.message) : e;
+            throw e; // serial() words a worker crash
         });
         return this.loading;
     }

@@ -27,7 +27,7 @@ import { OUTPUT_IDS, drawFrame, enableScrubber, finishRow, layoutRows, outputHtm
 import { FORWARD_IDS, drawForward, forwardHtml, setupForward, wireForward } from "./panels/forward.js";
 import { SHARE_IDS, shareHtml, wireShare } from "./panels/share.js";
 import { SCHEDULE_IDS, markSchedule, refreshSchedule, scheduleHtml } from "./panels/schedule.js";
-import { INSIDE_IDS, followInside, insideHtml, resetInside, wireInside } from "./panels/inside.js";
+import { INSIDE_IDS, followInside, holdInside, insideHtml, resetInside, wireInside } from "./panels/inside.js";
 
 export {
     ALL_CONTROLS,
@@ -195,11 +195,7 @@ export class Playground {
         st.dataset.httpStatus = error?.status ?? "";
         this.state = state;
         this.error = error;
-        // A running run's steps are not inspected (the panel follows once it pauses or ends).
-        if (state === "running" && this.el["ins-go"]) {
-            clearTimeout(this.insideTimer);
-            this.el["ins-go"].disabled = true;
-        }
+        if (state === "running") holdInside(this);
         this.el.stop.disabled = !["running", "paused", "queued"].includes(state);
         this.o.onState?.(state, text, error);
     }

@@ -80,8 +80,9 @@ export function drawForward(pg) {
     drawChart(pg, t);
     const r = pg.lastResult;
     pg.el["fwd-t"].disabled = !r;
-    pg.el["fwd-loss-go"].disabled = !r || pg.measuringLoss || !lossInput(pg);
-    drawLoss(pg, t);
+    const input = lossInput(pg);
+    pg.el["fwd-loss-go"].disabled = !input || pg.measuringLoss;
+    drawLoss(pg, t, input);
     if (!r) {
         pg.el["fwd-levels"].textContent = `${text}. Sample an image to see it noised.`;
         return;
@@ -169,15 +170,14 @@ async function measureLoss(pg) {
     drawForward(pg);
 }
 
-/** The measured curve (when it is still the shown image's) with a marker at t, and its value
- *  at t (interpolated along the plotted log line) in the levels line. */
-function drawLoss(pg, tMark) {
+/** The measured curve (when it is still the one of `input`, the shown image's) with a marker
+ *  at t, and its value at t (interpolated along the plotted log line) in the levels line. */
+function drawLoss(pg, tMark, input) {
     const cv = pg.el["fwd-loss"];
     const ctx = cv.getContext("2d");
     const W = cv.width, H = cv.height, pad = 6;
     ctx.clearRect(0, 0, W, H);
     const lc = pg.lossCurve;
-    const input = lossInput(pg);
     if (!lc || !input || lc.key !== input.key) {
         cv.setAttribute("aria-label", "The denoising loss over t (not measured yet)");
         return;

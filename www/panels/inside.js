@@ -198,6 +198,13 @@ export function equationHtml(parts, run) {
     return lines.map((l) => `<p>${l}</p>`).join("");
 }
 
+/** A run is running: its steps are not inspected (the panel follows once it pauses or ends). */
+export function holdInside(pg) {
+    if (!pg.controls.has("inside")) return;
+    clearTimeout(pg.insideTimer);
+    pg.el["ins-go"].disabled = true;
+}
+
 /** Forgets what the panel showed (a new run started, or the model went). */
 export function resetInside(pg, why = "A new run started: look inside one of its steps once it is shown.") {
     if (!pg.controls.has("inside")) return;
