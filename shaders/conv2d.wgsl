@@ -43,6 +43,11 @@ struct Params {
     tiles1: u32,
     tiles2: u32,
     tiles_out: u32,
+    // SHORTCUT: channels of the shortcut's second input (in the `residual` binding).
+    cin3: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x1: array<f32>;
@@ -408,6 +413,21 @@ override NORM_SRC: u32 = 0u;
 // The input's GroupNorm groups (NORM_SRC 1).
 override NORM_GROUPS: u32 = 1u;
 
+// The ResNet's 1x1 shortcut folded into its conv2 (`direct3x3` only): x1 is conv2's input
+// (3x3, normalised as NORM says), x2 and `residual` are the shortcut's two inputs (cin2
+// and cin3 channels, 1x1, read as stored), and each weight row is conv2's cin1 * 9 taps
+// followed by the shortcut's cin2 + cin3 (packed at load, the two biases summed). The
+// shortcut's output, and the dispatch that wrote it, are gone.
+override SHORTCUT: bool = false;
+
+// Input channels the GroupNorm covers: all of them, or x1's with a folded shortcut.
+fn norm_channels() -> u32 {
+    if (SHORTCUT) {
+        return params.cin1;
+    }
+    return params.cin1 + params.cin2;
+}
+
 // (mean, 1 / std) of every group of the workgroup's image (NORM_SRC 1).
 var<workgroup> group_stats: array<vec2<f32>, NORM_GROUPS>;
 
@@ -437,7 +457,7 @@ fn merge_group_stats(n: u32, tid: u32, plane: u32) {
     if (NORM == 0u || NORM_SRC != 1u) {
         return;
     }
-    let cg = (params.cin1 + params.cin2) / NORM_GROUPS;
+    let cg = norm_channels() / NORM_GROUPS;
     for (var g = tid; g < NORM_GROUPS; g += DIRECT_WG) {
         var s = vec3<f32>(0.0);
         for (var c = g * cg; c < (g + 1u) * cg; c++) {
@@ -453,7 +473,7 @@ fn norm_of(n: u32, ci: u32) -> vec3<f32> {
     if (NORM == 0u) {
         return vec3<f32>(0.0, 1.0, 0.0);
     }
-    let cin = params.cin1 + params.cin2;
+    let cin = norm_channels();
     if (NORM_SRC == 1u) {
         let g = group_stats[ci / (cin / NORM_GROUPS)];
         return vec3<f32>(g.x, g.y * norm[ci], norm[cin + ci]);
@@ -652,6 +672,29 @@ fn pointwise_x2(acc: ptr<function, Acc>, w: Window, row: u32, m: vec3<f32>, k: v
     (*acc).a7 += k * normalise(x2[row + w.c7], m);
 }
 
+// One input channel of the folded shortcut, as stored: x2's or `residual`'s.
+fn shortcut_x2(acc: ptr<function, Acc>, w: Window, row: u32, k: vec4<f32>) {
+    (*acc).a0 += k * x2[row + w.c0];
+    (*acc).a1 += k * x2[row + w.c1];
+    (*acc).a2 += k * x2[row + w.c2];
+    (*acc).a3 += k * x2[row + w.c3];
+    (*acc).a4 += k * x2[row + w.c4];
+    (*acc).a5 += k * x2[row + w.c5];
+    (*acc).a6 += k * x2[row + w.c6];
+    (*acc).a7 += k * x2[row + w.c7];
+}
+
+fn shortcut_x3(acc: ptr<function, Acc>, w: Window, row: u32, k: vec4<f32>) {
+    (*acc).a0 += k * residual[row + w.c0];
+    (*acc).a1 += k * residual[row + w.c1];
+    (*acc).a2 += k * residual[row + w.c2];
+    (*acc).a3 += k * residual[row + w.c3];
+    (*acc).a4 += k * residual[row + w.c4];
+    (*acc).a5 += k * residual[row + w.c5];
+    (*acc).a6 += k * residual[row + w.c6];
+    (*acc).a7 += k * residual[row + w.c7];
+}
+
 // The epilogue for the 4 channels m0.. at pixel j of the run.
 // Returns the stored values (0 where nothing is stored).
 fn store4(run: Run, m0: u32, base: u32, j: u32, a: vec4<f32>) -> vec4<f32> {
@@ -746,7 +789,11 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     merge_group_stats(run.n, tid, run.plane);
     let win = window_of(i32(run.ox0) - 1, i32(run.oy) - 1);
     let m0 = wid.y * 4u;
-    let wr = weight_rows(m0, (p.cin1 + p.cin2) * 9u);
+    var k_total = (p.cin1 + p.cin2) * 9u;
+    if (SHORTCUT) {
+        k_total = p.cin1 * 9u + p.cin2 + p.cin3;
+    }
+    let wr = weight_rows(m0, k_total);
 
     var acc = zero_acc();
     for (var ci = 0u; ci < p.cin1; ci++) {
@@ -757,13 +804,26 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         taps_x1(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
         taps_x1(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
     }
-    for (var ci = 0u; ci < p.cin2; ci++) {
-        let plane = run.base2 + ci * run.plane;
-        let k = (p.cin1 + ci) * 9u;
-        let m = norm_of(run.n, p.cin1 + ci);
-        taps_x2(&acc, win, plane + win.r0, win.j0, m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-        taps_x2(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        taps_x2(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+    if (SHORTCUT) {
+        // The 1x1 taps: the run's own 8 columns (the 3x3 window's middle 8) in its own row.
+        let win1 = window_of(i32(run.ox0), i32(run.oy));
+        let k = p.cin1 * 9u;
+        for (var ci = 0u; ci < p.cin2; ci++) {
+            shortcut_x2(&acc, win1, run.base2 + ci * run.plane + win1.r0, weights4(wr, k + ci));
+        }
+        let base3 = run.n * p.cin3 * run.plane;
+        for (var ci = 0u; ci < p.cin3; ci++) {
+            shortcut_x3(&acc, win1, base3 + ci * run.plane + win1.r0, weights4(wr, k + p.cin2 + ci));
+        }
+    } else {
+        for (var ci = 0u; ci < p.cin2; ci++) {
+            let plane = run.base2 + ci * run.plane;
+            let k = (p.cin1 + ci) * 9u;
+            let m = norm_of(run.n, p.cin1 + ci);
+            taps_x2(&acc, win, plane + win.r0, win.j0, m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+            taps_x2(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+            taps_x2(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        }
     }
     store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }

@@ -613,3 +613,145 @@ fn partials_missing_are_refused() {
     let err = conv2d(gpu(), &args).err().expect("must fail");
     assert!(err.to_string().contains("no partial statistics"), "{err}");
 }
+
+/// A ResNet's conv2 with its 1x1 shortcut folded in (`Conv2dArgs::with_shortcut`): conv2
+/// of GroupNorm + SiLU of `h` plus the shortcut of (`xs1`, `xs2`) as stored, scaled,
+/// against the CPU's group_norm, conv2d (3x3) and conv2d (1x1) of the concat. The norm's
+/// statistics come from a pass or (`partials`) from the producer of `h`.
+#[allow(clippy::too_many_arguments)] // one per shape parameter of the case
+fn check_shortcut(
+    seed: u64,
+    n: usize,
+    ch: usize,
+    cs1: usize,
+    cs2: usize,
+    h: usize,
+    w: usize,
+    groups: usize,
+    partials: bool,
+) {
+    use diffusion_playground::gpu::conv2d::{pack_shortcut, NormIn, NormStats, ShortcutIn};
+    use diffusion_playground::gpu::group_norm::{group_norm_stats, NORM_STATS};
+    let mut r = rng(seed);
+    let cout = ch;
+    // h: produced by a conv writing partial statistics, or uploaded (then a stats pass).
+    let (hv, gh, producer) = if partials {
+        let p = Producer { k: 3, stride: 1, cin: 3, cout: ch, h, w, variant: ConvVariant::Direct };
+        let (e, t, d) = produce(&mut r, n, &p, 5.0);
+        (e, t, Some(d))
+    } else {
+        let v: Vec<f32> = uniform(&mut r, n * ch * h * w, 1.0).iter().map(|v| v + 3.0).collect();
+        let t = upload("h", &[n, ch, h, w], &v);
+        (v, t, None)
+    };
+    let xs1 = uniform(&mut r, n * cs1 * h * w, 2.0);
+    let xs2 = uniform(&mut r, n * cs2 * h * w, 1.0);
+    let cs = cs1 + cs2;
+    let gamma = uniform(&mut r, ch, 1.5);
+    let beta = uniform(&mut r, ch, 0.5);
+    let w2 = uniform(&mut r, cout * ch * 9, 1.0 / ((ch * 9) as f32).sqrt());
+    let b2 = uniform(&mut r, cout, 0.5);
+    let ws = uniform(&mut r, cout * cs, 1.0 / (cs as f32).sqrt());
+    let bs = uniform(&mut r, cout, 0.5);
+    let scale = 0.5;
+
+    let normed = cpu::group_norm(&hv, n, ch, h * w, groups, &gamma, &beta, 1e-5, true);
+    let main =
+        cpu::conv2d(&normed, [n, ch, h, w], &w2, &b2, cout, Conv2dSpec { ksize: 3, stride: 1, pad: 1 });
+    let cat = cpu::concat_channels(&xs1, &xs2, n, cs1, cs2, h * w);
+    let short = cpu::conv2d(&cat, [n, cs, h, w], &ws, &bs, cout, Conv2dSpec { ksize: 1, stride: 1, pad: 0 });
+    let expect: Vec<f32> = main.iter().zip(&short).map(|(a, b)| (a + b) * scale).collect();
+
+    let gx1 = upload("xs1", &[n, cs1, h, w], &xs1);
+    let gx2 = (cs2 > 0).then(|| upload("xs2", &[n, cs2, h, w], &xs2));
+    let packed = pack_shortcut(&w2, &ws, cout);
+    let gw = upload("w", &[cout, ch * 9 + cs], &packed);
+    let bias: Vec<f32> = b2.iter().zip(&bs).map(|(a, b)| a + b).collect();
+    let gb = upload("b", &[cout], &bias);
+    let affine: Vec<f32> = gamma.iter().chain(&beta).copied().collect();
+    let gaffine = upload("affine", &[2 * ch], &affine);
+    let gg = upload("gamma", &[ch], &gamma);
+    let gbeta = upload("beta", &[ch], &beta);
+    let stats = zeros("stats", &[n, ch, NORM_STATS]);
+    let out = zeros("out", &[n, cout, h, w]);
+    let mut ops = Vec::new();
+    let norm = if let Some(d) = producer {
+        ops.push(d);
+        NormStats::Partials { affine: &gaffine, groups, eps: 1e-5 }
+    } else {
+        ops.push(group_norm_stats(gpu(), &gh, None, &gg, &gbeta, &stats, groups, 1e-5).expect("stats"));
+        NormStats::Pass(&stats)
+    };
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs {
+            norm: Some(NormIn { stats: norm, silu: true }),
+            out_scale: scale,
+            ..Conv2dArgs::with_shortcut(&gh, &gw, &gb, &out, ShortcutIn { x: &gx1, x2: gx2.as_ref() })
+        },
+    )
+    .expect("conv2d with shortcut launch");
+    ops.push(d);
+    let refs: Vec<_> = ops.iter().collect();
+    let got = run(&refs, &out);
+    let tol = dot_tolerance(ch * 9 + cs) + 1e-4;
+    assert_close(
+        &format!("conv2d + shortcut n{n} h{ch} s{cs1}+{cs2} {h}x{w} g{groups} partials{partials}"),
+        &got,
+        &expect,
+        &[n, cout, h, w],
+        tol,
+        tol,
+    );
+}
+
+#[test]
+fn shortcut_folded_up_block_shape_partials() {
+    // An up block's ResNet: the shortcut reads hidden state and skip (128 + 64 -> 64 @7
+    // scaled down: 12 + 7 channels), odd size, partial runs, batch 2.
+    check_shortcut(50, 2, 12, 12, 7, 7, 9, 4, true);
+}
+
+#[test]
+fn shortcut_folded_one_input_batch1_stats_pass() {
+    // A down block's first ResNet (cin != cout, one input), batch 1, 13x11 (the last run of
+    // each row 3 pixels wide), statistics from a pass.
+    check_shortcut(51, 1, 8, 5, 0, 13, 11, 2, false);
+}
+
+#[test]
+fn shortcut_folded_u_net_level0_batch3() {
+    // The shipped model's 28x28 level: 64 + 32 -> 32 channels, 8 groups, batch 3.
+    check_shortcut(52, 3, 32, 64, 32, 28, 28, 8, true);
+}
+
+#[test]
+fn shortcut_folded_refuses_what_it_cannot_do() {
+    use diffusion_playground::gpu::conv2d::ShortcutIn;
+    let x = zeros("x", &[1, 4, 8, 8]);
+    let s = zeros("s", &[1, 3, 8, 8]);
+    let b = zeros("b", &[4]);
+    let out = zeros("out", &[1, 4, 8, 8]);
+    // The unpacked [cout, cin, 3, 3] weight.
+    let w = zeros("w", &[4, 4, 3, 3]);
+    let args = Conv2dArgs::with_shortcut(&x, &w, &b, &out, ShortcutIn { x: &s, x2: None });
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("packed weight [cout, 39]"), "{err}");
+    let w = zeros("w", &[4, 39]);
+    let args = Conv2dArgs {
+        variant: Some(ConvVariant::Tiled),
+        ..Conv2dArgs::with_shortcut(&x, &w, &b, &out, ShortcutIn { x: &s, x2: None })
+    };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("direct kernel"), "{err}");
+    let args = Conv2dArgs {
+        residual: Some(&out),
+        ..Conv2dArgs::with_shortcut(&x, &w, &b, &out, ShortcutIn { x: &s, x2: None })
+    };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("x2 and residual slots"), "{err}");
+    let wrong = zeros("s", &[1, 3, 7, 8]);
+    let args = Conv2dArgs::with_shortcut(&x, &w, &b, &out, ShortcutIn { x: &wrong, x2: None });
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("does not match"), "{err}");
+}

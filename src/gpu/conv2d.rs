@@ -104,6 +104,28 @@ pub enum NormStats<'a> {
     Partials { affine: &'a Tensor, groups: usize, eps: f32 },
 }
 
+/// The 1x1 shortcut of a ResNet whose cin != cout, folded into its conv2 (direct 3x3 only):
+/// the shortcut reads the block's input `x`, or the channel concat of `x` and `x2` (an up
+/// block's hidden state and skip), as stored. The conv's weight is then the packed
+/// [cout, cin1 * 9 + shortcut channels] matrix of [`pack_shortcut`] and its bias the sum
+/// of the two biases.
+pub struct ShortcutIn<'a> {
+    pub x: &'a Tensor,
+    pub x2: Option<&'a Tensor>,
+}
+
+/// conv2's [cout, cin, 3, 3] weight and the shortcut's [cout, cs, 1, 1] side by side per
+/// output channel, [cout, cin * 9 + cs] (the weight of a conv with a [`ShortcutIn`]).
+pub fn pack_shortcut(conv2: &[f32], shortcut: &[f32], cout: usize) -> Vec<f32> {
+    let (a, b) = (conv2.len() / cout, shortcut.len() / cout);
+    let mut out = Vec::with_capacity(conv2.len() + shortcut.len());
+    for m in 0..cout {
+        out.extend_from_slice(&conv2[m * a..(m + 1) * a]);
+        out.extend_from_slice(&shortcut[m * b..(m + 1) * b]);
+    }
+    out
+}
+
 /// - `x`: [n, cin1, h, w] (or [n, cin1, h/2, w/2] with `upsample`)
 /// - `x2`: [n, cin2, ..] read as channels after `x`'s, or `None`
 /// - `weight`: [cout, cin1 + cin2, k, k]; `bias`: [cout]
@@ -117,6 +139,8 @@ pub struct Conv2dArgs<'a> {
     pub residual: Option<&'a Tensor>,
     /// Normalise the input as it is read (the GroupNorm in front of the conv, fused).
     pub norm: Option<NormIn<'a>>,
+    /// A folded 1x1 shortcut (set by [`Conv2dArgs::with_shortcut`]).
+    pub shortcut: Option<ShortcutIn<'a>>,
     pub out: &'a Tensor,
     pub stride: usize,
     pub pad: usize,
@@ -139,6 +163,7 @@ impl<'a> Conv2dArgs<'a> {
             temb: None,
             residual: None,
             norm: None,
+            shortcut: None,
             out,
             stride: 1,
             pad: k / 2,
@@ -147,6 +172,18 @@ impl<'a> Conv2dArgs<'a> {
             out_scale: 1.0,
             variant: None,
         }
+    }
+
+    /// A 3x3 convolution of `x` plus the 1x1 `shortcut` of its own inputs, one dispatch:
+    /// `weight` [cout, cin * 9 + shortcut channels] from [`pack_shortcut`], `bias` the sum.
+    pub fn with_shortcut(
+        x: &'a Tensor,
+        weight: &'a Tensor,
+        bias: &'a Tensor,
+        out: &'a Tensor,
+        shortcut: ShortcutIn<'a>,
+    ) -> Self {
+        Conv2dArgs { shortcut: Some(shortcut), pad: 1, ..Conv2dArgs::new(x, weight, bias, out) }
     }
 }
 
@@ -173,6 +210,8 @@ struct Params {
     tiles1: u32,
     tiles2: u32,
     tiles_out: u32,
+    cin3: u32,
+    _pad: [u32; 3],
 }
 
 /// Output spatial size of a convolution, or `None` if the kernel does not fit.
@@ -185,7 +224,16 @@ pub fn out_size(h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Opti
 pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     let [n, cin1, sh, sw] = dims4(OP, "x", a.x)?;
     let (h, w) = if a.upsample { (2 * sh, 2 * sw) } else { (sh, sw) };
-    let cin2 = match a.x2 {
+    if a.shortcut.is_some() && (a.x2.is_some() || a.residual.is_some() || a.upsample) {
+        return Err(EngineError::shape(
+            OP,
+            "a folded shortcut takes the x2 and residual slots: none of x2, residual or upsample",
+        ));
+    }
+    // With a folded shortcut, "x2" is the shortcut's first input and "x3" its second.
+    let second = a.shortcut.as_ref().map_or(a.x2, |s| Some(s.x));
+    let third = a.shortcut.as_ref().and_then(|s| s.x2);
+    let cin2 = match second {
         Some(x2) => {
             let [n2, c2, h2, w2] = dims4(OP, "x2", x2)?;
             if (n2, h2, w2) != (n, sh, sw) {
@@ -198,7 +246,34 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         }
         None => 0,
     };
-    let [cout, wcin, k, kw] = dims4(OP, "weight", a.weight)?;
+    let cin3 = match third {
+        Some(x3) => {
+            let [n3, c3, h3, w3] = dims4(OP, "shortcut x2", x3)?;
+            if (n3, h3, w3) != (n, sh, sw) {
+                return Err(EngineError::shape(
+                    OP,
+                    format!("shortcut x2 {:?} does not match x {:?} in N, H, W", x3.shape(), a.x.shape()),
+                ));
+            }
+            c3
+        }
+        None => 0,
+    };
+    let [cout, wcin, k, kw] = match a.shortcut {
+        None => dims4(OP, "weight", a.weight)?,
+        Some(_) => {
+            let packed = cin1 * 9 + cin2 + cin3;
+            match a.weight.shape() {
+                &[cout, k] if k == packed => [cout, cin1 + cin2, 3, 3],
+                other => {
+                    return Err(EngineError::shape(
+                        OP,
+                        format!("a folded shortcut needs the packed weight [cout, {packed}], not {other:?}"),
+                    ))
+                }
+            }
+        }
+    };
     if wcin != cin1 + cin2 || k != kw {
         return Err(EngineError::shape(
             OP,
@@ -247,7 +322,8 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         None => (0, 0),
     };
 
-    let cin = cin1 + cin2;
+    // The channels the GroupNorm covers: a folded shortcut's are read as stored.
+    let cin = if a.shortcut.is_some() { cin1 } else { cin1 + cin2 };
     let (norm_src, norm_groups, norm_eps, tiles1, tiles2) = match a.norm.as_ref().map(|m| &m.stats) {
         None => (0, 1, 0.0, 0, 0),
         Some(NormStats::Pass(stats)) => {
@@ -298,6 +374,8 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         tiles1: u32_of(OP, "x tiles", tiles1)?,
         tiles2: u32_of(OP, "x2 tiles", tiles2)?,
         tiles_out: u32_of(OP, "out tiles", a.out.stats_tiles())?,
+        cin3: u32_of(OP, "shortcut x2 channels", cin3)?,
+        _pad: [0; 3],
     };
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
@@ -306,6 +384,12 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         return Err(EngineError::shape(
             OP,
             format!("a normalised input needs the direct kernel, not {variant:?}"),
+        ));
+    }
+    if a.shortcut.is_some() && variant != ConvVariant::Direct {
+        return Err(EngineError::shape(
+            OP,
+            format!("a folded shortcut needs the direct kernel, not {variant:?}"),
         ));
     }
     let norm_mode = a.norm.as_ref().map_or(0, |m| 1 + m.silu as u32);
@@ -355,6 +439,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                     ("NORM_SRC", norm_src as f64),
                     ("NORM_GROUPS", norm_groups as f64),
                     ("EMIT_STATS", emit as u32 as f64),
+                    ("SHORTCUT", a.shortcut.is_some() as u32 as f64),
                 ],
             )?;
             let runs = oh * ow.div_ceil(DIRECT_PX);
@@ -370,11 +455,11 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         &kernel,
         &[
             a.x.buffer(),
-            a.x2.map_or(ph, |t| t.buffer()),
+            second.map_or(ph, |t| t.buffer()),
             a.weight.buffer(),
             a.bias.buffer(),
             a.temb.as_ref().map_or(ph, |t| t.tensor.buffer()),
-            a.residual.map_or(ph, |t| t.buffer()),
+            a.residual.or(third).map_or(ph, |t| t.buffer()),
             a.out.buffer(),
             match a.norm.as_ref().map(|m| &m.stats) {
                 None => ph,
@@ -384,7 +469,9 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         &params,
         grid,
     )?;
-    Ok(d.with_flops(flops(n, cin1 + cin2, cout, k, oh, ow)))
+    let shortcut_flops = if a.shortcut.is_some() { flops(n, cin2 + cin3, cout, 1, oh, ow) } else { 0.0 };
+    let main_cin = if a.shortcut.is_some() { cin1 } else { cin1 + cin2 };
+    Ok(d.with_flops(flops(n, main_cin, cout, k, oh, ow) + shortcut_flops))
 }
 
 /// Most GroupNorm groups a convolution can merge partial statistics for: their (mean,

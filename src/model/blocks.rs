@@ -6,15 +6,38 @@
 use std::collections::HashMap;
 
 use super::arena::Arena;
+use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
 use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
 use crate::gpu::concat::concat;
-use crate::gpu::conv2d::{conv2d, stats_tiles, Conv2dArgs, NormIn, NormStats, TembSlice};
+use crate::gpu::conv2d::{
+    conv2d, pack_shortcut, stats_tiles, Conv2dArgs, NormIn, NormStats, ShortcutIn, TembSlice,
+};
 use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// (name, shape) of every parameter, in diffusers' naming.
 pub type ParamList = Vec<(String, Vec<usize>)>;
+
+/// What a block uploads in a layout of its own (stacked or packed for a fused kernel), and
+/// which of the file's tensors those replace: the loader uploads the derived tensors and
+/// every parameter no block replaced, as it is.
+#[derive(Default)]
+pub struct Derived {
+    pub tensors: Vec<(String, HostTensor)>,
+    pub replaces: Vec<String>,
+}
+
+impl Derived {
+    fn add(&mut self, name: String, shape: Vec<usize>, data: Vec<f32>) {
+        self.tensors.push((name, HostTensor { shape, data }));
+    }
+}
+
+/// A parameter of the (checked) weights file.
+fn weight<'w>(weights: &'w Weights, name: &str) -> Result<&'w HostTensor> {
+    weights.get(name).ok_or_else(|| EngineError::weights(name, "missing (checked before upload)"))
+}
 
 /// Collects the dispatches of one forward pass and the tensors they write.
 pub(crate) struct Planner<'a> {
@@ -202,6 +225,34 @@ impl ResnetBlock2D {
         self.cin != self.cout
     }
 
+    /// The packed conv2 + shortcut weight and summed bias that conv2's dispatch reads
+    /// when the block has a shortcut conv (see [`ShortcutIn`]).
+    fn conv2_shortcut_names(&self) -> (String, String) {
+        (format!("{}.conv2_shortcut.weight", self.prefix), format!("{}.conv2_shortcut.bias", self.prefix))
+    }
+
+    /// The shortcut conv folded into conv2: one [cout, cout * 9 + cin] weight and the
+    /// sum of the biases, replacing conv2's and conv_shortcut's own.
+    pub fn derive(&self, weights: &Weights, out: &mut Derived) -> Result<()> {
+        if !self.has_shortcut() {
+            return Ok(());
+        }
+        let p = &self.prefix;
+        let names = [
+            format!("{p}.conv2.weight"),
+            format!("{p}.conv2.bias"),
+            format!("{p}.conv_shortcut.weight"),
+            format!("{p}.conv_shortcut.bias"),
+        ];
+        let [w2, b2, ws, bs] = [0, 1, 2, 3].map(|i| weight(weights, &names[i]));
+        let (w2, b2, ws, bs) = (w2?, b2?, ws?, bs?);
+        let (wn, bn) = self.conv2_shortcut_names();
+        out.add(wn, vec![self.cout, self.cout * 9 + self.cin], pack_shortcut(&w2.data, &ws.data, self.cout));
+        out.add(bn, vec![self.cout], b2.data.iter().zip(&bs.data).map(|(a, b)| a + b).collect());
+        out.replaces.extend(names);
+        Ok(())
+    }
+
     /// Plans the block on kept tensor `x`, or on the channel concat of `x` and `skip` (an
     /// up block's input, never copied: norm1 and the shortcut read both); returns the kept
     /// index of its output.
@@ -246,38 +297,31 @@ impl ResnetBlock2D {
         p.push(d);
         let norm2 =
             p.fold_norm("resnet.norm2", &hidden, None, &format!("{pre}.norm2"), self.groups, self.eps)?;
-        let shortcut = if self.has_shortcut() {
-            let s = p.scratch("resnet.shortcut", &[n, self.cout, h, w])?;
-            let d = conv2d(
-                gpu,
-                &Conv2dArgs {
-                    x2: skip_t,
-                    ..Conv2dArgs::new(
-                        &p.kept[x],
-                        p.param(&format!("{pre}.conv_shortcut.weight"))?,
-                        p.param(&format!("{pre}.conv_shortcut.bias"))?,
-                        &s,
-                    )
-                },
-            )?;
-            p.push(d);
-            Some(s)
+        // conv2, with the shortcut conv (when cin != cout) folded into its K loop: the
+        // shortcut's output is never written and costs no dispatch.
+        let args = if self.has_shortcut() {
+            let (wn, bn) = self.conv2_shortcut_names();
+            Conv2dArgs::with_shortcut(
+                &hidden,
+                p.param(&wn)?,
+                p.param(&bn)?,
+                &p.kept[out],
+                ShortcutIn { x: &p.kept[x], x2: skip_t },
+            )
         } else {
-            None
-        };
-        let d = conv2d(
-            gpu,
-            &Conv2dArgs {
-                residual: Some(shortcut.as_ref().unwrap_or(&p.kept[x])),
-                norm: Some(norm2.input(true)),
-                out_scale: 1.0 / self.output_scale_factor,
+            Conv2dArgs {
+                residual: Some(&p.kept[x]),
                 ..Conv2dArgs::new(
                     &hidden,
                     p.param(&format!("{pre}.conv2.weight"))?,
                     p.param(&format!("{pre}.conv2.bias"))?,
                     &p.kept[out],
                 )
-            },
+            }
+        };
+        let d = conv2d(
+            gpu,
+            &Conv2dArgs { norm: Some(norm2.input(true)), out_scale: 1.0 / self.output_scale_factor, ..args },
         )?;
         p.push(d);
         Ok(out)
@@ -306,9 +350,29 @@ impl Attention {
         }
     }
 
-    /// Names of the tensors the loader derives: q, k, v stacked into one 1x1 projection.
+    /// Names of the derived q, k, v projection stacked into one 1x1 convolution.
     pub fn qkv_names(&self) -> (String, String) {
         (format!("{}.to_qkv.weight", self.prefix), format!("{}.to_qkv.bias", self.prefix))
+    }
+
+    /// q, k and v as one [3c, c, 1, 1] convolution, to_out as a [c, c, 1, 1] one.
+    pub fn derive(&self, weights: &Weights, out: &mut Derived) -> Result<()> {
+        let (p, c) = (&self.prefix, self.channels);
+        let mut w = Vec::with_capacity(3 * c * c);
+        let mut b = Vec::with_capacity(3 * c);
+        for proj in ["to_q", "to_k", "to_v"] {
+            let (wn, bn) = (format!("{p}.{proj}.weight"), format!("{p}.{proj}.bias"));
+            w.extend_from_slice(&weight(weights, &wn)?.data);
+            b.extend_from_slice(&weight(weights, &bn)?.data);
+            out.replaces.extend([wn, bn]);
+        }
+        let (wn, bn) = self.qkv_names();
+        out.add(wn, vec![3 * c, c, 1, 1], w);
+        out.add(bn, vec![3 * c], b);
+        let out_w = format!("{p}.to_out.0.weight");
+        out.add(out_w.clone(), vec![c, c, 1, 1], weight(weights, &out_w)?.data.clone());
+        out.replaces.push(out_w);
+        Ok(())
     }
 
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {

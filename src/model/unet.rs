@@ -2,11 +2,13 @@
 //! implies, its weights on the GPU, and a forward pass planned once per batch size.
 //! Read beside diffusers' `models/unets/unet_2d.py` and `unet_2d_blocks.py`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use super::arena::Arena;
-use super::blocks::{affine_name, Attention, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D};
+use super::blocks::{
+    affine_name, Attention, Derived, Downsample2D, ParamList, Planner, ResnetBlock2D, Upsample2D,
+};
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use super::load::HostModel;
 use super::weights::{HostTensor, Weights};
@@ -304,37 +306,40 @@ impl UNet {
             )?;
         }
 
-        // q, k and v become one [3c, c, 1, 1] convolution; to_out a [c, c, 1, 1] one.
-        for a in spec.attentions() {
-            let c = a.channels;
-            let mut w = Vec::with_capacity(3 * c * c);
-            let mut b = Vec::with_capacity(3 * c);
-            for proj in ["to_q", "to_k", "to_v"] {
-                w.extend_from_slice(&get(&format!("{}.{proj}.weight", a.prefix))?.data);
-                b.extend_from_slice(&get(&format!("{}.{proj}.bias", a.prefix))?.data);
-            }
-            let (wn, bn) = a.qkv_names();
-            upload(wn, &stacked(w, vec![3 * c, c, 1, 1]), &[3 * c, c, 1, 1])?;
-            upload(bn, &stacked(b, vec![3 * c]), &[3 * c])?;
-            let out_w = format!("{}.to_out.0.weight", a.prefix);
-            upload(out_w.clone(), get(&out_w)?, &[c, c, 1, 1])?;
+        // Each block uploads what it packs or stacks for its kernels; the rest of the file
+        // goes up as it is, except what the model derives above (the time embedding) or
+        // keeps on the host (the class table).
+        let mut derived = Derived::default();
+        for r in spec.resnets() {
+            r.derive(weights, &mut derived)?;
         }
-
+        for a in spec.attentions() {
+            a.derive(weights, &mut derived)?;
+        }
+        for (name, t) in &derived.tensors {
+            upload(name.clone(), t, &t.shape)?;
+        }
         for (norm, c) in spec.group_norms() {
             let mut affine = get(&format!("{norm}.weight"))?.data.clone();
             affine.extend_from_slice(&get(&format!("{norm}.bias"))?.data);
             upload(affine_name(&norm), &stacked(affine, vec![2 * c]), &[2 * c])?;
         }
 
+        let mut replaced: HashSet<String> = derived.replaces.into_iter().collect();
+        replaced.extend(
+            spec.resnets()
+                .flat_map(|r| ["weight", "bias"].map(|k| format!("{}.time_emb_proj.{k}", r.prefix))),
+        );
+        if fused_time_mlp {
+            replaced.extend(
+                ["linear_1", "linear_2"]
+                    .iter()
+                    .flat_map(|l| ["weight", "bias"].map(|k| format!("time_embedding.{l}.{k}"))),
+            );
+        }
+        replaced.insert("class_embedding.weight".into());
         for (name, shape) in spec.parameters() {
-            let derived = name.contains(".time_emb_proj.")
-                || (fused_time_mlp && name.starts_with("time_embedding."))
-                || name.contains(".to_q.")
-                || name.contains(".to_k.")
-                || name.contains(".to_v.")
-                || name.ends_with(".to_out.0.weight")
-                || name == "class_embedding.weight";
-            if !derived {
+            if !replaced.contains(&name) {
                 upload(name.clone(), get(&name)?, &shape)?;
             }
         }
