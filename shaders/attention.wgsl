@@ -1,13 +1,16 @@
-// Multi-head self-attention core over the H*W tokens of an NCHW feature map:
-//   out[b, h*d + c, i] = sum_j softmax_j( scale * q_i . k_j ) v_j[c]
+// Multi-head self-attention over the H*W tokens of an NCHW feature map:
+//   heads[b, h*d + c, i] = sum_j softmax_j( scale * q_i . k_j ) v_j[c]
 // reading q, k, v from one [B, 3C, L] tensor (the fused to_q/to_k/to_v 1x1 projection:
 // channels [0, C) are q, [C, 2C) k, [2C, 3C) v; head h owns channels [h*d, (h+1)*d)).
-// The projections, the output projection and the residual are 1x1 convolutions around it.
 //
-// Flash-attention style: a workgroup of 64 invocations owns 64 queries of one (b, h), one
-// query each, with q and the running output in registers. Keys and values stream through
-// workgroup memory in tiles; the softmax is the online one (running max m and sum l), so
-// scores never touch memory, any L works, and exp never sees a positive argument.
+// Flash-attention style: a workgroup of 64 invocations owns 64 queries, one query each,
+// with q and the running output in registers. Keys and values stream through workgroup
+// memory in tiles; the softmax is the online one (running max m and sum l), so scores
+// never touch memory, any L works, and exp never sees a positive argument.
+//
+// Two entry points: `main` writes the heads' outputs (one workgroup per (queries, head,
+// image)); `fused` (the U-Net's) goes on to the output projection, its bias, the residual
+// and the output scale, so the attention block is two dispatches (q/k/v, then this).
 
 struct Params {
     batch: u32,
@@ -15,49 +18,58 @@ struct Params {
     head_dim: u32,
     tokens: u32,
     channels: u32,
-    // Keys per tile: floor(KV_CAPACITY / ceil(head_dim / 4)).
+    // Keys per tile: floor(KV_CAPACITY / D4).
     kv_tile: u32,
     scale: f32,
-    _pad: u32,
+    // `fused`: 1 / rescale_output_factor, and the partial-statistics slots per (image,
+    // channel) written after the output (0: none).
+    out_scale: f32,
+    tiles_out: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> params: Params;
+// `fused` only: to_out's [C, C] weight and [C] bias, and the block's input (the residual).
+@group(0) @binding(3) var<storage, read> out_weight: array<f32>;
+@group(0) @binding(4) var<storage, read> out_bias: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
 
-// The head's channels in vec4s, ceil(head_dim / 4), a compile-time constant: the launcher
-// rewrites this line per head size (a function-scope array cannot be sized by an override
-// constant). With a constant trip count every loop over q and acc unrolls, so the arrays
+// The head size, a compile-time constant: the launcher rewrites this line per head size
+// (a function-scope array cannot be sized by an override constant). With constant trip
+// counts every loop over q and acc unrolls and every `< HEAD_DIM` mask folds, so the arrays
 // live in registers rather than memory (lavapipe's LLVM); with a runtime bound they did not.
-const D4: u32 = 4u;
+const HEAD_DIM: u32 = 16u;
+const D4: u32 = (HEAD_DIM + 3u) / 4u;
 const KV_CAPACITY: u32 = 480u;
+const QUERIES: u32 = 64u; // = QUERIES_PER_WORKGROUP in attention.rs
 
 var<workgroup> k_tile: array<vec4<f32>, KV_CAPACITY>;
 var<workgroup> v_tile: array<vec4<f32>, KV_CAPACITY>;
 
-// Four consecutive channels (from c) of token t, zero past head_dim.
+// Four consecutive channels (from c) of token t, zero past the head.
 fn load4(base: u32, c: u32, t: u32) -> vec4<f32> {
     let p = params;
     var r = vec4<f32>(0.0);
     for (var e = 0u; e < 4u; e++) {
-        if (c + e < p.head_dim) {
+        if (c + e < HEAD_DIM) {
             r[e] = qkv[base + (c + e) * p.tokens + t];
         }
     }
     return r;
 }
 
-@compute @workgroup_size(64, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+// Head h's output for query i of image b (zero past the head; anything when !valid).
+// Call in uniform control flow: it has barriers.
+fn head_output(b: u32, h: u32, i: u32, tid: u32, valid: bool) -> array<vec4<f32>, D4> {
     let p = params;
-    let b = wid.z;
-    let h = wid.y;
-    let i = wid.x * 64u + tid;
-    let valid = i < p.tokens;
     let image = b * 3u * p.channels * p.tokens;
-    let q_base = image + h * p.head_dim * p.tokens;
-    let k_base = image + (p.channels + h * p.head_dim) * p.tokens;
-    let v_base = image + (2u * p.channels + h * p.head_dim) * p.tokens;
+    let q_base = image + h * HEAD_DIM * p.tokens;
+    let k_base = image + (p.channels + h * HEAD_DIM) * p.tokens;
+    let v_base = image + (2u * p.channels + h * HEAD_DIM) * p.tokens;
 
     var q: array<vec4<f32>, D4>;
     var acc: array<vec4<f32>, D4>;
@@ -74,7 +86,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var j0 = 0u; j0 < p.tokens; j0 += p.kv_tile) {
         let nk = min(p.kv_tile, p.tokens - j0);
         // Token-fastest order keeps the global reads of each channel row coalesced.
-        for (var e = tid; e < nk * D4; e += 64u) {
+        for (var e = tid; e < nk * D4; e += QUERIES) {
             let c = e / nk;
             let j = e - c * nk;
             k_tile[j * D4 + c] = load4(k_base, 4u * c, j0 + j);
@@ -105,18 +117,107 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
+    let inv_l = 1.0 / max(l, 1.0e-30);
+    for (var c = 0u; c < D4; c++) {
+        acc[c] *= inv_l;
+    }
+    return acc;
+}
 
+// Grid: (query tiles, heads, images).
+@compute @workgroup_size(QUERIES, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let p = params;
+    let b = wid.z;
+    let h = wid.y;
+    let i = wid.x * QUERIES + tid;
+    let valid = i < p.tokens;
+    let a = head_output(b, h, i, tid, valid);
     if (!valid) {
         return;
     }
-    let o_base = (b * p.channels + h * p.head_dim) * p.tokens + i;
-    let inv_l = 1.0 / l;
+    let o_base = (b * p.channels + h * HEAD_DIM) * p.tokens + i;
     for (var c = 0u; c < D4; c++) {
-        let a = acc[c] * inv_l;
         for (var e = 0u; e < 4u; e++) {
-            if (4u * c + e < p.head_dim) {
-                out[o_base + (4u * c + e) * p.tokens] = a[e];
+            if (4u * c + e < HEAD_DIM) {
+                out[o_base + (4u * c + e) * p.tokens] = a[c][e];
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `fused`: out = (to_out(heads) + residual) * out_scale for 64 queries of one image, every
+// head in turn. After head h, each invocation adds that head's share of the projection,
+// sum over its d channels of W[co, h*d + c] * heads[c], to its own query's column of `out`
+// for every output channel co: the first head also adds the bias and the residual, the
+// last applies the scale. Only this invocation touches that column, so the read-modify-
+// writes need no synchronisation; the weight loads are the same for every invocation
+// (uniform, a broadcast on a GPU). The heads' outputs never leave registers.
+// With EMIT_STATS the workgroup then writes (count, mean, M2) of every channel over its
+// 64 queries (one slot per query tile, the same tiles at every batch size), read back from
+// `out` after a storage barrier, for the GroupNorm of the next ResNet (see conv2d.wgsl,
+// "Partial statistics").
+
+override EMIT_STATS: bool = false;
+
+// Grid: (query tiles, images).
+@compute @workgroup_size(QUERIES, 1, 1)
+fn fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let p = params;
+    let b = wid.y;
+    let i = wid.x * QUERIES + tid;
+    let valid = i < p.tokens;
+    for (var h = 0u; h < p.heads; h++) {
+        let a = head_output(b, h, i, tid, valid);
+        if (valid) {
+            for (var co = 0u; co < p.channels; co++) {
+                let row = co * p.channels + h * HEAD_DIM;
+                var s = 0.0;
+                for (var c = 0u; c < D4; c++) {
+                    var wv = vec4<f32>(0.0);
+                    for (var e = 0u; e < 4u; e++) {
+                        if (4u * c + e < HEAD_DIM) {
+                            wv[e] = out_weight[row + 4u * c + e];
+                        }
+                    }
+                    s += dot(wv, a[c]);
+                }
+                let at = (b * p.channels + co) * p.tokens + i;
+                var v = s;
+                if (h == 0u) {
+                    v += out_bias[co] + residual[at];
+                } else {
+                    v += out[at];
+                }
+                if (h + 1u == p.heads) {
+                    v *= p.out_scale;
+                }
+                out[at] = v;
+            }
+        }
+    }
+    if (!EMIT_STATS) {
+        return;
+    }
+    storageBarrier();
+    let i0 = wid.x * QUERIES;
+    let count = min(QUERIES, p.tokens - i0);
+    for (var co = tid; co < p.channels; co += QUERIES) {
+        let row = (b * p.channels + co) * p.tokens + i0;
+        var sum = 0.0;
+        for (var j = 0u; j < count; j++) {
+            sum += out[row + j];
+        }
+        let mean = sum / f32(count);
+        var m2 = 0.0;
+        for (var j = 0u; j < count; j++) {
+            let d = out[row + j] - mean;
+            m2 += d * d;
+        }
+        let slot = p.batch * p.channels * p.tokens + ((b * p.channels + co) * p.tiles_out + wid.x) * 3u;
+        out[slot] = f32(count);
+        out[slot + 1u] = mean;
+        out[slot + 2u] = m2;
     }
 }

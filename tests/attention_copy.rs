@@ -5,9 +5,12 @@ mod common;
 
 use common::*;
 use diffusion_playground::cpu;
-use diffusion_playground::gpu::attention::{attention, self_attention, AttentionScratch, AttentionWeights};
+use diffusion_playground::gpu::attention::{
+    attention, attention_out, self_attention, stats_tiles, AttentionScratch, AttentionWeights,
+};
 use diffusion_playground::gpu::concat::concat;
 use diffusion_playground::gpu::upsample::upsample_nearest2x;
+use diffusion_playground::gpu::Tensor;
 
 fn check_attention(seed: u64, n: usize, c: usize, h: usize, w: usize, heads: usize, magnitude: f32) {
     let mut r = rng(seed);
@@ -76,6 +79,105 @@ fn attention_rejects_head_dim_above_capacity() {
     let out = zeros("out", &[1, 256, 2, 2]);
     let err = attention(gpu(), &qkv, &out, 1).err().expect("must fail");
     assert!(err.to_string().contains("head dimension 256"), "{err}");
+}
+
+/// The fused core + output projection + residual + scale (`attention_out`) against the
+/// CPU's attention followed by the projection; with `stats`, its partial statistics
+/// against each channel's mean and variance of the CPU output.
+#[allow(clippy::too_many_arguments)] // one per shape parameter of the case
+fn check_attention_out(seed: u64, n: usize, c: usize, h: usize, w: usize, heads: usize, stats: bool) {
+    let mut r = rng(seed);
+    let l = h * w;
+    let qkv = uniform(&mut r, n * 3 * c * l, 1.0);
+    let wo = uniform(&mut r, c * c, 1.0 / (c as f32).sqrt());
+    let bo = uniform(&mut r, c, 0.5);
+    // A residual far from zero: the statistics must survive a large mean.
+    let res: Vec<f32> = uniform(&mut r, n * c * l, 1.0).iter().map(|v| v + 10.0).collect();
+    let scale = 0.5;
+    let core = cpu::attention(&qkv, n, c, l, heads);
+    let mut expect = vec![0.0f32; n * c * l];
+    for b in 0..n {
+        for co in 0..c {
+            for i in 0..l {
+                let mut s = bo[co];
+                for ci in 0..c {
+                    s += wo[co * c + ci] * core[(b * c + ci) * l + i];
+                }
+                let at = (b * c + co) * l + i;
+                expect[at] = (s + res[at]) * scale;
+            }
+        }
+    }
+    let gq = upload("qkv", &[n, 3 * c, h, w], &qkv);
+    let gw = upload("out_w", &[c, c, 1, 1], &wo);
+    let gb = upload("out_b", &[c], &bo);
+    let gr = upload("residual", &[n, c, h, w], &res);
+    let tiles = if stats { stats_tiles(l) } else { 0 };
+    let out = Tensor::with_stats(gpu(), "out", &[n, c, h, w], tiles).expect("alloc");
+    let d = attention_out(gpu(), &gq, &gw, &gb, &gr, &out, heads, scale).expect("launch");
+    let got = run(&[&d], &out);
+    let what = format!("attention_out n{n} c{c} {h}x{w} heads{heads}");
+    // The core's error (see check_attention, ~1e-6 here) through a c-term projection.
+    let tol = dot_tolerance(c) + 1e-5;
+    assert_close(&what, &got, &expect, &[n, c, h, w], tol, tol);
+    if !stats {
+        return;
+    }
+    let slots = pollster::block_on(out.read_stats(gpu())).expect("read stats");
+    assert_eq!(slots.len(), n * c * tiles * 3);
+    for b in 0..n {
+        for ch in 0..c {
+            let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+            for t in 0..tiles {
+                let at = ((b * c + ch) * tiles + t) * 3;
+                let (nb, mb, m2b) = (slots[at] as f64, slots[at + 1] as f64, slots[at + 2] as f64);
+                let total = cnt + nb;
+                let d = mb - mean;
+                mean += d * nb / total;
+                m2 += m2b + d * d * cnt * nb / total;
+                cnt = total;
+            }
+            let vals: Vec<f64> =
+                expect[(b * c + ch) * l..(b * c + ch + 1) * l].iter().map(|&v| v as f64).collect();
+            let rm = vals.iter().sum::<f64>() / l as f64;
+            let rv = vals.iter().map(|v| (v - rm) * (v - rm)).sum::<f64>() / l as f64;
+            assert_eq!(cnt as usize, l, "{what}: count of image {b} channel {ch}");
+            assert!((mean - rm).abs() <= 1e-5 * rm.abs().max(1.0), "{what}: mean {mean} vs {rm}");
+            assert!((m2 / cnt - rv).abs() <= 1e-3 * rv + 1e-7, "{what}: variance {} vs {rv}", m2 / cnt);
+        }
+    }
+}
+
+#[test]
+fn attention_out_u_net_14x14_two_heads_stats() {
+    // The shipped model's 14x14 level: 196 tokens in four tiles of 64 (the last 4 tokens).
+    check_attention_out(11, 2, 64, 14, 14, 2, true);
+}
+
+#[test]
+fn attention_out_odd_head_dim_batch1() {
+    // Head size 3 (not a multiple of 4: masked lanes), 13x11 tokens (143: a partial tile).
+    check_attention_out(12, 1, 12, 13, 11, 4, true);
+}
+
+#[test]
+fn attention_out_7x7_four_heads_batch3_no_stats() {
+    check_attention_out(13, 3, 128, 7, 7, 4, false);
+}
+
+#[test]
+fn attention_out_rejects_wrong_shapes() {
+    let qkv = zeros("qkv", &[1, 24, 3, 3]);
+    let w = zeros("w", &[8, 4, 1, 1]);
+    let b = zeros("b", &[8]);
+    let x = zeros("x", &[1, 8, 3, 3]);
+    let out = zeros("out", &[1, 8, 3, 3]);
+    let err = attention_out(gpu(), &qkv, &w, &b, &x, &out, 2, 1.0).err().expect("must fail");
+    assert!(err.to_string().contains("out weight"), "{err}");
+    let w = zeros("w", &[8, 8, 1, 1]);
+    let bad = Tensor::with_stats(gpu(), "out", &[1, 8, 3, 3], 2).expect("alloc");
+    let err = attention_out(gpu(), &qkv, &w, &b, &x, &bad, 2, 1.0).err().expect("must fail");
+    assert!(err.to_string().contains("statistics tiles"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! Launcher for `shaders/attention.wgsl` (the softmax core) and the spatial self-attention
-//! block of diffusers' `Attention` (`_from_deprecated_attn_block`) around it:
-//! GroupNorm -> fused q/k/v 1x1 projection -> attention -> output 1x1 projection with the
-//! residual and `rescale_output_factor` in its epilogue.
+//! Launcher for `shaders/attention.wgsl` and the spatial self-attention block of diffusers'
+//! `Attention` (`_from_deprecated_attn_block`): GroupNorm -> fused q/k/v 1x1 projection
+//! (one conv dispatch, the GroupNorm folded into its reads) -> attention, output projection,
+//! residual and `rescale_output_factor` (one dispatch, [`attention_out`]).
 
 use std::borrow::Cow;
 
@@ -18,6 +18,12 @@ const KERNEL: KernelDef = KernelDef {
     source: include_str!("../../shaders/attention.wgsl"),
     entry: "main",
     bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
+};
+/// The core plus the output projection, residual and scale (`fused` in the shader).
+const FUSED: KernelDef = KernelDef {
+    entry: "fused",
+    bindings: &[Access::Read, Access::ReadWrite, Access::Uniform, Access::Read, Access::Read, Access::Read],
+    ..KERNEL
 };
 const OP: &str = "attention";
 /// Must equal KV_CAPACITY in the shader: vec4 slots of workgroup memory for K (and for V).
@@ -36,11 +42,27 @@ struct Params {
     channels: u32,
     kv_tile: u32,
     scale: f32,
-    _pad: u32,
+    out_scale: f32,
+    tiles_out: u32,
+    _pad: [u32; 3],
 }
 
-/// - `qkv`: [n, 3c, h, w] (q, k, v stacked along channels); `out`: [n, c, h, w]
-pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<Dispatch> {
+/// Partial-statistics slots per (image, channel) that [`attention_out`] writes for a
+/// feature map of `tokens` pixels: one per tile of 64 queries.
+pub fn stats_tiles(tokens: usize) -> usize {
+    tokens.div_ceil(QUERIES_PER_WORKGROUP)
+}
+
+/// The shape checks and the pipeline for `def` at this head size; returns (batch, channels,
+/// tokens, kernel, params).
+fn prepare(
+    gpu: &Gpu,
+    def: &KernelDef,
+    qkv: &Tensor,
+    out: &Tensor,
+    heads: usize,
+    constants: &[(&'static str, f64)],
+) -> Result<(usize, usize, usize, std::sync::Arc<crate::gpu::pipeline::Kernel>, Params)> {
     let [n, c3, h, w] = dims4(OP, "qkv", qkv)?;
     let c = c3 / 3;
     if c3 % 3 != 0 || heads == 0 || c % heads != 0 {
@@ -57,12 +79,11 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
             message: format!("head dimension {head_dim} (most is {MAX_HEAD_DIM})"),
         });
     }
-    let d4 = head_dim.div_ceil(4);
-    // One pipeline per head size (ceil(head_dim / 4) vec4s), so the kernel's loops over the
-    // head have a constant trip count.
-    let capacity = d4;
-    let source = KERNEL.source.replace("const D4: u32 = 4u;", &format!("const D4: u32 = {capacity}u;"));
-    let kernel = gpu.kernel_variant(&KERNEL, &format!("d4={capacity}"), Cow::Owned(source), &[])?;
+    // One pipeline per head size, so the kernel's loops over the head have a constant trip
+    // count.
+    let source =
+        KERNEL.source.replace("const HEAD_DIM: u32 = 16u;", &format!("const HEAD_DIM: u32 = {head_dim}u;"));
+    let kernel = gpu.kernel_variant(def, &format!("head_dim={head_dim}"), Cow::Owned(source), constants)?;
     let tokens = h * w;
     let params = Params {
         batch: u32_of(OP, "batch", n)?,
@@ -70,10 +91,19 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
         head_dim: head_dim as u32,
         tokens: u32_of(OP, "tokens", tokens)?,
         channels: u32_of(OP, "channels", c)?,
-        kv_tile: (KV_CAPACITY / d4) as u32,
+        kv_tile: (KV_CAPACITY / head_dim.div_ceil(4)) as u32,
         scale: 1.0 / (head_dim as f32).sqrt(),
-        _pad: 0,
+        out_scale: 1.0,
+        tiles_out: 0,
+        _pad: [0; 3],
     };
+    Ok((n, c, tokens, kernel, params))
+}
+
+/// The heads' outputs alone.
+/// - `qkv`: [n, 3c, h, w] (q, k, v stacked along channels); `out`: [n, c, h, w]
+pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<Dispatch> {
+    let (n, c, tokens, kernel, params) = prepare(gpu, &KERNEL, qkv, out, heads, &[])?;
     gpu.dispatch(
         &kernel,
         &[qkv.buffer(), out.buffer()],
@@ -82,6 +112,51 @@ pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<
     )
     // QK^T and PV: 2 * tokens^2 * head_dim multiply-adds per head.
     .map(|d| d.with_flops(4.0 * (n * tokens * tokens * c) as f64))
+}
+
+/// `out = (to_out(attention(qkv)) + residual) * out_scale` in one dispatch, and, when
+/// `out` has room for them ([`stats_tiles`]), its partial GroupNorm statistics.
+/// - `qkv`: [n, 3c, h, w]; `out_weight`: [c, c, 1, 1] (or [c, c]); `out_bias`: [c];
+///   `residual`, `out`: [n, c, h, w]
+#[allow(clippy::too_many_arguments)] // the block's tensors, each its own binding
+pub fn attention_out(
+    gpu: &Gpu,
+    qkv: &Tensor,
+    out_weight: &Tensor,
+    out_bias: &Tensor,
+    residual: &Tensor,
+    out: &Tensor,
+    heads: usize,
+    out_scale: f32,
+) -> Result<Dispatch> {
+    let emit = out.stats_tiles() > 0;
+    let (n, c, tokens, kernel, mut params) =
+        prepare(gpu, &FUSED, qkv, out, heads, &[("EMIT_STATS", emit as u32 as f64)])?;
+    if out_weight.shape().iter().product::<usize>() != c * c || out_weight.shape()[..2] != [c, c] {
+        return Err(EngineError::shape(OP, format!("out weight {:?} is not [{c}, {c}]", out_weight.shape())));
+    }
+    expect_shape(OP, "out bias", out_bias, &[c])?;
+    expect_shape(OP, "residual", residual, out.shape())?;
+    if emit && out.stats_tiles() != stats_tiles(tokens) {
+        return Err(EngineError::shape(
+            OP,
+            format!(
+                "out carries {} statistics tiles per channel, the kernel writes {}",
+                out.stats_tiles(),
+                stats_tiles(tokens)
+            ),
+        ));
+    }
+    params.out_scale = out_scale;
+    params.tiles_out = u32_of(OP, "out tiles", out.stats_tiles())?;
+    gpu.dispatch(
+        &kernel,
+        &[qkv.buffer(), out.buffer(), out_weight.buffer(), out_bias.buffer(), residual.buffer()],
+        &params,
+        [groups(tokens, QUERIES_PER_WORKGROUP), u32_of(OP, "batch", n)?, 1],
+    )
+    // The core's 2 * tokens^2 * c multiply-adds and the projection's tokens * c^2.
+    .map(|d| d.with_flops(4.0 * (n * tokens * tokens * c) as f64 + 2.0 * (n * tokens * c * c) as f64))
 }
 
 /// Weights of one spatial attention block, with to_q/to_k/to_v stacked into one
@@ -103,14 +178,14 @@ pub struct AttentionWeights<'a> {
     pub rescale_output_factor: f32,
 }
 
-/// The temporaries of one attention block, [N, C, H, W] except `qkv` [N, 3C, H, W]. They are
-/// dead once the block is done, so a planner may share them between blocks.
+/// The temporaries of one attention block. They are dead once the block is done, so a
+/// planner may share them between blocks.
 pub struct AttentionScratch {
     /// The GroupNorm's statistics, [n, c, NORM_STATS] (folded into the q, k, v projection),
     /// for an `x` without partial statistics.
     pub stats: Option<Tensor>,
+    /// [N, 3C, H, W]
     pub qkv: Tensor,
-    pub heads: Tensor,
 }
 
 impl AttentionScratch {
@@ -120,14 +195,13 @@ impl AttentionScratch {
         Ok(AttentionScratch {
             stats: Some(Tensor::zeros(gpu, "attention.norm", &[n, c, NORM_STATS])?),
             qkv: Tensor::zeros(gpu, "attention.qkv", &[n, 3 * c, h, w])?,
-            heads: Tensor::zeros(gpu, "attention.heads", &[n, c, h, w])?,
         })
     }
 }
 
 /// The dispatches of a self-attention block:
 /// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`:
-/// three, or four with a GroupNorm statistics pass (see [`AttentionWeights::norm_affine`]).
+/// two, or three with a GroupNorm statistics pass (see [`AttentionWeights::norm_affine`]).
 /// `out` gets partial statistics when it has room for them.
 /// Their bind groups keep the scratch tensors alive.
 pub fn self_attention(
@@ -140,11 +214,10 @@ pub fn self_attention(
     let [n, c, h, w] = dims4(OP, "x", x)?;
     expect_shape(OP, "out", out, &[n, c, h, w])?;
     expect_shape(OP, "qkv", &s.qkv, &[n, 3 * c, h, w])?;
-    expect_shape(OP, "heads", &s.heads, &[n, c, h, w])?;
     if p.rescale_output_factor == 0.0 {
         return Err(EngineError::shape(OP, "rescale_output_factor is 0"));
     }
-    let mut ops = Vec::with_capacity(4);
+    let mut ops = Vec::with_capacity(3);
     let stats = match (p.norm_affine, &s.stats) {
         (Some(affine), _) if x.stats_tiles() > 0 => {
             NormStats::Partials { affine, groups: p.groups, eps: p.eps }
@@ -168,15 +241,15 @@ pub fn self_attention(
             ..Conv2dArgs::new(x, p.qkv_weight, p.qkv_bias, &s.qkv)
         },
     )?);
-    let core = attention(gpu, &s.qkv, &s.heads, p.heads)?;
-    let project_out = conv2d(
+    ops.push(attention_out(
         gpu,
-        &Conv2dArgs {
-            residual: Some(x),
-            out_scale: 1.0 / p.rescale_output_factor,
-            ..Conv2dArgs::new(&s.heads, p.out_weight, p.out_bias, out)
-        },
-    )?;
-    ops.extend([core, project_out]);
+        &s.qkv,
+        p.out_weight,
+        p.out_bias,
+        x,
+        out,
+        p.heads,
+        1.0 / p.rescale_output_factor,
+    )?);
     Ok(ops)
 }

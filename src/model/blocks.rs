@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use super::arena::Arena;
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
-use crate::gpu::attention::{self_attention, AttentionScratch, AttentionWeights};
+use crate::gpu::attention::{
+    self_attention, stats_tiles as attention_stats_tiles, AttentionScratch, AttentionWeights,
+};
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{
     conv2d, pack_shortcut, stats_tiles, Conv2dArgs, NormIn, NormStats, ShortcutIn, TembSlice,
@@ -85,7 +87,13 @@ impl<'a> Planner<'a> {
         shape: &[usize],
         conv: (usize, usize, usize),
     ) -> Result<usize> {
-        let t = self.arena.alloc_with_stats(self.gpu, label, shape, conv_stats_tiles(shape, conv))?;
+        self.keep_with_stats(label, shape, conv_stats_tiles(shape, conv))
+    }
+
+    /// A new tensor that stays alive for the whole forward pass, with room for `tiles`
+    /// partial-statistics slots per (image, channel); returns its index.
+    pub fn keep_with_stats(&mut self, label: &str, shape: &[usize], tiles: usize) -> Result<usize> {
+        let t = self.arena.alloc_with_stats(self.gpu, label, shape, tiles)?;
         self.kept.push(t);
         Ok(self.kept.len() - 1)
     }
@@ -377,7 +385,7 @@ impl Attention {
 
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
         let shape = shape_of(p, x);
-        let out = p.keep_conv_out(&self.prefix, &shape, (1, 1, 0))?;
+        let out = p.keep_with_stats(&self.prefix, &shape, attention_stats_tiles(shape[2] * shape[3]))?;
         let pre = &self.prefix;
         let (qkv_w, qkv_b) = self.qkv_names();
         let weights = AttentionWeights {
@@ -401,7 +409,6 @@ impl Attention {
                 Some(p.scratch("attention.norm", &[shape[0], shape[1], NORM_STATS])?)
             },
             qkv: p.scratch("attention.qkv", &[shape[0], 3 * shape[1], shape[2], shape[3]])?,
-            heads: p.scratch("attention.heads", &shape)?,
         };
         let block = self_attention(p.gpu, &p.kept[x], &weights, &p.kept[out], &scratch)?;
         p.ops.extend(block);
