@@ -848,3 +848,84 @@ fn direct1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
     store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }
+
+// ---------------------------------------------------------------------------------------
+// `direct_up2`: nearest 2x upsampling followed by a 3x3 conv (pad 1), computed on the
+// low-resolution grid. Output row 2i + a reads upsampled rows 2i + a - 1 .. 2i + a + 1,
+// which are low rows (i - 1, i, i) for a = 0 and (i, i, i + 1) for a = 1: two distinct
+// rows, with the kernel rows that land on the same one summed (a = 0: W0 | W1 + W2; a = 1:
+// W0 + W1 | W2). Columns likewise by the output column's parity b. So each output is a
+// 2x2 conv of the stored input with one of four pre-summed kernels (packed at load,
+// `pack_up2` in conv2d.rs: [cout][cin][a][b][r][s], 16 weights per (cout, cin)): 4
+// multiply-adds instead of 9, and the upsampled tensor is never formed. Zero padding of the
+// upsampled input is zero padding of the stored one (row -1 and row 2H both fall outside).
+// The grid, the runs of 8 output pixels and the epilogue (with partial statistics) are the
+// direct kernels'; a run's 8 pixels read 6 consecutive stored columns.
+
+// Stored column jx clamped into the input, and whether jx is inside it.
+fn low_col(jx: i32) -> u32 {
+    return u32(clamp(jx, 0, i32(params.in_w >> 1u) - 1));
+}
+
+fn low_col_inside(jx: i32) -> bool {
+    return jx >= 0 && jx < i32(params.in_w >> 1u);
+}
+
+fn low_row(iy: i32) -> u32 {
+    let p = params;
+    return u32(clamp(iy, 0, i32(p.in_h >> 1u) - 1)) * (p.in_w >> 1u);
+}
+
+fn low_row_inside(iy: i32) -> bool {
+    return iy >= 0 && iy < i32(params.in_h >> 1u);
+}
+
+// One stored row (offset `r`, inside if `ok`) against row taps (s = 0, 1) of both column
+// phases: e0 / e1 for even output columns, o0 / o1 for odd ones.
+fn up2_row(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, e0: vec4<f32>, e1: vec4<f32>, o0: vec4<f32>, o1: vec4<f32>) {
+    let v0 = select(0.0, x1[r + w.c0], ok && w.i0);
+    let v1 = select(0.0, x1[r + w.c1], ok && w.i1);
+    let v2 = select(0.0, x1[r + w.c2], ok && w.i2);
+    let v3 = select(0.0, x1[r + w.c3], ok && w.i3);
+    let v4 = select(0.0, x1[r + w.c4], ok && w.i4);
+    let v5 = select(0.0, x1[r + w.c5], ok && w.i5);
+    (*acc).a0 += e0 * v0 + e1 * v1;
+    (*acc).a1 += o0 * v1 + o1 * v2;
+    (*acc).a2 += e0 * v1 + e1 * v2;
+    (*acc).a3 += o0 * v2 + o1 * v3;
+    (*acc).a4 += e0 * v2 + e1 * v3;
+    (*acc).a5 += o0 * v3 + o1 * v4;
+    (*acc).a6 += e0 * v3 + e1 * v4;
+    (*acc).a7 += o0 * v4 + o1 * v5;
+}
+
+@compute @workgroup_size(DIRECT_WG, 1, 1)
+fn direct_up2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let p = params;
+    let run = run_at(wid.z, wid.x * DIRECT_WG + tid);
+    // Stored columns jx0 - 1 .. jx0 + 4 (c0..c5; the Window's other slots are unused) and
+    // the two stored rows of this output row's parity.
+    let jx0 = i32(run.ox0 / 2u);
+    let a = run.oy & 1u;
+    let i = i32(run.oy >> 1u);
+    let top = i - 1 + i32(a);
+    let z = 0u;
+    let win = Window(
+        low_col(jx0 - 1), low_col(jx0), low_col(jx0 + 1), low_col(jx0 + 2), low_col(jx0 + 3), low_col(jx0 + 4), z, z, z, z,
+        low_col_inside(jx0 - 1), low_col_inside(jx0), low_col_inside(jx0 + 1), low_col_inside(jx0 + 2), low_col_inside(jx0 + 3), low_col_inside(jx0 + 4), false, false, false, false,
+        low_row(top), low_row(top + 1), z,
+        low_row_inside(top), low_row_inside(top + 1), false,
+    );
+    let m0 = wid.y * 4u;
+    let wr = weight_rows(m0, p.cin1 * 16u);
+
+    var acc = zero_acc();
+    for (var ci = 0u; ci < p.cin1; ci++) {
+        let plane = run.base1 + ci * run.plane;
+        // [a][b][r][s]: this row parity's 8 weights, even columns then odd.
+        let k = ci * 16u + a * 8u;
+        up2_row(&acc, win, plane + win.r0, win.j0, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        up2_row(&acc, win, plane + win.r1, win.j1, weights4(wr, k + 2u), weights4(wr, k + 3u), weights4(wr, k + 6u), weights4(wr, k + 7u));
+    }
+    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
+}

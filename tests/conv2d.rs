@@ -755,3 +755,82 @@ fn shortcut_folded_refuses_what_it_cannot_do() {
     let err = conv2d(gpu(), &args).err().expect("must fail");
     assert!(err.to_string().contains("does not match"), "{err}");
 }
+
+/// Upsample2D's conv on the stored grid (`ConvVariant::Up2`, the packed 2x2 kernels)
+/// against the CPU's nearest 2x upsample followed by a 3x3 conv, with its partial
+/// statistics against the reference output's moments.
+fn check_up2(seed: u64, n: usize, cin: usize, cout: usize, h: usize, w: usize) {
+    use diffusion_playground::gpu::conv2d::{pack_up2, stats_tiles};
+    use diffusion_playground::gpu::Tensor;
+    let mut r = rng(seed);
+    let x = uniform(&mut r, n * cin * h * w, 1.0);
+    let wt = uniform(&mut r, cout * cin * 9, 1.0 / ((cin * 9) as f32).sqrt());
+    // Channel means far from zero, as the statistics meet them in the model.
+    let b: Vec<f32> = uniform(&mut r, cout, 0.5).iter().map(|v| v + 4.0).collect();
+    let up = cpu::upsample_nearest2x(&x, n * cin, h, w);
+    let spec = Conv2dSpec { ksize: 3, stride: 1, pad: 1 };
+    let expect = cpu::conv2d(&up, [n, cin, 2 * h, 2 * w], &wt, &b, cout, spec);
+
+    let shape = [n, cout, 2 * h, 2 * w];
+    let out = Tensor::with_stats(gpu(), "out", &shape, stats_tiles(None, 3, 1, 1, shape)).expect("alloc");
+    let gx = upload("x", &[n, cin, h, w], &x);
+    let gw = upload("w", &[cout, cin * 16], &pack_up2(&wt, cout, cin));
+    let gb = upload("b", &[cout], &b);
+    let d = conv2d(
+        gpu(),
+        &Conv2dArgs {
+            upsample: true,
+            pad: 1,
+            variant: Some(ConvVariant::Up2),
+            ..Conv2dArgs::new(&gx, &gw, &gb, &out)
+        },
+    )
+    .expect("Up2 launch");
+    let got = run(&[&d], &out);
+    // Each packed weight sums up to 4 of the kernel's: the same dot products, regrouped.
+    let tol = dot_tolerance(cin * 9) + 1e-5;
+    let what = format!("Up2 conv2d n{n} {cin}->{cout} {h}x{w} -> {}x{}", 2 * h, 2 * w);
+    assert_close(&what, &got, &expect, &shape, tol, tol);
+    assert_partials_match(&what, &out, &expect);
+}
+
+#[test]
+fn up2_u_net_7_to_14() {
+    // The shipped model's first Upsample2D: 128 channels, 7x7 -> 14x14 (runs of 8: the
+    // second 6 pixels wide), batch 2.
+    check_up2(60, 2, 128, 128, 7, 7);
+}
+
+#[test]
+fn up2_odd_sizes_batch1() {
+    // 5x3 -> 10x6 (one partial run per row, the stored grid's edges on both sides), odd
+    // channel counts (the last 4-channel block partial).
+    check_up2(61, 1, 5, 7, 5, 3);
+}
+
+#[test]
+fn up2_wide_rows_batch3() {
+    // 9x13 -> 18x26 (four runs per row, the last 2 pixels wide).
+    check_up2(62, 3, 6, 9, 9, 13);
+}
+
+#[test]
+fn up2_refuses_what_it_cannot_do() {
+    let x = zeros("x", &[1, 4, 5, 5]);
+    let b = zeros("b", &[4]);
+    let out = zeros("out", &[1, 4, 10, 10]);
+    let unpacked = zeros("w", &[4, 4, 3, 3]);
+    let args = Conv2dArgs {
+        upsample: true,
+        variant: Some(ConvVariant::Up2),
+        ..Conv2dArgs::new(&x, &unpacked, &b, &out)
+    };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("packed weight [cout, 64]"), "{err}");
+    let packed = zeros("w", &[4, 64]);
+    let same = zeros("out", &[1, 4, 5, 5]);
+    let args =
+        Conv2dArgs { pad: 1, variant: Some(ConvVariant::Up2), ..Conv2dArgs::new(&x, &packed, &b, &same) };
+    let err = conv2d(gpu(), &args).err().expect("must fail");
+    assert!(err.to_string().contains("upsampled 3x3"), "{err}");
+}

@@ -13,17 +13,15 @@ use common::{f32s, labels};
 use std::path::Path;
 
 use diffusion_playground::fast::{CpuEngine, CpuSession};
-use diffusion_playground::model::UNet;
+use diffusion_playground::model::{ModelFolder, UNet};
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig, TimestepSpacing};
 use safetensors::SafeTensors;
 
 fn read_model(dir: &str) -> (String, Vec<u8>) {
-    let dir = Path::new(dir);
-    (
-        std::fs::read_to_string(dir.join("config.json")).unwrap(),
-        std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap(),
-    )
+    let folder = ModelFolder::open(Path::new(dir)).expect("model folder");
+    let weights = folder.read_weights().expect("weights");
+    (folder.config_json, weights)
 }
 
 fn cpu_engine(dir: &str, threads: usize) -> CpuEngine {

@@ -15,7 +15,7 @@ use common::f32s;
 use std::path::Path;
 
 use diffusion_playground::fast::{CpuEngine, CpuSession};
-use diffusion_playground::model::UNet;
+use diffusion_playground::model::{ModelFolder, UNet};
 use diffusion_playground::pipeline::{SampleRequest, Session};
 use diffusion_playground::sched::{SamplerKind, SchedulerConfig};
 use safetensors::SafeTensors;
@@ -23,12 +23,9 @@ use safetensors::SafeTensors;
 const MODEL: &str = "www/models/fashion-flow";
 
 fn read_model() -> (String, Vec<u8>, SchedulerConfig) {
-    let dir = Path::new(MODEL);
-    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let weights = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let sched =
-        SchedulerConfig::from_json(&std::fs::read_to_string(dir.join("scheduler_config.json")).unwrap())
-            .unwrap();
+    let folder = ModelFolder::open(Path::new(MODEL)).unwrap();
+    let (config, weights) = (folder.config_json.clone(), folder.read_weights().unwrap());
+    let sched = folder.scheduler().unwrap();
     assert!(sched.is_flow(), "{MODEL}/scheduler_config.json should name a FlowMatch scheduler");
     (config, weights, sched)
 }

@@ -19,9 +19,7 @@ fn load(dir: &str) -> UNet {
 }
 
 fn load_on(gpu: &Gpu, dir: &str) -> UNet {
-    let config = std::fs::read_to_string(Path::new(dir).join("config.json")).unwrap();
-    let weights = std::fs::read(Path::new(dir).join("diffusion_pytorch_model.safetensors")).unwrap();
-    UNet::load(gpu, &config, &weights).expect("model loads")
+    UNet::open(gpu, Path::new(dir)).expect("model loads").0
 }
 
 fn request(kind: SamplerKind, classes: Vec<u32>, seed: u64, first_image: u32) -> SampleRequest {

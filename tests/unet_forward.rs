@@ -27,9 +27,7 @@ fn f32s(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 
 fn check_model(model_dir: &Path, io_file: &Path, cases: usize) {
     let gpu = common::gpu();
-    let config = std::fs::read_to_string(model_dir.join("config.json")).unwrap();
-    let weights = std::fs::read(model_dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let unet = UNet::load(gpu, &config, &weights).expect("model loads");
+    let (unet, _) = UNet::open(gpu, model_dir).expect("model loads");
     let io_bytes = std::fs::read(io_file).unwrap();
     let io = SafeTensors::deserialize(&io_bytes).unwrap();
     let mut worst = 0.0f32;

@@ -237,17 +237,7 @@ mod native {
         gpu: &Gpu,
         dir: &std::path::Path,
     ) -> Result<(diffusion_playground::model::UNet, diffusion_playground::sched::SchedulerConfig)> {
-        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
-        let config = String::from_utf8_lossy(&read("config.json")).into_owned();
-        let unet = diffusion_playground::model::UNet::load(
-            gpu,
-            &config,
-            &read("diffusion_pytorch_model.safetensors"),
-        )?;
-        let sched = diffusion_playground::sched::SchedulerConfig::from_json(&String::from_utf8_lossy(
-            &read("scheduler_config.json"),
-        ))?;
-        Ok((unet, sched))
+        diffusion_playground::model::UNet::open(gpu, dir)
     }
 
     /// Every dispatch of one guided step (images = half the model batch), without running it.

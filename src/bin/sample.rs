@@ -45,7 +45,7 @@ mod native {
     use clap::Parser;
     use diffusion_playground::backend::{Backend, BackendChoice};
     use diffusion_playground::image::{grid_rgba, npy_bytes, parse_npy};
-    use diffusion_playground::model::UNetConfig;
+    use diffusion_playground::model::{folder, UNetConfig};
     use diffusion_playground::pipeline::{check_image_count, SampleRequest};
     use diffusion_playground::sched::analytic::AnalyticMoments;
     use diffusion_playground::sched::{
@@ -143,25 +143,10 @@ mod native {
     pub fn run(a: &Args) -> Result<()> {
         let started = Instant::now();
         let choice: BackendChoice = a.backend.parse()?;
-        let read_text = |name: &str| -> Result<Option<String>> {
-            let p = a.model.join(name);
-            match std::fs::read_to_string(&p) {
-                Ok(t) => Ok(Some(t)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io("model", &p, e)),
-            }
-        };
+        let read_text = |name: &str| folder::read_text(&a.model, name);
         // The folder's integrity first, as the page checks each download before the engine
         // sees it: a corrupt file is reported as corrupt, not as whatever it parses into.
-        let manifest = match read_text("manifest.json")? {
-            Some(t) => {
-                Some(serde_json::from_str::<serde_json::Value>(&t).map_err(|e| EngineError::Checksum {
-                    file: "manifest.json".into(),
-                    message: format!("is not valid JSON: {e}"),
-                })?)
-            }
-            None => None,
-        };
+        let manifest = folder::read_manifest(&a.model)?;
         if let Some(m) = &manifest {
             check_manifest(&a.model, m)?;
         }
@@ -206,7 +191,7 @@ mod native {
             Some(p) => Some(read_noise(p, [a.n, c, h, w])?),
         };
 
-        let weights_path = weights_path(&a.model, manifest.as_ref())?;
+        let weights_path = folder::weights_path(&a.model, manifest.as_ref())?;
         let weights = std::fs::read(&weights_path).map_err(|e| io("model", &weights_path, e))?;
         let (backend, why) = Backend::load(choice, &config_text, &weights, a.threads)?;
         drop(weights);
@@ -325,7 +310,6 @@ mod native {
         Ok(data)
     }
 
-    /// The weights file: the one manifest.json names, else diffusers' usual names.
     /// The folder's `analytic_dpm.json`, checked against the weights it was measured on.
     fn analytic_moments(dir: &Path, weights: &Path, sched: &SchedulerConfig) -> Result<Arc<AnalyticMoments>> {
         let path = dir.join("analytic_dpm.json");
@@ -347,32 +331,6 @@ mod native {
         AnalyticMoments::for_model(sched, &text, Some(&sha))
     }
 
-    fn weights_path(dir: &Path, manifest: Option<&serde_json::Value>) -> Result<PathBuf> {
-        if let Some(name) = manifest.and_then(|m| m.get("weights")) {
-            let name = name.as_str().filter(|n| is_plain_name(n)).ok_or_else(|| EngineError::Checksum {
-                file: "manifest.json".into(),
-                message: format!("`weights` = {name} is not a file name inside the model folder"),
-            })?;
-            return Ok(dir.join(name));
-        }
-        ["diffusion_pytorch_model.safetensors", "model.safetensors"]
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                EngineError::input(
-                    "model",
-                    format!("{} has no diffusion_pytorch_model.safetensors", dir.display()),
-                )
-            })
-    }
-
-    /// A name that stays inside the model folder: a hostile manifest must not make the CLI
-    /// hash or load `../../anything`.
-    fn is_plain_name(name: &str) -> bool {
-        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
-    }
-
     /// What manifest.json says of one file.
     struct Listed {
         name: String,
@@ -389,9 +347,9 @@ mod native {
             .enumerate()
             .map(|(i, f)| {
                 let name =
-                    f.get("name").and_then(|n| n.as_str()).filter(|n| is_plain_name(n)).ok_or_else(|| {
-                        bad(format!("files[{i}].name is not a file name inside the model folder"))
-                    })?;
+                    f.get("name").and_then(|n| n.as_str()).filter(|n| folder::is_plain_name(n)).ok_or_else(
+                        || bad(format!("files[{i}].name is not a file name inside the model folder")),
+                    )?;
                 let bytes = match f.get("bytes") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(b) => Some(

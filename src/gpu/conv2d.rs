@@ -30,6 +30,7 @@ const NARROW: KernelDef = KernelDef { entry: "narrow", ..KERNEL };
 /// The barrier-free entry points (stride 1; 3x3 with pad 1, or 1x1 with pad 0).
 const DIRECT3: KernelDef = KernelDef { entry: "direct3x3", ..KERNEL };
 const DIRECT1: KernelDef = KernelDef { entry: "direct1x1", ..KERNEL };
+const DIRECT_UP2: KernelDef = KernelDef { entry: "direct_up2", ..KERNEL };
 const OP: &str = "conv2d";
 /// `main`'s workgroup is 256 invocations, `256 / wg_y` pixels by `wg_y` output channels,
 /// each computing 4 x 4 outputs: 16 (64 x 64 tiles), or 8 (32 x 128) for outputs of at
@@ -59,6 +60,11 @@ pub enum ConvVariant {
     Direct,
     /// One invocation per pixel for all (at most 4) output channels.
     Narrow,
+    /// Nearest 2x upsample + 3x3 conv as four 2x2 convs of the stored input (4 taps per
+    /// output instead of 9), the direct kernels' register tiles; its weight is the packed
+    /// [cout, cin * 16] of [`pack_up2`]. Never chosen by [`ConvVariant::auto`]: the caller
+    /// owns the packing.
+    Up2,
 }
 
 impl ConvVariant {
@@ -122,6 +128,27 @@ pub fn pack_shortcut(conv2: &[f32], shortcut: &[f32], cout: usize) -> Vec<f32> {
     for m in 0..cout {
         out.extend_from_slice(&conv2[m * a..(m + 1) * a]);
         out.extend_from_slice(&shortcut[m * b..(m + 1) * b]);
+    }
+    out
+}
+
+/// A [cout, cin, 3, 3] kernel as the four 2x2 kernels it becomes on the stored grid of a
+/// nearest-2x-upsampled input, [cout, cin, a, b, r, s] ([`ConvVariant::Up2`]): output row
+/// parity a takes kernel rows {0} and {1, 2} (a = 0) or {0, 1} and {2} (a = 1) onto stored
+/// rows r = 0, 1, summed; columns likewise by parity b.
+pub fn pack_up2(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    const LANDS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+    let mut out = Vec::with_capacity(cout * cin * 16);
+    for kernel in weight.chunks_exact(9).take(cout * cin) {
+        for rows in LANDS {
+            for cols in LANDS {
+                for ky in rows {
+                    for kx in cols {
+                        out.push(ky.iter().flat_map(|&y| kx.iter().map(move |&x| kernel[y * 3 + x])).sum());
+                    }
+                }
+            }
+        }
     }
     out
 }
@@ -260,6 +287,18 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         None => 0,
     };
     let [cout, wcin, k, kw] = match a.shortcut {
+        None if a.variant == Some(ConvVariant::Up2) => match a.weight.shape() {
+            &[cout, k] if k == cin1 * 16 && cin2 == 0 => [cout, cin1, 3, 3],
+            other => {
+                return Err(EngineError::shape(
+                    OP,
+                    format!(
+                        "the Up2 kernel needs one input and the packed weight [cout, {}], not {other:?}",
+                        cin1 * 16
+                    ),
+                ))
+            }
+        },
         None => dims4(OP, "weight", a.weight)?,
         Some(_) => {
             let packed = cin1 * 9 + cin2 + cin3;
@@ -445,6 +484,20 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             let runs = oh * ow.div_ceil(DIRECT_PX);
             (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
         }
+        ConvVariant::Up2 => {
+            if !(a.upsample && k == 3 && a.stride == 1 && a.pad == 1) || a.norm.is_some() {
+                return Err(EngineError::shape(
+                    OP,
+                    "the Up2 kernel computes an upsampled 3x3 conv (stride 1, pad 1) of a plain input",
+                ));
+            }
+            let kernel = gpu.kernel(
+                &DIRECT_UP2,
+                &[("DIRECT_WG", layout.wg as f64), ("EMIT_STATS", emit as u32 as f64)],
+            )?;
+            let runs = oh * ow.div_ceil(DIRECT_PX);
+            (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
+        }
         ConvVariant::Tiled => {
             let kernel =
                 gpu.kernel(&KERNEL, &[("WG_Y", layout.wg as f64), ("EMIT_STATS", emit as u32 as f64)])?;
@@ -471,7 +524,9 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     )?;
     let shortcut_flops = if a.shortcut.is_some() { flops(n, cin2 + cin3, cout, 1, oh, ow) } else { 0.0 };
     let main_cin = if a.shortcut.is_some() { cin1 } else { cin1 + cin2 };
-    Ok(d.with_flops(flops(n, main_cin, cout, k, oh, ow) + shortcut_flops))
+    // Up2 does 4 of the 9 taps' multiply-adds (the others are summed into its weights).
+    let taps = if variant == ConvVariant::Up2 { 4.0 / 9.0 } else { 1.0 };
+    Ok(d.with_flops(taps * flops(n, main_cin, cout, k, oh, ow) + shortcut_flops))
 }
 
 /// Most GroupNorm groups a convolution can merge partial statistics for: their (mean,
@@ -496,7 +551,7 @@ const DIRECT_STATS_RUNS: usize = DIRECT_MIN_WG;
 impl Layout {
     fn of(variant: ConvVariant, n: usize, cout: usize, oh: usize, ow: usize) -> Layout {
         match variant {
-            ConvVariant::Direct => {
+            ConvVariant::Direct | ConvVariant::Up2 => {
                 let runs = oh * ow.div_ceil(DIRECT_PX);
                 // Small images at small batches have few runs per channel block: smaller
                 // workgroups then waste fewer invocations (llvmpipe runs every invocation

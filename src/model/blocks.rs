@@ -13,7 +13,8 @@ use crate::gpu::attention::{
 };
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{
-    conv2d, pack_shortcut, stats_tiles, Conv2dArgs, NormIn, NormStats, ShortcutIn, TembSlice,
+    conv2d, pack_shortcut, pack_up2, stats_tiles, Conv2dArgs, ConvVariant, NormIn, NormStats, ShortcutIn,
+    TembSlice,
 };
 use crate::gpu::group_norm::{group_norm_stats, NORM_STATS};
 use crate::gpu::{Dispatch, Gpu, Tensor};
@@ -422,7 +423,8 @@ pub struct Downsample2D {
     pub channels: usize,
 }
 
-/// `Upsample2D(use_conv=True)`: nearest 2x, then a 3x3 convolution (fused in one kernel).
+/// `Upsample2D(use_conv=True)`: nearest 2x, then a 3x3 convolution (one kernel, on the
+/// stored grid: [`ConvVariant::Up2`]).
 pub struct Upsample2D {
     pub prefix: String,
     pub channels: usize,
@@ -466,16 +468,32 @@ impl Upsample2D {
         conv3x3_parameters(&self.prefix, self.channels, out);
     }
 
+    fn packed_name(&self) -> String {
+        format!("{}.conv.weight_up2", self.prefix)
+    }
+
+    /// The conv's kernel as the four 2x2 kernels of the stored grid ([`pack_up2`]).
+    pub fn derive(&self, weights: &Weights, out: &mut Derived) -> Result<()> {
+        let name = format!("{}.conv.weight", self.prefix);
+        let c = self.channels;
+        out.add(self.packed_name(), vec![c, c * 16], pack_up2(&weight(weights, &name)?.data, c, c));
+        out.replaces.push(name);
+        Ok(())
+    }
+
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
         let [n, c, h, w] = shape_of(p, x);
         let out = p.keep_conv_out(&self.prefix, &[n, c, 2 * h, 2 * w], (3, 1, 1))?;
+        // Upsample and conv in one dispatch on the stored grid: 4 taps per output, not 9.
         let d = conv2d(
             p.gpu,
             &Conv2dArgs {
                 upsample: true,
+                pad: 1,
+                variant: Some(ConvVariant::Up2),
                 ..Conv2dArgs::new(
                     &p.kept[x],
-                    p.param(&format!("{}.conv.weight", self.prefix))?,
+                    p.param(&self.packed_name())?,
                     p.param(&format!("{}.conv.bias", self.prefix))?,
                     &p.kept[out],
                 )

@@ -316,6 +316,9 @@ impl UNet {
         for a in spec.attentions() {
             a.derive(weights, &mut derived)?;
         }
+        for u in spec.up_blocks.iter().filter_map(|b| b.upsampler.as_ref()) {
+            u.derive(weights, &mut derived)?;
+        }
         for (name, t) in &derived.tensors {
             upload(name.clone(), t, &t.shape)?;
         }

@@ -106,3 +106,42 @@ pub fn labels(st: &safetensors::SafeTensors, name: &str) -> Vec<u32> {
         .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
         .collect()
 }
+
+/// The partial statistics in `t`'s tail, merged per (image, channel) with Chan's formula in
+/// f64, against the mean and variance of `expect` (the reference output, [n, c, hw]):
+/// counts exact, means to 1e-5 relative, variances to 1e-3 (the kernels' own output
+/// differs from the reference by its dot-product error).
+pub fn assert_partials_match(what: &str, t: &Tensor, expect: &[f32]) {
+    let [n, c] = [t.shape()[0], t.shape()[1]];
+    let hw: usize = t.shape()[2..].iter().product();
+    let tiles = t.stats_tiles();
+    assert!(tiles > 0, "{what}: no statistics slots");
+    let slots = pollster::block_on(t.read_stats(gpu())).expect("read stats");
+    assert_eq!(slots.len(), n * c * tiles * 3, "{what}: slots");
+    for i in 0..n {
+        for ch in 0..c {
+            let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+            for s in slots[(i * c + ch) * tiles * 3..(i * c + ch + 1) * tiles * 3].chunks_exact(3) {
+                let (nb, mb, m2b) = (s[0] as f64, s[1] as f64, s[2] as f64);
+                if nb == 0.0 {
+                    continue;
+                }
+                let total = cnt + nb;
+                let d = mb - mean;
+                mean += d * nb / total;
+                m2 += m2b + d * d * cnt * nb / total;
+                cnt = total;
+            }
+            let vals = &expect[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+            let rm = vals.iter().map(|&v| v as f64).sum::<f64>() / hw as f64;
+            let rv = vals.iter().map(|&v| (v as f64 - rm).powi(2)).sum::<f64>() / hw as f64;
+            assert_eq!(cnt as usize, hw, "{what}: count of image {i} channel {ch}");
+            assert!((mean - rm).abs() <= 1e-5 * rm.abs().max(1.0), "{what}: mean {mean} vs {rm} ({i}, {ch})");
+            assert!(
+                (m2 / cnt - rv).abs() <= 1e-3 * rv + 1e-7,
+                "{what}: variance {} vs {rv} ({i}, {ch})",
+                m2 / cnt
+            );
+        }
+    }
+}
