@@ -45,7 +45,10 @@ struct Params {
 const HEAD_DIM: u32 = 16u;
 const D4: u32 = (HEAD_DIM + 3u) / 4u;
 const KV_CAPACITY: u32 = 480u;
-const QUERIES: u32 = 64u; // = QUERIES_PER_WORKGROUP in attention.rs
+// Queries (invocations) per workgroup: 64 for `main`; `fused` takes fewer on small maps
+// (`fused_queries` in attention.rs), where whole heads per workgroup would leave few
+// workgroups.
+override QUERIES: u32 = 64u;
 
 var<workgroup> k_tile: array<vec4<f32>, KV_CAPACITY>;
 var<workgroup> v_tile: array<vec4<f32>, KV_CAPACITY>;
@@ -147,7 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // ---------------------------------------------------------------------------------------
-// `fused`: out = (to_out(heads) + residual) * out_scale for 64 queries of one image, every
+// `fused`: out = (to_out(heads) + residual) * out_scale for QUERIES queries of one image, every
 // head in turn. After head h, each invocation adds that head's share of the projection,
 // sum over its d channels of W[co, h*d + c] * heads[c], to its own query's column of `out`
 // for every output channel co: the first head also adds the bias and the residual, the
@@ -155,9 +158,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // writes need no synchronisation; the weight loads are the same for every invocation
 // (uniform, a broadcast on a GPU). The heads' outputs never leave registers.
 // With EMIT_STATS the workgroup then writes (count, mean, M2) of every channel over its
-// 64 queries (one slot per query tile, the same tiles at every batch size), read back from
+// queries (one slot per query tile), read back from
 // `out` after a storage barrier, for the GroupNorm of the next ResNet (see conv2d.wgsl,
-// "Partial statistics").
+// "Partial statistics"). The tiles depend on the map's size only, not on the batch.
 
 override EMIT_STATS: bool = false;
 

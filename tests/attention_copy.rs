@@ -257,3 +257,9 @@ fn upsample_shapes() {
     check_upsample(41, 2, 33, 13, 13);
     check_upsample(42, 1, 1, 1, 1);
 }
+
+#[test]
+fn attention_out_large_map_tiles_of_64() {
+    // 17x17 = 289 tokens: tiles of 64 queries, the last 33.
+    check_attention_out(14, 1, 16, 17, 17, 2, true);
+}

@@ -47,10 +47,21 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Queries per workgroup of [`attention_out`], by the map's size only (so its statistics
+/// tiles do not depend on the batch): each workgroup runs every head, so small maps take
+/// small tiles to keep several workgroups per image (a 7x7 map: 4 tiles of 16, not 1).
+fn fused_queries(tokens: usize) -> usize {
+    match tokens {
+        0..=64 => 16,
+        65..=256 => 32,
+        _ => QUERIES_PER_WORKGROUP,
+    }
+}
+
 /// Partial-statistics slots per (image, channel) that [`attention_out`] writes for a
-/// feature map of `tokens` pixels: one per tile of 64 queries.
+/// feature map of `tokens` pixels: one per query tile.
 pub fn stats_tiles(tokens: usize) -> usize {
-    tokens.div_ceil(QUERIES_PER_WORKGROUP)
+    tokens.div_ceil(fused_queries(tokens))
 }
 
 /// The shape checks and the pipeline for `def` at this head size; returns (batch, channels,
@@ -130,8 +141,16 @@ pub fn attention_out(
     out_scale: f32,
 ) -> Result<Dispatch> {
     let emit = out.stats_tiles() > 0;
-    let (n, c, tokens, kernel, mut params) =
-        prepare(gpu, &FUSED, qkv, out, heads, &[("EMIT_STATS", emit as u32 as f64)])?;
+    let tokens = out.shape().iter().skip(2).product();
+    let queries = fused_queries(tokens);
+    let (n, c, tokens, kernel, mut params) = prepare(
+        gpu,
+        &FUSED,
+        qkv,
+        out,
+        heads,
+        &[("EMIT_STATS", emit as u32 as f64), ("QUERIES", queries as f64)],
+    )?;
     if out_weight.shape().iter().product::<usize>() != c * c || out_weight.shape()[..2] != [c, c] {
         return Err(EngineError::shape(OP, format!("out weight {:?} is not [{c}, {c}]", out_weight.shape())));
     }
@@ -153,7 +172,7 @@ pub fn attention_out(
         &kernel,
         &[qkv.buffer(), out.buffer(), out_weight.buffer(), out_bias.buffer(), residual.buffer()],
         &params,
-        [groups(tokens, QUERIES_PER_WORKGROUP), u32_of(OP, "batch", n)?, 1],
+        [groups(tokens, queries), u32_of(OP, "batch", n)?, 1],
     )
     // The core's 2 * tokens^2 * c multiply-adds and the projection's tokens * c^2.
     .map(|d| d.with_flops(4.0 * (n * tokens * tokens * c) as f64 + 2.0 * (n * tokens * c * c) as f64))
