@@ -929,3 +929,81 @@ fn direct_up2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
 }
+
+// ---------------------------------------------------------------------------------------
+// `direct3x3s2`: the direct kernel for a 3x3 conv with stride 2 and pad 1 (Downsample2D),
+// of a plain single input. A run's 8 outputs read input columns 2 ox0 - 1 .. 2 ox0 + 15
+// (17, named below) of rows 2 oy - 1 .. 2 oy + 1; otherwise as `direct3x3`: 4 channels x 8
+// pixels per invocation, no workgroup memory, the same runs and epilogue. It replaces the
+// tiled kernel, whose 64 x 64 tiles left a batch-2 downsample with 2 to 4 workgroups.
+
+struct Window17 {
+    c0: u32, c1: u32, c2: u32, c3: u32, c4: u32, c5: u32, c6: u32, c7: u32, c8: u32,
+    c9: u32, c10: u32, c11: u32, c12: u32, c13: u32, c14: u32, c15: u32, c16: u32,
+    i0: bool, i1: bool, i2: bool, i3: bool, i4: bool, i5: bool, i6: bool, i7: bool, i8: bool,
+    i9: bool, i10: bool, i11: bool, i12: bool, i13: bool, i14: bool, i15: bool, i16: bool,
+}
+
+fn window17(x: i32) -> Window17 {
+    return Window17(
+        col_offset(x), col_offset(x + 1), col_offset(x + 2), col_offset(x + 3), col_offset(x + 4), col_offset(x + 5), col_offset(x + 6), col_offset(x + 7), col_offset(x + 8),
+        col_offset(x + 9), col_offset(x + 10), col_offset(x + 11), col_offset(x + 12), col_offset(x + 13), col_offset(x + 14), col_offset(x + 15), col_offset(x + 16),
+        col_inside(x), col_inside(x + 1), col_inside(x + 2), col_inside(x + 3), col_inside(x + 4), col_inside(x + 5), col_inside(x + 6), col_inside(x + 7), col_inside(x + 8),
+        col_inside(x + 9), col_inside(x + 10), col_inside(x + 11), col_inside(x + 12), col_inside(x + 13), col_inside(x + 14), col_inside(x + 15), col_inside(x + 16),
+    );
+}
+
+// One input row (offset `r`, inside if `ok`) against one row of 3 taps, stride 2.
+fn taps_s2(acc: ptr<function, Acc>, w: Window17, r: u32, ok: bool, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
+    let v0 = select(0.0, x1[r + w.c0], ok && w.i0);
+    let v1 = select(0.0, x1[r + w.c1], ok && w.i1);
+    let v2 = select(0.0, x1[r + w.c2], ok && w.i2);
+    let v3 = select(0.0, x1[r + w.c3], ok && w.i3);
+    let v4 = select(0.0, x1[r + w.c4], ok && w.i4);
+    let v5 = select(0.0, x1[r + w.c5], ok && w.i5);
+    let v6 = select(0.0, x1[r + w.c6], ok && w.i6);
+    let v7 = select(0.0, x1[r + w.c7], ok && w.i7);
+    let v8 = select(0.0, x1[r + w.c8], ok && w.i8);
+    let v9 = select(0.0, x1[r + w.c9], ok && w.i9);
+    let v10 = select(0.0, x1[r + w.c10], ok && w.i10);
+    let v11 = select(0.0, x1[r + w.c11], ok && w.i11);
+    let v12 = select(0.0, x1[r + w.c12], ok && w.i12);
+    let v13 = select(0.0, x1[r + w.c13], ok && w.i13);
+    let v14 = select(0.0, x1[r + w.c14], ok && w.i14);
+    let v15 = select(0.0, x1[r + w.c15], ok && w.i15);
+    let v16 = select(0.0, x1[r + w.c16], ok && w.i16);
+    (*acc).a0 += k0 * v0 + k1 * v1 + k2 * v2;
+    (*acc).a1 += k0 * v2 + k1 * v3 + k2 * v4;
+    (*acc).a2 += k0 * v4 + k1 * v5 + k2 * v6;
+    (*acc).a3 += k0 * v6 + k1 * v7 + k2 * v8;
+    (*acc).a4 += k0 * v8 + k1 * v9 + k2 * v10;
+    (*acc).a5 += k0 * v10 + k1 * v11 + k2 * v12;
+    (*acc).a6 += k0 * v12 + k1 * v13 + k2 * v14;
+    (*acc).a7 += k0 * v14 + k1 * v15 + k2 * v16;
+}
+
+@compute @workgroup_size(DIRECT_WG, 1, 1)
+fn direct3x3s2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let p = params;
+    let run = run_at(wid.z, wid.x * DIRECT_WG + tid);
+    let win = window17(2 * i32(run.ox0) - 1);
+    let y = 2 * i32(run.oy) - 1;
+    let r0 = row_offset(y);
+    let r1 = row_offset(y + 1);
+    let r2 = row_offset(y + 2);
+    let j0 = row_inside(y);
+    let j1 = row_inside(y + 1);
+    let j2 = row_inside(y + 2);
+    let m0 = wid.y * 4u;
+    let wr = weight_rows(m0, p.cin1 * 9u);
+
+    var acc = zero_acc();
+    for (var ci = 0u; ci < p.cin1; ci++) {
+        let plane = run.base1 + ci * run.plane;
+        let k = ci * 9u;
+        taps_s2(&acc, win, plane + r0, j0, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps_s2(&acc, win, plane + r1, j1, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps_s2(&acc, win, plane + r2, j2, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+    }
+    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
+}

@@ -589,6 +589,16 @@ fn partials_concat_tiled_stride2_and_direct1x1() {
 }
 
 #[test]
+fn partials_direct_stride2_downsample() {
+    // Downsample2D on the direct stride-2 kernel: 28x28 -> 14x14 and 13x13 -> 7x7 (odd:
+    // the last window column past the input), writing partial statistics.
+    let p = Producer { k: 3, stride: 2, cin: 6, cout: 8, h: 28, w: 28, variant: ConvVariant::Direct };
+    check_partials(43, 2, p, None, 5, 3, 4, true);
+    let p = Producer { k: 3, stride: 2, cin: 5, cout: 12, h: 13, w: 13, variant: ConvVariant::Direct };
+    check_partials(44, 1, p, None, 7, 1, 3, false);
+}
+
+#[test]
 fn partials_u_net_level0_shapes() {
     // The shipped model's 28x28 level at batch 2: 32 channels in 8 groups, 3x3 both ways.
     let p = Producer { k: 3, stride: 1, cin: 32, cout: 32, h: 28, w: 28, variant: ConvVariant::Direct };

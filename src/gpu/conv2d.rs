@@ -30,6 +30,7 @@ const NARROW: KernelDef = KernelDef { entry: "narrow", ..KERNEL };
 /// The barrier-free entry points (stride 1; 3x3 with pad 1, or 1x1 with pad 0).
 const DIRECT3: KernelDef = KernelDef { entry: "direct3x3", ..KERNEL };
 const DIRECT1: KernelDef = KernelDef { entry: "direct1x1", ..KERNEL };
+const DIRECT3S2: KernelDef = KernelDef { entry: "direct3x3s2", ..KERNEL };
 const DIRECT_UP2: KernelDef = KernelDef { entry: "direct_up2", ..KERNEL };
 const OP: &str = "conv2d";
 /// `main`'s workgroup is 256 invocations, `256 / wg_y` pixels by `wg_y` output channels,
@@ -56,7 +57,8 @@ pub enum ConvVariant {
     /// and stride.
     Tiled,
     /// Barrier-free register tiles, [`DIRECT_CH`] channels x [`DIRECT_PX`] pixels per
-    /// invocation: stride 1, 3x3 with pad 1 or 1x1 with pad 0.
+    /// invocation: stride 1, 3x3 with pad 1 or 1x1 with pad 0; or 3x3, pad 1, stride 2 of
+    /// one plain input (Downsample2D).
     Direct,
     /// One invocation per pixel for all (at most 4) output channels.
     Narrow,
@@ -82,7 +84,7 @@ impl ConvVariant {
     }
 
     pub fn direct_applies(k: usize, stride: usize, pad: usize) -> bool {
-        stride == 1 && ((k == 3 && pad == 1) || (k == 1 && pad == 0))
+        (stride == 1 && ((k == 3 && pad == 1) || (k == 1 && pad == 0))) || (stride == 2 && k == 3 && pad == 1)
     }
 }
 
@@ -463,12 +465,22 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                 return Err(EngineError::shape(
                     OP,
                     format!(
-                        "the direct kernel takes stride 1 and 3x3/pad 1 or 1x1/pad 0, not {k}x{k}/stride {}/pad {}",
+                        "the direct kernel takes 3x3/pad 1 (stride 1 or 2) or 1x1/pad 0 (stride 1), not {k}x{k}/stride {}/pad {}",
                         a.stride, a.pad
                     ),
                 ));
             }
-            let def = if k == 3 { &DIRECT3 } else { &DIRECT1 };
+            if a.stride == 2 && (a.x2.is_some() || a.norm.is_some() || a.upsample || a.shortcut.is_some()) {
+                return Err(EngineError::shape(
+                    OP,
+                    "the stride-2 direct kernel reads one plain input (no x2, norm, upsample or shortcut)",
+                ));
+            }
+            let def = match (k, a.stride) {
+                (3, 2) => &DIRECT3S2,
+                (3, _) => &DIRECT3,
+                _ => &DIRECT1,
+            };
             u32_of(OP, "pixel runs", oh * ow.div_ceil(DIRECT_PX))?;
             let kernel = gpu.kernel(
                 def,
