@@ -14,6 +14,7 @@ use common::labels;
 
 use std::path::Path;
 
+use diffusion_playground::gpu::Gpu;
 use diffusion_playground::model::UNet;
 use safetensors::SafeTensors;
 
@@ -26,7 +27,10 @@ fn f32s(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn check_model(model_dir: &Path, io_file: &Path, cases: usize) {
-    let gpu = common::gpu();
+    check_model_on(common::gpu(), model_dir, io_file, cases);
+}
+
+fn check_model_on(gpu: &Gpu, model_dir: &Path, io_file: &Path, cases: usize) {
     let (unet, _) = UNet::open(gpu, model_dir).expect("model loads");
     let io_bytes = std::fs::read(io_file).unwrap();
     let io = SafeTensors::deserialize(&io_bytes).unwrap();
@@ -89,13 +93,34 @@ fn small_random_unet_matches_diffusers() {
     );
 }
 
-#[test]
-fn shipped_fashion_unet_matches_diffusers() {
+fn fashion_io() -> &'static Path {
     let io = Path::new("tests/fixtures/unet_fashion_io.safetensors");
     assert!(
         io.exists(),
         "{} is missing: run `train/make_fixtures.py --part fashion` after exporting the model",
         io.display()
     );
-    check_model(Path::new("www/models/fashion"), io, 5);
+    io
+}
+
+#[test]
+fn shipped_fashion_unet_matches_diffusers() {
+    check_model(Path::new("www/models/fashion"), fashion_io(), 5);
+}
+
+/// The other attention form than this adapter's default (`Gpu::fused_attention`: three
+/// dispatches on a CPU adapter, two on a GPU), on a device of its own so that the other
+/// tests' plans do not change under them.
+#[test]
+fn shipped_fashion_unet_matches_diffusers_other_attention_form() {
+    let gpu = pollster::block_on(Gpu::new()).expect("adapter");
+    gpu.set_fused_attention(!gpu.fused_attention());
+    eprintln!("fused attention: {}", gpu.fused_attention());
+    check_model_on(&gpu, Path::new("www/models/fashion"), fashion_io(), 5);
+    check_model_on(
+        &gpu,
+        Path::new("tests/fixtures/unet_small"),
+        Path::new("tests/fixtures/unet_small_io.safetensors"),
+        5,
+    );
 }

@@ -241,8 +241,21 @@ mod native {
     }
 
     /// Every dispatch of one guided step (images = half the model batch), without running it.
+    /// The plan a hardware adapter runs (fused attention), whatever this adapter is, unless
+    /// `--adapter-plan` asks for this adapter's own (see `Gpu::fused_attention`).
     fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
         use diffusion_playground::pipeline::Session;
+        if !std::env::args().any(|a| a == "--adapter-plan") {
+            gpu.set_fused_attention(true);
+        }
+        println!(
+            "attention: {} (`Gpu::fused_attention`)",
+            if gpu.fused_attention() {
+                "two dispatches per block, as on a GPU"
+            } else {
+                "three dispatches per block"
+            }
+        );
         let (unet, sched) = load_gpu_model(gpu, dir)?;
         for images in [1usize, 16] {
             let mut session = Session::new(gpu, &unet, images)?;

@@ -205,6 +205,9 @@ pub struct AttentionScratch {
     pub stats: Option<Tensor>,
     /// [N, 3C, H, W]
     pub qkv: Tensor,
+    /// The heads' outputs, [N, C, H, W], for the three-dispatch form (see
+    /// [`Gpu::fused_attention`]); `None` with the fused kernel.
+    pub heads: Option<Tensor>,
 }
 
 impl AttentionScratch {
@@ -214,13 +217,15 @@ impl AttentionScratch {
         Ok(AttentionScratch {
             stats: Some(Tensor::zeros(gpu, "attention.norm", &[n, c, NORM_STATS])?),
             qkv: Tensor::zeros(gpu, "attention.qkv", &[n, 3 * c, h, w])?,
+            heads: Some(Tensor::zeros(gpu, "attention.heads", &[n, c, h, w])?),
         })
     }
 }
 
 /// The dispatches of a self-attention block:
 /// `out = (x + to_out(attention(to_qkv(group_norm(x))))) / rescale_output_factor`:
-/// two, or three with a GroupNorm statistics pass (see [`AttentionWeights::norm_affine`]).
+/// two ([`Gpu::fused_attention`]) or three, plus a GroupNorm statistics pass for an input
+/// without partial statistics (see [`AttentionWeights::norm_affine`]).
 /// `out` gets partial statistics when it has room for them.
 /// Their bind groups keep the scratch tensors alive.
 pub fn self_attention(
@@ -260,15 +265,42 @@ pub fn self_attention(
             ..Conv2dArgs::new(x, p.qkv_weight, p.qkv_bias, &s.qkv)
         },
     )?);
-    ops.push(attention_out(
+    if gpu.fused_attention() {
+        ops.push(attention_out(
+            gpu,
+            &s.qkv,
+            p.out_weight,
+            p.out_bias,
+            x,
+            out,
+            p.heads,
+            1.0 / p.rescale_output_factor,
+        )?);
+        return Ok(ops);
+    }
+    let heads = s.heads.as_ref().ok_or_else(|| {
+        EngineError::shape(OP, "the three-dispatch form needs the heads scratch (AttentionScratch::heads)")
+    })?;
+    expect_shape(OP, "heads", heads, &[n, c, h, w])?;
+    ops.push(attention(gpu, &s.qkv, heads, p.heads)?);
+    ops.push(conv2d(
         gpu,
-        &s.qkv,
-        p.out_weight,
-        p.out_bias,
-        x,
-        out,
-        p.heads,
-        1.0 / p.rescale_output_factor,
+        &Conv2dArgs {
+            residual: Some(x),
+            out_scale: 1.0 / p.rescale_output_factor,
+            ..Conv2dArgs::new(heads, p.out_weight, p.out_bias, out)
+        },
     )?);
     Ok(ops)
+}
+
+/// Partial-statistics slots per (image, channel) that [`self_attention`] writes into an
+/// `out` of `shape` [n, c, h, w] on this device (the fused kernel's query tiles, or the 1x1
+/// conv's runs).
+pub fn out_stats_tiles(gpu: &Gpu, shape: [usize; 4]) -> usize {
+    if gpu.fused_attention() {
+        stats_tiles(shape[2] * shape[3])
+    } else {
+        super::conv2d::stats_tiles(None, 1, 1, 0, shape)
+    }
 }

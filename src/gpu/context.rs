@@ -29,7 +29,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{EngineError, Result};
@@ -62,6 +62,8 @@ pub struct Gpu {
     /// a scope's growth is what its allocations asked for.
     bytes_created: AtomicU64,
     pub(crate) kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    /// Which attention kernels a forward plan uses (see [`Gpu::fused_attention`]).
+    fused_attention: AtomicBool,
     /// Bound in place of an optional input that a dispatch does not use.
     pub(crate) placeholder: wgpu::Buffer,
 }
@@ -120,6 +122,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let fused_attention = AtomicBool::new(info.device_type != wgpu::DeviceType::Cpu);
         Ok(Gpu {
             device,
             queue,
@@ -131,6 +134,7 @@ impl Gpu {
             oom_countdown: AtomicU32::new(0),
             bytes_created: AtomicU64::new(0),
             kernels: Mutex::new(HashMap::new()),
+            fused_attention,
             placeholder,
         })
     }
@@ -295,6 +299,21 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn park_error(&self, e: EngineError) {
         park(&self.pending, e);
+    }
+
+    /// Whether attention blocks run as two dispatches (q/k/v, then the core with to_out,
+    /// residual and scale: `attention_out`) or three (q/k/v, the core, to_out as a 1x1
+    /// conv). Two on a GPU (a launch and a full write and read of the heads fewer per block);
+    /// three on a CPU adapter, where the fused kernel's projection (one weight load per
+    /// multiply-add in each invocation, a gather there) made attention 1.3x (lavapipe, batch
+    /// 32) to 1.5x (SwiftShader, batch 2) slower than the conv's register tile (README).
+    /// Plans made after [`Gpu::set_fused_attention`] follow it (tests run both).
+    pub fn fused_attention(&self) -> bool {
+        self.fused_attention.load(Ordering::Relaxed)
+    }
+
+    pub fn set_fused_attention(&self, fused: bool) {
+        self.fused_attention.store(fused, Ordering::Relaxed);
     }
 
     /// Human-readable adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".

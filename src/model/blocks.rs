@@ -9,7 +9,7 @@ use super::arena::Arena;
 use super::weights::{HostTensor, Weights};
 use crate::error::{EngineError, Result};
 use crate::gpu::attention::{
-    self_attention, stats_tiles as attention_stats_tiles, AttentionScratch, AttentionWeights,
+    out_stats_tiles as attention_out_stats_tiles, self_attention, AttentionScratch, AttentionWeights,
 };
 use crate::gpu::concat::concat;
 use crate::gpu::conv2d::{
@@ -386,7 +386,7 @@ impl Attention {
 
     pub(crate) fn plan(&self, p: &mut Planner, x: usize) -> Result<usize> {
         let shape = shape_of(p, x);
-        let out = p.keep_with_stats(&self.prefix, &shape, attention_stats_tiles(shape[2] * shape[3]))?;
+        let out = p.keep_with_stats(&self.prefix, &shape, attention_out_stats_tiles(p.gpu, shape))?;
         let pre = &self.prefix;
         let (qkv_w, qkv_b) = self.qkv_names();
         let weights = AttentionWeights {
@@ -410,6 +410,7 @@ impl Attention {
                 Some(p.scratch("attention.norm", &[shape[0], shape[1], NORM_STATS])?)
             },
             qkv: p.scratch("attention.qkv", &[shape[0], 3 * shape[1], shape[2], shape[3]])?,
+            heads: if p.gpu.fused_attention() { None } else { Some(p.scratch("attention.heads", &shape)?) },
         };
         let block = self_attention(p.gpu, &p.kept[x], &weights, &p.kept[out], &scratch)?;
         p.ops.extend(block);
