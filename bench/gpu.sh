@@ -20,6 +20,10 @@ log=target/gpu-bench
 cargo build --release --bin bench
 ./target/release/bench --all-variants | tee "$log/kernels.txt"
 ./target/release/bench --model www/models/fashion | tee "$log/model.txt"
+# The other attention form too: its choice per adapter (Gpu::fused_attention) was made on
+# software adapters only.
+./target/release/bench --model www/models/fashion --no-sample --fused-attention off | tee "$log/model_unfused.txt"
+./target/release/bench --model www/models/fashion --no-sample --fused-attention on | tee "$log/model_fused.txt"
 ./target/release/bench --model www/models/fashion --plan-stats > "$log/plan.md"
 : > "$log/torch.txt"
 if python3 -c 'import sys, torch, diffusers; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -47,6 +51,8 @@ result = {
         for m in re.findall(r"^(.+?)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", kernels, re.M)
     ],
     "engine": runs(model),
+    "engine_attention_unfused": runs(read("model_unfused.txt")),
+    "engine_attention_fused": runs(read("model_fused.txt")),
     "diffusers": runs(read("torch.txt")),
     "plan": read("plan.md"),
 }

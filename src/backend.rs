@@ -69,7 +69,7 @@ impl Backend {
             Err(e) if choice == BackendChoice::Auto => return cpu(format!("no GPU adapter ({e})")),
             Err(e) => return Err(e),
         };
-        if choice == BackendChoice::Auto && gpu.info.device_type == wgpu::DeviceType::Cpu {
+        if choice == BackendChoice::Auto && gpu.is_software() {
             return cpu(format!("the only adapter, {}, is a software one", gpu.adapter_name()));
         }
         let unet = UNet::load(&gpu, config, weights)?;

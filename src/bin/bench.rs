@@ -84,6 +84,18 @@ mod native {
         }
         let gpu = pollster::block_on(Gpu::new())?;
         println!("adapter: {}", gpu.adapter_name());
+        // `--fused-attention on|off` overrides the adapter's attention form (both timed on a GPU).
+        match arg("--fused-attention").map(String::as_str) {
+            None => {}
+            Some("on") => gpu.set_fused_attention(true),
+            Some("off") => gpu.set_fused_attention(false),
+            Some(v) => {
+                return Err(diffusion_playground::EngineError::input(
+                    "--fused-attention",
+                    format!("{v}: on or off"),
+                ))
+            }
+        }
         if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
             let profile = args.iter().any(|a| a == "--profile");
             if args.iter().any(|a| a == "--plan-stats") {
@@ -174,7 +186,11 @@ mod native {
             }
             pollster::block_on(gpu.sync())?;
             let ms = start.elapsed().as_secs_f64() * 1e3 / reps as f64;
-            println!("unet forward, batch {batch:>2}: {ms:>9.1} ms ({} dispatches)", all.len());
+            println!(
+                "unet forward, batch {batch:>2}: {ms:>9.1} ms ({} dispatches, fused attention {})",
+                all.len(),
+                if gpu.fused_attention() { "on" } else { "off" }
+            );
             if profile && batch == profile_batch() {
                 profile_pass(gpu, &all)?;
             }
@@ -245,7 +261,8 @@ mod native {
     /// `--adapter-plan` asks for this adapter's own (see `Gpu::fused_attention`).
     fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
         use diffusion_playground::pipeline::Session;
-        if !std::env::args().any(|a| a == "--adapter-plan") {
+        let args: Vec<String> = std::env::args().collect();
+        if !args.iter().any(|a| a == "--adapter-plan" || a == "--fused-attention") {
             gpu.set_fused_attention(true);
         }
         println!(

@@ -122,7 +122,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let fused_attention = AtomicBool::new(info.device_type != wgpu::DeviceType::Cpu);
+        let fused_attention = AtomicBool::new(!is_software(&info));
         Ok(Gpu {
             device,
             queue,
@@ -301,10 +301,17 @@ impl Gpu {
         park(&self.pending, e);
     }
 
+    /// Whether the adapter emulates a GPU on the CPU (lavapipe/llvmpipe, SwiftShader, WARP):
+    /// by its type, or by its name where a browser reports it as an ordinary adapter (the
+    /// same names `www/engine.js` treats as software).
+    pub fn is_software(&self) -> bool {
+        is_software(&self.info)
+    }
+
     /// Whether attention blocks run as two dispatches (q/k/v, then the core with to_out,
     /// residual and scale: `attention_out`) or three (q/k/v, the core, to_out as a 1x1
     /// conv). Two on a GPU (a launch and a full write and read of the heads fewer per block);
-    /// three on a CPU adapter, where the fused kernel's projection (one weight load per
+    /// three on a software adapter ([`Gpu::is_software`]), where the fused kernel's projection (one weight load per
     /// multiply-add in each invocation, a gather there) made attention 1.3x (lavapipe, batch
     /// 32) to 1.5x (SwiftShader, batch 2) slower than the conv's register tile (README).
     /// Plans made after [`Gpu::set_fused_attention`] follow it (tests run both).
@@ -573,6 +580,12 @@ pub(crate) fn park(slot: &Mutex<Option<EngineError>>, e: EngineError) {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves plain data behind; keep using it.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_ascii_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["swiftshader", "llvmpipe", "lavapipe", "basic render", "warp"].iter().any(|s| name.contains(s))
 }
 
 #[cfg(test)]
