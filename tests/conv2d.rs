@@ -495,22 +495,8 @@ fn check_partials(
             }
             for i in 0..n {
                 for g in 0..c / cg {
-                    let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
-                    for ch in g * cg..(g + 1) * cg {
-                        for t in 0..tiles {
-                            let at = ((i * c + ch) * tiles + t) * 3;
-                            let (nb, mb, m2b) =
-                                (slots[at] as f64, slots[at + 1] as f64, slots[at + 2] as f64);
-                            if nb == 0.0 {
-                                continue;
-                            }
-                            let total = cnt + nb;
-                            let d = mb - mean;
-                            mean += d * nb / total;
-                            m2 += m2b + d * d * cnt * nb / total;
-                            cnt = total;
-                        }
-                    }
+                    let channels = &slots[(i * c + g * cg) * tiles * 3..(i * c + (g + 1) * cg) * tiles * 3];
+                    let (cnt, mean, m2) = merge_slots(channels);
                     let (rm, rv) = group_moments(&reference, c, h * w, c / cg, i, g);
                     assert_eq!(cnt as usize, cg * h * w, "count of image {i} group {g}/{cg}");
                     // The GPU output differs from the CPU's by the dot-product error; the

@@ -107,6 +107,24 @@ pub fn labels(st: &safetensors::SafeTensors, name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// (count, mean, M2) of consecutive (count, mean, M2) slots, merged in order with Chan,
+/// Golub and LeVeque's formula in f64 (empty slots skipped): the reference merge.
+pub fn merge_slots(slots: &[f32]) -> (f64, f64, f64) {
+    let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+    for s in slots.chunks_exact(3) {
+        let (nb, mb, m2b) = (s[0] as f64, s[1] as f64, s[2] as f64);
+        if nb == 0.0 {
+            continue;
+        }
+        let total = cnt + nb;
+        let d = mb - mean;
+        mean += d * nb / total;
+        m2 += m2b + d * d * cnt * nb / total;
+        cnt = total;
+    }
+    (cnt, mean, m2)
+}
+
 /// The partial statistics in `t`'s tail, merged per (image, channel) with Chan's formula in
 /// f64, against the mean and variance of `expect` (the reference output, [n, c, hw]):
 /// counts exact, means to 1e-5 relative, variances to 1e-3 (the kernels' own output
@@ -120,18 +138,7 @@ pub fn assert_partials_match(what: &str, t: &Tensor, expect: &[f32]) {
     assert_eq!(slots.len(), n * c * tiles * 3, "{what}: slots");
     for i in 0..n {
         for ch in 0..c {
-            let (mut cnt, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
-            for s in slots[(i * c + ch) * tiles * 3..(i * c + ch + 1) * tiles * 3].chunks_exact(3) {
-                let (nb, mb, m2b) = (s[0] as f64, s[1] as f64, s[2] as f64);
-                if nb == 0.0 {
-                    continue;
-                }
-                let total = cnt + nb;
-                let d = mb - mean;
-                mean += d * nb / total;
-                m2 += m2b + d * d * cnt * nb / total;
-                cnt = total;
-            }
+            let (cnt, mean, m2) = merge_slots(&slots[(i * c + ch) * tiles * 3..(i * c + ch + 1) * tiles * 3]);
             let vals = &expect[(i * c + ch) * hw..(i * c + ch + 1) * hw];
             let rm = vals.iter().map(|&v| v as f64).sum::<f64>() / hw as f64;
             let rv = vals.iter().map(|&v| (v as f64 - rm).powi(2)).sum::<f64>() / hw as f64;
