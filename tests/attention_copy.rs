@@ -128,7 +128,7 @@ fn check_attention_out(seed: u64, n: usize, c: usize, h: usize, w: usize, heads:
 
 #[test]
 fn attention_out_u_net_14x14_two_heads_stats() {
-    // The shipped model's 14x14 level: 196 tokens in four tiles of 64 (the last 4 tokens).
+    // The shipped model's 14x14 level: 196 tokens in seven tiles of 32 (the last 4 tokens).
     check_attention_out(11, 2, 64, 14, 14, 2, true);
 }
 
@@ -151,6 +151,10 @@ fn attention_out_rejects_wrong_shapes() {
     let x = zeros("x", &[1, 8, 3, 3]);
     let out = zeros("out", &[1, 8, 3, 3]);
     let err = attention_out(gpu(), &qkv, &w, &b, &x, &out, 2, 1.0).err().expect("must fail");
+    assert!(err.to_string().contains("out weight"), "{err}");
+    // The right count in the wrong rank is refused, not a panic.
+    let flat = zeros("w", &[64]);
+    let err = attention_out(gpu(), &qkv, &flat, &b, &x, &out, 2, 1.0).err().expect("must fail");
     assert!(err.to_string().contains("out weight"), "{err}");
     let w = zeros("w", &[8, 8, 1, 1]);
     let bad = Tensor::with_stats(gpu(), "out", &[1, 8, 3, 3], 2).expect("alloc");

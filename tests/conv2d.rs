@@ -7,7 +7,7 @@ use diffusion_playground::cpu::{self, Conv2dSpec};
 use diffusion_playground::gpu::conv2d::{conv2d, out_size, Conv2dArgs, ConvVariant, TembSlice};
 
 /// Every kernel variant that can compute a convolution of this shape: the tiled kernel
-/// always, the direct one for stride 1 with 3x3/pad 1 or 1x1/pad 0, the narrow one for at
+/// always, the direct one for 3x3/pad 1 (stride 1 or 2) or 1x1/pad 0, the narrow one for at
 /// most 4 output channels. Each case below is checked against the CPU reference with each.
 fn variants(cout: usize, k: usize, stride: usize, pad: usize) -> Vec<ConvVariant> {
     let mut v = vec![ConvVariant::Tiled];
@@ -829,4 +829,35 @@ fn up2_refuses_what_it_cannot_do() {
         Conv2dArgs { pad: 1, variant: Some(ConvVariant::Up2), ..Conv2dArgs::new(&x, &packed, &b, &same) };
     let err = conv2d(gpu(), &args).err().expect("must fail");
     assert!(err.to_string().contains("upsampled 3x3"), "{err}");
+}
+
+#[test]
+fn stride2_with_two_inputs_falls_back_to_the_tile() {
+    // The stride-2 direct kernel reads one plain input; asked for no variant, a stride-2
+    // conv of a concat runs on the tiled kernel rather than failing.
+    let (n, c1, c2, cout, h, w) = (2, 3, 4, 6, 11, 9);
+    let mut r = rng(70);
+    let x1 = uniform(&mut r, n * c1 * h * w, 1.0);
+    let x2 = uniform(&mut r, n * c2 * h * w, 1.0);
+    let wt = uniform(&mut r, cout * (c1 + c2) * 9, 0.3);
+    let b = uniform(&mut r, cout, 0.5);
+    let cat = cpu::concat_channels(&x1, &x2, n, c1, c2, h * w);
+    let spec = Conv2dSpec { ksize: 3, stride: 2, pad: 1 };
+    let expect = cpu::conv2d(&cat, [n, c1 + c2, h, w], &wt, &b, cout, spec);
+    let (oh, ow) = out_size(h, w, 3, 2, 1).unwrap();
+    let (gx1, gx2) = (upload("x1", &[n, c1, h, w], &x1), upload("x2", &[n, c2, h, w], &x2));
+    let gw = upload("w", &[cout, c1 + c2, 3, 3], &wt);
+    let gb = upload("b", &[cout], &b);
+    let out = zeros("out", &[n, cout, oh, ow]);
+    let args = Conv2dArgs { x2: Some(&gx2), stride: 2, pad: 1, ..Conv2dArgs::new(&gx1, &gw, &gb, &out) };
+    let d = conv2d(gpu(), &args).expect("stride-2 concat launch");
+    let tol = dot_tolerance((c1 + c2) * 9);
+    assert_close(
+        "stride-2 concat, automatic variant",
+        &run(&[&d], &out),
+        &expect,
+        &[n, cout, oh, ow],
+        tol,
+        tol,
+    );
 }

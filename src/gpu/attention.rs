@@ -151,7 +151,8 @@ pub fn attention_out(
         heads,
         &[("EMIT_STATS", emit as u32 as f64), ("QUERIES", queries as f64)],
     )?;
-    if out_weight.shape().iter().product::<usize>() != c * c || out_weight.shape()[..2] != [c, c] {
+    let ws = out_weight.shape();
+    if ws.len() < 2 || ws[..2] != [c, c] || ws.iter().product::<usize>() != c * c {
         return Err(EngineError::shape(OP, format!("out weight {:?} is not [{c}, {c}]", out_weight.shape())));
     }
     expect_shape(OP, "out bias", out_bias, &[c])?;

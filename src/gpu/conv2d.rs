@@ -420,7 +420,12 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     };
     u32_of(OP, "pixels", pixels)?;
     let ph = &gpu.placeholder;
-    let variant = a.variant.unwrap_or(ConvVariant::auto(cout, k, a.stride, a.pad));
+    // The stride-2 direct kernel reads one plain input: a stride-2 conv with a second or
+    // upsampled input stays on the tile when no variant is asked for.
+    let variant = a.variant.unwrap_or(match ConvVariant::auto(cout, k, a.stride, a.pad) {
+        ConvVariant::Direct if a.stride == 2 && (second.is_some() || a.upsample) => ConvVariant::Tiled,
+        v => v,
+    });
     if a.norm.is_some() && variant != ConvVariant::Direct {
         return Err(EngineError::shape(
             OP,
@@ -586,7 +591,8 @@ impl Layout {
 }
 
 /// Partial-statistics slots per (image, channel) that [`conv2d`] writes for an output of
-/// `n` images x `cout` channels x `oh` x `ow` with `variant` (`None`: the automatic one):
+/// `n` images x `cout` channels x `oh` x `ow` with `variant` (`None`: the automatic one for
+/// a plain single input):
 /// the `tiles` to allocate its output with ([`Tensor::with_stats`]). 0 for the narrow
 /// kernel, which writes none.
 pub fn stats_tiles(
