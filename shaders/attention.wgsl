@@ -3,8 +3,8 @@
 // reading q, k, v from one [B, 3C, L] tensor (the fused to_q/to_k/to_v 1x1 projection:
 // channels [0, C) are q, [C, 2C) k, [2C, 3C) v; head h owns channels [h*d, (h+1)*d)).
 //
-// Flash-attention style: a workgroup of 64 invocations owns 64 queries, one query each,
-// with q and the running output in registers. Keys and values stream through workgroup
+// Flash-attention style: a workgroup of QUERIES invocations owns as many queries, one
+// each, with q and the running output in registers. Keys and values stream through workgroup
 // memory in tiles; the softmax is the online one (running max m and sum l), so scores
 // never touch memory, any L works, and exp never sees a positive argument.
 //
@@ -15,7 +15,6 @@
 struct Params {
     batch: u32,
     heads: u32,
-    head_dim: u32,
     tokens: u32,
     channels: u32,
     // Keys per tile: floor(KV_CAPACITY / D4).
@@ -25,9 +24,6 @@ struct Params {
     // channel) written after the output (0: none).
     out_scale: f32,
     tiles_out: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
@@ -150,17 +146,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // ---------------------------------------------------------------------------------------
-// `fused`: out = (to_out(heads) + residual) * out_scale for QUERIES queries of one image, every
-// head in turn. After head h, each invocation adds that head's share of the projection,
+// `fused`: out = (to_out(heads) + residual) * out_scale for QUERIES queries of one image,
+// every head in turn. After head h, each invocation adds that head's share of the projection,
 // sum over its d channels of W[co, h*d + c] * heads[c], to its own query's column of `out`
 // for every output channel co: the first head also adds the bias and the residual, the
 // last applies the scale. Only this invocation touches that column, so the read-modify-
 // writes need no synchronisation; the weight loads are the same for every invocation
 // (uniform, a broadcast on a GPU). The heads' outputs never leave registers.
 // With EMIT_STATS the workgroup then writes (count, mean, M2) of every channel over its
-// queries (one slot per query tile), read back from
-// `out` after a storage barrier, for the GroupNorm of the next ResNet (see conv2d.wgsl,
-// "Partial statistics"). The tiles depend on the map's size only, not on the batch.
+// queries (one slot per query tile), read back from `out` after a storage barrier, for the
+// GroupNorm of the next ResNet (see conv2d.wgsl, "Partial statistics"). The tiles depend
+// on the map's size only, not on the batch.
 
 override EMIT_STATS: bool = false;
 

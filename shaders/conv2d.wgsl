@@ -862,24 +862,6 @@ fn direct1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // The grid, the runs of 8 output pixels and the epilogue (with partial statistics) are the
 // direct kernels'; a run's 8 pixels read 6 consecutive stored columns.
 
-// Stored column jx clamped into the input, and whether jx is inside it.
-fn low_col(jx: i32) -> u32 {
-    return u32(clamp(jx, 0, i32(params.in_w >> 1u) - 1));
-}
-
-fn low_col_inside(jx: i32) -> bool {
-    return jx >= 0 && jx < i32(params.in_w >> 1u);
-}
-
-fn low_row(iy: i32) -> u32 {
-    let p = params;
-    return u32(clamp(iy, 0, i32(p.in_h >> 1u) - 1)) * (p.in_w >> 1u);
-}
-
-fn low_row_inside(iy: i32) -> bool {
-    return iy >= 0 && iy < i32(params.in_h >> 1u);
-}
-
 // One stored row (offset `r`, inside if `ok`) against row taps (s = 0, 1) of both column
 // phases: e0 / e1 for even output columns, o0 / o1 for odd ones.
 fn up2_row(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, e0: vec4<f32>, e1: vec4<f32>, o0: vec4<f32>, o1: vec4<f32>) {
@@ -904,17 +886,20 @@ fn direct_up2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let p = params;
     let run = run_at(wid.z, wid.x * DIRECT_WG + tid);
     // Stored columns jx0 - 1 .. jx0 + 4 (c0..c5; the Window's other slots are unused) and
-    // the two stored rows of this output row's parity.
+    // the two stored rows of this output row's parity, through the upsampled coordinates
+    // 2 jx and 2 iy, which the offset helpers map onto the stored grid (clamped) and test
+    // against the upsampled size: the same as testing jx and iy against the stored one.
     let jx0 = i32(run.ox0 / 2u);
     let a = run.oy & 1u;
-    let i = i32(run.oy >> 1u);
-    let top = i - 1 + i32(a);
+    let top = i32(run.oy >> 1u) - 1 + i32(a);
+    let c = 2 * (jx0 - 1);
+    let y = 2 * top;
     let z = 0u;
     let win = Window(
-        low_col(jx0 - 1), low_col(jx0), low_col(jx0 + 1), low_col(jx0 + 2), low_col(jx0 + 3), low_col(jx0 + 4), z, z, z, z,
-        low_col_inside(jx0 - 1), low_col_inside(jx0), low_col_inside(jx0 + 1), low_col_inside(jx0 + 2), low_col_inside(jx0 + 3), low_col_inside(jx0 + 4), false, false, false, false,
-        low_row(top), low_row(top + 1), z,
-        low_row_inside(top), low_row_inside(top + 1), false,
+        col_offset(c), col_offset(c + 2), col_offset(c + 4), col_offset(c + 6), col_offset(c + 8), col_offset(c + 10), z, z, z, z,
+        col_inside(c), col_inside(c + 2), col_inside(c + 4), col_inside(c + 6), col_inside(c + 8), col_inside(c + 10), false, false, false, false,
+        row_offset(y), row_offset(y + 2), z,
+        row_inside(y), row_inside(y + 2), false,
     );
     let m0 = wid.y * 4u;
     let wr = weight_rows(m0, p.cin1 * 16u);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use diffusion_playground::cpu;
+use diffusion_playground::cpu::{self, Conv2dSpec};
 use diffusion_playground::gpu::attention::{
     attention, attention_out, self_attention, stats_tiles, AttentionScratch, AttentionWeights,
 };
@@ -95,19 +95,8 @@ fn check_attention_out(seed: u64, n: usize, c: usize, h: usize, w: usize, heads:
     let res: Vec<f32> = uniform(&mut r, n * c * l, 1.0).iter().map(|v| v + 10.0).collect();
     let scale = 0.5;
     let core = cpu::attention(&qkv, n, c, l, heads);
-    let mut expect = vec![0.0f32; n * c * l];
-    for b in 0..n {
-        for co in 0..c {
-            for i in 0..l {
-                let mut s = bo[co];
-                for ci in 0..c {
-                    s += wo[co * c + ci] * core[(b * c + ci) * l + i];
-                }
-                let at = (b * c + co) * l + i;
-                expect[at] = (s + res[at]) * scale;
-            }
-        }
-    }
+    let projected = cpu::conv2d(&core, [n, c, h, w], &wo, &bo, c, Conv2dSpec { ksize: 1, stride: 1, pad: 0 });
+    let expect: Vec<f32> = projected.iter().zip(&res).map(|(p, r)| (p + r) * scale).collect();
     let gq = upload("qkv", &[n, 3 * c, h, w], &qkv);
     let gw = upload("out_w", &[c, c, 1, 1], &wo);
     let gb = upload("out_b", &[c], &bo);

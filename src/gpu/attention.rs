@@ -37,14 +37,12 @@ pub const MAX_HEAD_DIM: usize = 128;
 struct Params {
     batch: u32,
     heads: u32,
-    head_dim: u32,
     tokens: u32,
     channels: u32,
     kv_tile: u32,
     scale: f32,
     out_scale: f32,
     tiles_out: u32,
-    _pad: [u32; 3],
 }
 
 /// Queries per workgroup of [`attention_out`], by the map's size only (so its statistics
@@ -99,14 +97,12 @@ fn prepare(
     let params = Params {
         batch: u32_of(OP, "batch", n)?,
         heads: heads as u32,
-        head_dim: head_dim as u32,
         tokens: u32_of(OP, "tokens", tokens)?,
         channels: u32_of(OP, "channels", c)?,
         kv_tile: (KV_CAPACITY / head_dim.div_ceil(4)) as u32,
         scale: 1.0 / (head_dim as f32).sqrt(),
         out_scale: 1.0,
         tiles_out: 0,
-        _pad: [0; 3],
     };
     Ok((n, c, tokens, kernel, params))
 }

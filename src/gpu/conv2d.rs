@@ -243,6 +243,27 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Channels of an input read after `x`'s (`None`: 0), which must match `x` [n, _, sh, sw]
+/// in batch and stored size.
+fn extra_input_channels(
+    name: &str,
+    t: Option<&Tensor>,
+    x: &Tensor,
+    n: usize,
+    sh: usize,
+    sw: usize,
+) -> Result<usize> {
+    let Some(t) = t else { return Ok(0) };
+    let [tn, c, th, tw] = dims4(OP, name, t)?;
+    if (tn, th, tw) != (n, sh, sw) {
+        return Err(EngineError::shape(
+            OP,
+            format!("{name} {:?} does not match x {:?} in N, H, W", t.shape(), x.shape()),
+        ));
+    }
+    Ok(c)
+}
+
 /// Output spatial size of a convolution, or `None` if the kernel does not fit.
 pub fn out_size(h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Option<(usize, usize)> {
     let oh = (h + 2 * pad).checked_sub(k)? / stride + 1;
@@ -262,32 +283,8 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
     // With a folded shortcut, "x2" is the shortcut's first input and "x3" its second.
     let second = a.shortcut.as_ref().map_or(a.x2, |s| Some(s.x));
     let third = a.shortcut.as_ref().and_then(|s| s.x2);
-    let cin2 = match second {
-        Some(x2) => {
-            let [n2, c2, h2, w2] = dims4(OP, "x2", x2)?;
-            if (n2, h2, w2) != (n, sh, sw) {
-                return Err(EngineError::shape(
-                    OP,
-                    format!("x2 {:?} does not match x {:?} in N, H, W", x2.shape(), a.x.shape()),
-                ));
-            }
-            c2
-        }
-        None => 0,
-    };
-    let cin3 = match third {
-        Some(x3) => {
-            let [n3, c3, h3, w3] = dims4(OP, "shortcut x2", x3)?;
-            if (n3, h3, w3) != (n, sh, sw) {
-                return Err(EngineError::shape(
-                    OP,
-                    format!("shortcut x2 {:?} does not match x {:?} in N, H, W", x3.shape(), a.x.shape()),
-                ));
-            }
-            c3
-        }
-        None => 0,
-    };
+    let cin2 = extra_input_channels("x2", second, a.x, n, sh, sw)?;
+    let cin3 = extra_input_channels("shortcut x2", third, a.x, n, sh, sw)?;
     let [cout, wcin, k, kw] = match a.shortcut {
         None if a.variant == Some(ConvVariant::Up2) => match a.weight.shape() {
             &[cout, k] if k == cin1 * 16 && cin2 == 0 => [cout, cin1, 3, 3],
@@ -465,8 +462,15 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             }
             (gpu.kernel(&NARROW, &[])?, [groups(pixels, NARROW_WG), 1, 1])
         }
-        ConvVariant::Direct => {
-            if !ConvVariant::direct_applies(k, a.stride, a.pad) {
+        ConvVariant::Direct | ConvVariant::Up2 => {
+            if variant == ConvVariant::Up2 {
+                if !(a.upsample && k == 3 && a.stride == 1 && a.pad == 1) {
+                    return Err(EngineError::shape(
+                        OP,
+                        "the Up2 kernel computes an upsampled 3x3 conv (stride 1, pad 1) of a plain input",
+                    ));
+                }
+            } else if !ConvVariant::direct_applies(k, a.stride, a.pad) {
                 return Err(EngineError::shape(
                     OP,
                     format!(
@@ -474,19 +478,22 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                         a.stride, a.pad
                     ),
                 ));
-            }
-            if a.stride == 2 && (a.x2.is_some() || a.norm.is_some() || a.upsample || a.shortcut.is_some()) {
+            } else if a.stride == 2
+                && (a.x2.is_some() || a.norm.is_some() || a.upsample || a.shortcut.is_some())
+            {
                 return Err(EngineError::shape(
                     OP,
                     "the stride-2 direct kernel reads one plain input (no x2, norm, upsample or shortcut)",
                 ));
             }
-            let def = match (k, a.stride) {
-                (3, 2) => &DIRECT3S2,
-                (3, _) => &DIRECT3,
+            let def = match (variant, k, a.stride) {
+                (ConvVariant::Up2, _, _) => &DIRECT_UP2,
+                (_, 3, 2) => &DIRECT3S2,
+                (_, 3, _) => &DIRECT3,
                 _ => &DIRECT1,
             };
-            u32_of(OP, "pixel runs", oh * ow.div_ceil(DIRECT_PX))?;
+            let runs = oh * ow.div_ceil(DIRECT_PX);
+            u32_of(OP, "pixel runs", runs)?;
             let kernel = gpu.kernel(
                 def,
                 &[
@@ -498,21 +505,6 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                     ("SHORTCUT", a.shortcut.is_some() as u32 as f64),
                 ],
             )?;
-            let runs = oh * ow.div_ceil(DIRECT_PX);
-            (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
-        }
-        ConvVariant::Up2 => {
-            if !(a.upsample && k == 3 && a.stride == 1 && a.pad == 1) || a.norm.is_some() {
-                return Err(EngineError::shape(
-                    OP,
-                    "the Up2 kernel computes an upsampled 3x3 conv (stride 1, pad 1) of a plain input",
-                ));
-            }
-            let kernel = gpu.kernel(
-                &DIRECT_UP2,
-                &[("DIRECT_WG", layout.wg as f64), ("EMIT_STATS", emit as u32 as f64)],
-            )?;
-            let runs = oh * ow.div_ceil(DIRECT_PX);
             (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
         }
         ConvVariant::Tiled => {
@@ -539,11 +531,12 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         &params,
         grid,
     )?;
+    // `cin` is the k x k taps' channels (x1's alone with a folded shortcut, whose 1x1 taps
+    // come on top); Up2 does 4 of the 9 taps' multiply-adds (the rest are summed into its
+    // weights).
     let shortcut_flops = if a.shortcut.is_some() { flops(n, cin2 + cin3, cout, 1, oh, ow) } else { 0.0 };
-    let main_cin = if a.shortcut.is_some() { cin1 } else { cin1 + cin2 };
-    // Up2 does 4 of the 9 taps' multiply-adds (the others are summed into its weights).
     let taps = if variant == ConvVariant::Up2 { 4.0 / 9.0 } else { 1.0 };
-    Ok(d.with_flops(taps * flops(n, main_cin, cout, k, oh, ow) + shortcut_flops))
+    Ok(d.with_flops(taps * flops(n, cin, cout, k, oh, ow) + shortcut_flops))
 }
 
 /// Most GroupNorm groups a convolution can merge partial statistics for: their (mean,

@@ -13,12 +13,9 @@ use super::UNet;
 
 /// The folder's files, read and parsed, except the weights (large; read on demand).
 pub struct ModelFolder {
-    pub dir: PathBuf,
     pub config_json: String,
     /// `scheduler_config.json`'s text, if the folder has one.
     pub scheduler_json: Option<String>,
-    /// `manifest.json`, if the folder has one (class names, sampling defaults, checksums).
-    pub manifest: Option<serde_json::Value>,
     pub weights_path: PathBuf,
 }
 
@@ -83,7 +80,7 @@ impl ModelFolder {
             .ok_or_else(|| EngineError::input("model", format!("{} has no config.json", dir.display())))?;
         let scheduler_json = read_text(dir, "scheduler_config.json")?;
         let weights_path = weights_path(dir, manifest.as_ref())?;
-        Ok(ModelFolder { dir: dir.to_path_buf(), config_json, scheduler_json, manifest, weights_path })
+        Ok(ModelFolder { config_json, scheduler_json, weights_path })
     }
 
     pub fn read_weights(&self) -> Result<Vec<u8>> {
