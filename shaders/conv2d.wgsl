@@ -64,6 +64,10 @@ struct Params {
 // the affine parameters, gamma [cin] then beta [cin]; the statistics are merged from the
 // partials in the tails of x1 and x2.
 @group(0) @binding(8) var<storage, read> norm: array<f32>;
+// Direct kernels with WEIGHT_TEXTURE: the weight matrix repacked as texels of 4 output
+// channels (see `weights4`); `weight` is then a placeholder.
+@group(0) @binding(9) var weight_texels: texture_2d<f32>;
+override WEIGHT_TEXTURE: bool = false;
 
 // ---------------------------------------------------------------------------------------
 // Partial statistics. A convolution whose output feeds a GroupNorm writes, after the
@@ -537,16 +541,29 @@ fn row_inside(iy: i32) -> bool {
     return iy >= 0 && iy < i32(params.in_h);
 }
 
-// Weights of tap k for the invocation's 4 channels (rows w.x..w.w of the [cout, K] matrix).
-fn weights4(w: vec4<u32>, k: u32) -> vec4<f32> {
-    return vec4<f32>(weight[w.x + k], weight[w.y + k], weight[w.z + k], weight[w.w + k]);
+// Where the invocation's 4 output channels m0.. read their weights: rows of the [cout, K]
+// matrix in `weight` (channels past cout read channel cout - 1's; their outputs are not
+// stored), or (WEIGHT_TEXTURE) row `block` = m0 / 4 of `weight_texels`, whose texel k
+// holds the 4 channels' weights of tap k (weight_texture.wgsl: one fetch instead of 4
+// loads that a software adapter cannot tell are uniform).
+struct WeightRows {
+    rows: vec4<u32>,
+    block: u32,
 }
 
-// Row starts of the 4 output channels m0.. in the weight matrix of K columns. Channels
-// past cout read channel cout - 1's weights; their outputs are not stored.
-fn weight_rows(m0: u32, k_total: u32) -> vec4<u32> {
+fn weight_rows(m0: u32, k_total: u32) -> WeightRows {
     let last = params.cout - 1u;
-    return vec4<u32>(min(m0, last), min(m0 + 1u, last), min(m0 + 2u, last), min(m0 + 3u, last)) * k_total;
+    let rows = vec4<u32>(min(m0, last), min(m0 + 1u, last), min(m0 + 2u, last), min(m0 + 3u, last)) * k_total;
+    return WeightRows(rows, m0 / 4u);
+}
+
+// Weights of tap k for the invocation's 4 channels.
+fn weights4(w: WeightRows, k: u32) -> vec4<f32> {
+    if (WEIGHT_TEXTURE) {
+        return textureLoad(weight_texels, vec2<u32>(k, w.block), 0);
+    }
+    let r = w.rows;
+    return vec4<f32>(weight[r.x + k], weight[r.y + k], weight[r.z + k], weight[r.w + k]);
 }
 
 // The run's accumulators, one vec4 over the 4 channels per pixel. Every per-pixel value in

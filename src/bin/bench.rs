@@ -84,17 +84,21 @@ mod native {
         }
         let gpu = pollster::block_on(Gpu::new())?;
         println!("adapter: {}", gpu.adapter_name());
-        // `--fused-attention on|off` overrides the adapter's attention form (both timed on a GPU).
-        match arg("--fused-attention").map(String::as_str) {
-            None => {}
-            Some("on") => gpu.set_fused_attention(true),
-            Some("off") => gpu.set_fused_attention(false),
-            Some(v) => {
-                return Err(diffusion_playground::EngineError::input(
-                    "--fused-attention",
-                    format!("{v}: on or off"),
-                ))
+        // `--fused-attention on|off` overrides the adapter's attention form (both timed on a
+        // GPU); `--weight-textures on|off` where the direct convs read their weights.
+        let on_off = |flag: &str| -> Result<Option<bool>> {
+            match arg(flag).map(String::as_str) {
+                None => Ok(None),
+                Some("on") => Ok(Some(true)),
+                Some("off") => Ok(Some(false)),
+                Some(v) => Err(diffusion_playground::EngineError::input(flag, format!("{v}: on or off"))),
             }
+        };
+        if let Some(on) = on_off("--fused-attention")? {
+            gpu.set_fused_attention(on);
+        }
+        if let Some(on) = on_off("--weight-textures")? {
+            gpu.set_weight_textures(on);
         }
         if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
             let profile = args.iter().any(|a| a == "--profile");

@@ -8,6 +8,7 @@ use super::{dims4, expect_shape, groups, u32_of, Dispatch, Gpu, KernelDef, Tenso
 use crate::error::{EngineError, Result};
 use crate::gpu::group_norm::NORM_STATS;
 use crate::gpu::pipeline::Access;
+use crate::gpu::weight_texture::weight_texture;
 
 const KERNEL: KernelDef = KernelDef {
     name: "conv2d",
@@ -23,6 +24,7 @@ const KERNEL: KernelDef = KernelDef {
         Access::ReadWrite,
         Access::Uniform,
         Access::Read,
+        Access::Texture,
     ],
 };
 /// The same shader's entry point for at most [`NARROW_MAX_COUT`] output channels.
@@ -449,6 +451,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         ));
     }
     let batch = u32_of(OP, "batch", n)?;
+    let mut texture = None;
     let (kernel, grid) = match variant {
         ConvVariant::Narrow => {
             if cout > NARROW_MAX_COUT {
@@ -494,9 +497,13 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             };
             let runs = oh * ow.div_ceil(DIRECT_PX);
             u32_of(OP, "pixel runs", runs)?;
+            if gpu.weight_textures() {
+                texture = weight_texture(gpu, a.weight)?;
+            }
             let kernel = gpu.kernel(
                 def,
                 &[
+                    ("WEIGHT_TEXTURE", texture.is_some() as u32 as f64),
                     ("DIRECT_WG", layout.wg as f64),
                     ("NORM", norm_mode as f64),
                     ("NORM_SRC", norm_src as f64),
@@ -513,12 +520,12 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             (kernel, [layout.tiles as u32, groups(cout, 4 * layout.wg), batch])
         }
     };
-    let d = gpu.dispatch(
+    let d = gpu.dispatch_with_textures(
         &kernel,
         &[
             a.x.buffer(),
             second.map_or(ph, |t| t.buffer()),
-            a.weight.buffer(),
+            if texture.is_some() { ph } else { a.weight.buffer() },
             a.bias.buffer(),
             a.temb.as_ref().map_or(ph, |t| t.tensor.buffer()),
             a.residual.or(third).map_or(ph, |t| t.buffer()),
@@ -528,6 +535,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                 Some(NormStats::Pass(t)) | Some(NormStats::Partials { affine: t, .. }) => t.buffer(),
             },
         ],
+        &[texture.as_ref()],
         &params,
         grid,
     )?;

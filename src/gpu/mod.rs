@@ -17,6 +17,7 @@ pub mod tensor;
 pub mod time_mlp;
 pub mod timestep_embedding;
 pub mod upsample;
+pub mod weight_texture;
 
 pub use context::{Gpu, Owned};
 pub use pipeline::{Cost, Dispatch, Kernel, KernelDef};

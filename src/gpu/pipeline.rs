@@ -13,6 +13,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::{EngineError, Result};
 use crate::gpu::context::lock;
+use crate::gpu::weight_texture::WeightTexture;
 use crate::gpu::Gpu;
 
 /// How a shader sees one binding, in binding-index order.
@@ -21,6 +22,20 @@ pub enum Access {
     Read,
     ReadWrite,
     Uniform,
+    /// A `texture_2d<f32>` read with `textureLoad` (unfilterable float).
+    Texture,
+    /// A `texture_storage_2d<rgba32float, write>`.
+    WriteTexture,
+}
+
+impl Access {
+    fn is_buffer(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+
+    fn is_texture(self) -> bool {
+        matches!(self, Access::Texture | Access::WriteTexture)
+    }
 }
 
 /// One WGSL file and how to bind it.
@@ -67,6 +82,8 @@ pub struct Kernel {
 pub struct Dispatch {
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
+    /// Textures the bind group uses, kept alive (their owner destroys them when dropped).
+    _textures: Vec<Arc<WeightTexture>>,
     workgroups: [u32; 3],
     cost: Cost,
 }
@@ -157,15 +174,7 @@ impl Gpu {
             .map(|(i, access)| wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match access {
-                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                        Access::Uniform => wgpu::BufferBindingType::Uniform,
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
+                ty: binding_type(*access),
                 count: None,
             })
             .collect();
@@ -204,7 +213,7 @@ impl Gpu {
     }
 
     /// Binds `buffers` (in binding order, without the uniform) and `params` (uploaded into a
-    /// uniform buffer owned by the dispatch) to `kernel`.
+    /// uniform buffer owned by the dispatch) to `kernel`, which has no texture bindings.
     pub fn dispatch<P: bytemuck::Pod>(
         &self,
         kernel: &Arc<Kernel>,
@@ -212,13 +221,27 @@ impl Gpu {
         params: &P,
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
-        let storage = kernel.bindings.iter().filter(|a| **a != Access::Uniform).count();
-        if buffers.len() != storage {
+        self.dispatch_with_textures(kernel, buffers, &[], params, workgroups)
+    }
+
+    /// Like [`Gpu::dispatch`], with `textures` (in binding order; `None` binds a 1x1
+    /// placeholder) for the kernel's texture bindings.
+    pub fn dispatch_with_textures<P: bytemuck::Pod>(
+        &self,
+        kernel: &Arc<Kernel>,
+        buffers: &[&wgpu::Buffer],
+        textures: &[Option<&Arc<WeightTexture>>],
+        params: &P,
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let storage = kernel.bindings.iter().filter(|a| a.is_buffer()).count();
+        let sampled = kernel.bindings.iter().filter(|a| a.is_texture()).count();
+        if buffers.len() != storage || textures.len() != sampled {
             return Err(EngineError::Validation(format!(
-                "{}: {} buffers given for {} storage bindings",
+                "{}: {} buffers and {} textures given for {storage} storage and {sampled} texture bindings",
                 kernel.label,
                 buffers.len(),
-                storage
+                textures.len(),
             )));
         }
         let limit = self.limits.max_compute_workgroups_per_dimension;
@@ -237,8 +260,7 @@ impl Gpu {
         });
         self.queue.write_buffer(&uniform, 0, bytemuck::bytes_of(params));
         let mut cost = Cost::default();
-        for (buffer, access) in buffers.iter().zip(kernel.bindings.iter().filter(|a| **a != Access::Uniform))
-        {
+        for (buffer, access) in buffers.iter().zip(kernel.bindings.iter().filter(|a| a.is_buffer())) {
             if *buffer == &self.placeholder {
                 continue;
             }
@@ -247,7 +269,15 @@ impl Gpu {
                 _ => cost.bytes_written += buffer.size(),
             }
         }
+        for (texture, access) in textures.iter().zip(kernel.bindings.iter().filter(|a| a.is_texture())) {
+            let bytes = texture.map_or(0, |t| t.bytes());
+            match access {
+                Access::Texture => cost.bytes_read += bytes,
+                _ => cost.bytes_written += bytes,
+            }
+        }
         let mut storage_iter = buffers.iter();
+        let mut texture_iter = textures.iter();
         let entries: Vec<wgpu::BindGroupEntry> = kernel
             .bindings
             .iter()
@@ -256,7 +286,15 @@ impl Gpu {
                 binding: i as u32,
                 resource: match access {
                     Access::Uniform => uniform.as_entire_binding(),
-                    _ => storage_iter.next().expect("count checked above").as_entire_binding(),
+                    Access::Texture | Access::WriteTexture => wgpu::BindingResource::TextureView(
+                        texture_iter
+                            .next()
+                            .expect("count checked above")
+                            .map_or(&self.placeholder_texture, |t| t.view()),
+                    ),
+                    Access::Read | Access::ReadWrite => {
+                        storage_iter.next().expect("count checked above").as_entire_binding()
+                    }
                 },
             })
             .collect();
@@ -265,7 +303,8 @@ impl Gpu {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Ok(Dispatch { kernel: kernel.clone(), bind_group, workgroups, cost })
+        let textures = textures.iter().flatten().map(|t| Arc::clone(t)).collect();
+        Ok(Dispatch { kernel: kernel.clone(), bind_group, _textures: textures, workgroups, cost })
     }
 }
 
@@ -297,9 +336,28 @@ impl Gpu {
     }
 }
 
+fn binding_type(access: Access) -> wgpu::BindingType {
+    let buffer = |ty| wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None };
+    match access {
+        Access::Read => buffer(wgpu::BufferBindingType::Storage { read_only: true }),
+        Access::ReadWrite => buffer(wgpu::BufferBindingType::Storage { read_only: false }),
+        Access::Uniform => buffer(wgpu::BufferBindingType::Uniform),
+        Access::Texture => wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
+        },
+        Access::WriteTexture => wgpu::BindingType::StorageTexture {
+            access: wgpu::StorageTextureAccess::WriteOnly,
+            format: wgpu::TextureFormat::Rgba32Float,
+            view_dimension: wgpu::TextureViewDimension::D2,
+        },
+    }
+}
+
 /// Kernel names are static in the error type; recover the family from a label.
 fn kernel_name(label: &str) -> &'static str {
-    const NAMES: [&str; 8] = [
+    const NAMES: [&str; 9] = [
         "conv2d",
         "group_norm",
         "linear",
@@ -308,6 +366,7 @@ fn kernel_name(label: &str) -> &'static str {
         "concat",
         "upsample",
         "sampler_step",
+        "weight_texture",
     ];
     NAMES.into_iter().find(|n| label.starts_with(n)).unwrap_or("kernel")
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{EngineError, Result};
 use crate::gpu::context::lock;
 use crate::gpu::readback::ReadRing;
+use crate::gpu::weight_texture::WeightTexture;
 use crate::gpu::Gpu;
 
 /// Floats per slot of partial statistics: count, mean, M2 (the sum of squared deviations
@@ -23,6 +24,10 @@ pub struct Tensor {
     /// The loss slot of the device that made it: names that device, and says whether it
     /// was lost (see [`Tensor::check_device`]).
     device: Arc<Mutex<Option<EngineError>>>,
+    /// The texture the direct conv kernels read this weight matrix from, once made
+    /// ([`crate::gpu::weight_texture`]); shared by clones and by views of the same first
+    /// dimension.
+    texture: Arc<Mutex<Option<Arc<WeightTexture>>>>,
 }
 
 impl Tensor {
@@ -62,7 +67,13 @@ impl Tensor {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor { buffer, shape: shape.to_vec(), stats_tiles: tiles, device: gpu.lost_slot() })
+        Ok(Tensor {
+            buffer,
+            shape: shape.to_vec(),
+            stats_tiles: tiles,
+            device: gpu.lost_slot(),
+            texture: Arc::default(),
+        })
     }
 
     pub fn from_slice(gpu: &Gpu, label: &str, shape: &[usize], data: &[f32]) -> Result<Self> {
@@ -97,6 +108,8 @@ impl Tensor {
             shape: shape.to_vec(),
             stats_tiles,
             device: self.device.clone(),
+            // The same [rows, K] matrix while the first dimension stays.
+            texture: if shape[0] == self.shape[0] { self.texture.clone() } else { Arc::default() },
         })
     }
 
@@ -129,6 +142,14 @@ impl Tensor {
 
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+
+    pub(crate) fn cached_texture(&self) -> Option<Arc<WeightTexture>> {
+        lock(&self.texture).clone()
+    }
+
+    pub(crate) fn cache_texture(&self, t: Arc<WeightTexture>) {
+        *lock(&self.texture) = Some(t);
     }
 
     /// Copies the tensor back to the CPU (`map_async`, so it never blocks a browser).
