@@ -6,19 +6,24 @@ use common::*;
 use diffusion_playground::cpu::{self, Conv2dSpec};
 use diffusion_playground::gpu::conv2d::{conv2d, out_size, Conv2dArgs, ConvVariant, TembSlice};
 
-/// Every kernel variant that can compute a convolution of this shape: the tiled kernel
-/// always, the direct one for 3x3/pad 1 (stride 1 or 2) or 1x1/pad 0, the narrow one for at
-/// most 4 output channels. Each case below is checked against the CPU reference with each.
-fn variants(cout: usize, k: usize, stride: usize, pad: usize) -> Vec<ConvVariant> {
-    let mut v = vec![ConvVariant::Tiled];
+/// Every kernel variant that can compute a convolution of this shape, and whether it reads
+/// the weight buffer (`Conv2dArgs::buffer_weights`): the tiled kernel always, the direct one
+/// for 3x3/pad 1 (stride 1 or 2) or 1x1/pad 0 with its weights as texels and from the
+/// buffer, the narrow one for at most 4 output channels. Each case below is checked against
+/// the CPU reference with each.
+fn variants(cout: usize, k: usize, stride: usize, pad: usize) -> Vec<(ConvVariant, bool)> {
+    let mut v = vec![(ConvVariant::Tiled, false)];
     if ConvVariant::direct_applies(k, stride, pad) {
-        v.push(ConvVariant::Direct);
+        v.extend([(ConvVariant::Direct, false), (ConvVariant::Direct, true)]);
     }
     if cout <= 4 {
-        v.push(ConvVariant::Narrow);
+        v.push((ConvVariant::Narrow, false));
     }
     v
 }
+
+/// The direct kernels' two weight sources: texels (the default) and the buffer.
+const WEIGHT_SOURCES: [bool; 2] = [false, true];
 
 struct Case {
     n: usize,
@@ -45,7 +50,7 @@ fn check_plain(seed: u64, c: Case) {
     let gx = upload("x", &[c.n, c.cin, c.h, c.w], &x);
     let gw = upload("w", &[c.cout, c.cin, c.k, c.k], &wt);
     let gb = upload("b", &[c.cout], &b);
-    for variant in variants(c.cout, c.k, c.stride, c.pad) {
+    for (variant, buffer_weights) in variants(c.cout, c.k, c.stride, c.pad) {
         let out = zeros("out", &[c.n, c.cout, oh, ow]);
         let d = conv2d(
             gpu(),
@@ -53,6 +58,7 @@ fn check_plain(seed: u64, c: Case) {
                 stride: c.stride,
                 pad: c.pad,
                 variant: Some(variant),
+                buffer_weights,
                 ..Conv2dArgs::new(&gx, &gw, &gb, &out)
             },
         )
@@ -61,7 +67,7 @@ fn check_plain(seed: u64, c: Case) {
         let tol = dot_tolerance(fan_in);
         assert_close(
             &format!(
-                "conv2d {variant:?} n{} cin{} cout{} {}x{} k{} s{} p{}",
+                "conv2d {variant:?} buffer weights {buffer_weights} n{} cin{} cout{} {}x{} k{} s{} p{}",
                 c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad
             ),
             &got,
@@ -199,7 +205,7 @@ fn check_fused(
     let gb = upload("b", &[cout], &b);
     let gt = upload("temb", &[n, temb_width], &temb);
     let gr = upload("res", &[n, cout, h, w], &res);
-    for variant in variants(cout, k, 1, k / 2) {
+    for (variant, buffer_weights) in variants(cout, k, 1, k / 2) {
         let out = zeros("out", &[n, cout, h, w]);
         let d = conv2d(
             gpu(),
@@ -211,6 +217,7 @@ fn check_fused(
                 silu,
                 out_scale: scale,
                 variant: Some(variant),
+                buffer_weights,
                 ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
             },
         )
@@ -218,7 +225,7 @@ fn check_fused(
         let got = run(&[&d], &out);
         let tol = dot_tolerance(fan_in);
         assert_close(
-            &format!("fused conv2d {variant:?} n{n} {c1}+{c2}->{cout} {sh}x{sw} k{k}"),
+            &format!("fused conv2d {variant:?} buffer weights {buffer_weights} n{n} {c1}+{c2}->{cout} {sh}x{sw} k{k}"),
             &got,
             &expect,
             &[n, cout, h, w],
@@ -318,29 +325,35 @@ fn check_norm(
     let gw = upload("w", &[cout, cin, k, k], &wt);
     let gb = upload("b", &[cout], &b);
     let stats = zeros("stats", &[n, cin, NORM_STATS]);
-    let out = zeros("out", &[n, cout, h, w]);
     let x2_arg = gx2.as_ref();
-    let s = group_norm_stats(gpu(), &gx1, x2_arg, &gg, &gbeta, &stats, groups, 1e-5).expect("stats launch");
-    let d = conv2d(
-        gpu(),
-        &Conv2dArgs {
-            x2: x2_arg,
-            norm: Some(NormIn { stats: NormStats::Pass(&stats), silu }),
-            ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
-        },
-    )
-    .expect("normalising conv2d launch");
-    let got = run(&[&s, &d], &out);
-    // The conv's dot-product error, plus the GroupNorm's (normalised values carry ~1e-6).
-    let tol = dot_tolerance(fan_in) + 1e-5;
-    assert_close(
-        &format!("norm conv2d n{n} {c1}+{c2}->{cout} {h}x{w} k{k} g{groups} silu{silu}"),
-        &got,
-        &expect,
-        &[n, cout, h, w],
-        tol,
-        tol,
-    );
+    for buffer_weights in WEIGHT_SOURCES {
+        let out = zeros("out", &[n, cout, h, w]);
+        let s =
+            group_norm_stats(gpu(), &gx1, x2_arg, &gg, &gbeta, &stats, groups, 1e-5).expect("stats launch");
+        let d = conv2d(
+            gpu(),
+            &Conv2dArgs {
+                x2: x2_arg,
+                norm: Some(NormIn { stats: NormStats::Pass(&stats), silu }),
+                buffer_weights,
+                ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
+            },
+        )
+        .expect("normalising conv2d launch");
+        let got = run(&[&s, &d], &out);
+        // The conv's dot-product error, plus the GroupNorm's (normalised values carry ~1e-6).
+        let tol = dot_tolerance(fan_in) + 1e-5;
+        assert_close(
+            &format!(
+                "norm conv2d buffer weights {buffer_weights} n{n} {c1}+{c2}->{cout} {h}x{w} k{k} g{groups} silu{silu}"
+            ),
+            &got,
+            &expect,
+            &[n, cout, h, w],
+            tol,
+            tol,
+        );
+    }
 }
 
 #[test]
@@ -628,6 +641,7 @@ fn check_shortcut(
 ) {
     use diffusion_playground::gpu::conv2d::{pack_shortcut, NormIn, NormStats, ShortcutIn};
     use diffusion_playground::gpu::group_norm::{group_norm_stats, NORM_STATS};
+    use diffusion_playground::gpu::Dispatch;
     let mut r = rng(seed);
     let cout = ch;
     // h: produced by a conv writing partial statistics, or uploaded (then a stats pass).
@@ -669,36 +683,38 @@ fn check_shortcut(
     let gg = upload("gamma", &[ch], &gamma);
     let gbeta = upload("beta", &[ch], &beta);
     let stats = zeros("stats", &[n, ch, NORM_STATS]);
-    let out = zeros("out", &[n, cout, h, w]);
-    let mut ops = Vec::new();
-    let norm = if let Some(d) = producer {
-        ops.push(d);
-        NormStats::Partials { affine: &gaffine, groups, eps: 1e-5 }
-    } else {
-        ops.push(group_norm_stats(gpu(), &gh, None, &gg, &gbeta, &stats, groups, 1e-5).expect("stats"));
-        NormStats::Pass(&stats)
-    };
-    let d = conv2d(
-        gpu(),
-        &Conv2dArgs {
-            norm: Some(NormIn { stats: norm, silu: true }),
-            out_scale: scale,
-            ..Conv2dArgs::with_shortcut(&gh, &gw, &gb, &out, ShortcutIn { x: &gx1, x2: gx2.as_ref() })
-        },
-    )
-    .expect("conv2d with shortcut launch");
-    ops.push(d);
-    let refs: Vec<_> = ops.iter().collect();
-    let got = run(&refs, &out);
-    let tol = dot_tolerance(ch * 9 + cs) + 1e-4;
-    assert_close(
-        &format!("conv2d + shortcut n{n} h{ch} s{cs1}+{cs2} {h}x{w} g{groups} partials{partials}"),
-        &got,
-        &expect,
-        &[n, cout, h, w],
-        tol,
-        tol,
-    );
+    let pass = (!partials)
+        .then(|| group_norm_stats(gpu(), &gh, None, &gg, &gbeta, &stats, groups, 1e-5).expect("stats"));
+    for buffer_weights in WEIGHT_SOURCES {
+        let out = zeros("out", &[n, cout, h, w]);
+        let norm = match pass {
+            None => NormStats::Partials { affine: &gaffine, groups, eps: 1e-5 },
+            Some(_) => NormStats::Pass(&stats),
+        };
+        let d = conv2d(
+            gpu(),
+            &Conv2dArgs {
+                norm: Some(NormIn { stats: norm, silu: true }),
+                out_scale: scale,
+                buffer_weights,
+                ..Conv2dArgs::with_shortcut(&gh, &gw, &gb, &out, ShortcutIn { x: &gx1, x2: gx2.as_ref() })
+            },
+        )
+        .expect("conv2d with shortcut launch");
+        let ops: Vec<&Dispatch> = producer.iter().chain(pass.iter()).chain([&d]).collect();
+        let got = run(&ops, &out);
+        let tol = dot_tolerance(ch * 9 + cs) + 1e-4;
+        assert_close(
+            &format!(
+                "conv2d + shortcut buffer weights {buffer_weights} n{n} h{ch} s{cs1}+{cs2} {h}x{w} g{groups} partials{partials}"
+            ),
+            &got,
+            &expect,
+            &[n, cout, h, w],
+            tol,
+            tol,
+        );
+    }
 }
 
 #[test]
@@ -768,26 +784,33 @@ fn check_up2(seed: u64, n: usize, cin: usize, cout: usize, h: usize, w: usize) {
     let expect = cpu::conv2d(&up, [n, cin, 2 * h, 2 * w], &wt, &b, cout, spec);
 
     let shape = [n, cout, 2 * h, 2 * w];
-    let out = Tensor::with_stats(gpu(), "out", &shape, stats_tiles(None, 3, 1, 1, shape)).expect("alloc");
     let gx = upload("x", &[n, cin, h, w], &x);
     let gw = upload("w", &[cout, cin * 16], &pack_up2(&wt, cout, cin));
     let gb = upload("b", &[cout], &b);
-    let d = conv2d(
-        gpu(),
-        &Conv2dArgs {
-            upsample: true,
-            pad: 1,
-            variant: Some(ConvVariant::Up2),
-            ..Conv2dArgs::new(&gx, &gw, &gb, &out)
-        },
-    )
-    .expect("Up2 launch");
-    let got = run(&[&d], &out);
-    // Each packed weight sums up to 4 of the kernel's: the same dot products, regrouped.
-    let tol = dot_tolerance(cin * 9) + 1e-5;
-    let what = format!("Up2 conv2d n{n} {cin}->{cout} {h}x{w} -> {}x{}", 2 * h, 2 * w);
-    assert_close(&what, &got, &expect, &shape, tol, tol);
-    assert_partials_match(&what, &out, &expect);
+    for buffer_weights in WEIGHT_SOURCES {
+        let out = Tensor::with_stats(gpu(), "out", &shape, stats_tiles(None, 3, 1, 1, shape)).expect("alloc");
+        let d = conv2d(
+            gpu(),
+            &Conv2dArgs {
+                upsample: true,
+                pad: 1,
+                variant: Some(ConvVariant::Up2),
+                buffer_weights,
+                ..Conv2dArgs::new(&gx, &gw, &gb, &out)
+            },
+        )
+        .expect("Up2 launch");
+        let got = run(&[&d], &out);
+        // Each packed weight sums up to 4 of the kernel's: the same dot products, regrouped.
+        let tol = dot_tolerance(cin * 9) + 1e-5;
+        let what = format!(
+            "Up2 conv2d buffer weights {buffer_weights} n{n} {cin}->{cout} {h}x{w} -> {}x{}",
+            2 * h,
+            2 * w
+        );
+        assert_close(&what, &got, &expect, &shape, tol, tol);
+        assert_partials_match(&what, &out, &expect);
+    }
 }
 
 #[test]
@@ -860,4 +883,35 @@ fn stride2_with_two_inputs_falls_back_to_the_tile() {
         tol,
         tol,
     );
+}
+
+#[test]
+fn weights_are_texels_where_they_fit_and_the_buffer_past_the_texture_limit() {
+    // 1x1 convs, 2 output channels, 3x5 pixels: K = 40 fits a texture row; K = 8,200 is
+    // over WebGPU's default 8,192-texel limit, so that kernel reads the buffer. Both match
+    // the CPU, and the plan statistics count the texture's bytes, not the buffer's.
+    for (cin, texels) in [(40usize, true), (8200, false)] {
+        let mut r = rng(70 + cin as u64);
+        let (n, cout, h, w) = (1, 2, 3, 5);
+        let x = uniform(&mut r, n * cin * h * w, 1.0);
+        let wt = uniform(&mut r, cout * cin, 1.0 / (cin as f32).sqrt());
+        let b = uniform(&mut r, cout, 0.5);
+        let spec = Conv2dSpec { ksize: 1, stride: 1, pad: 0 };
+        let expect = cpu::conv2d(&x, [n, cin, h, w], &wt, &b, cout, spec);
+        let gx = upload("x", &[n, cin, h, w], &x);
+        let gw = upload("w", &[cout, cin, 1, 1], &wt);
+        let gb = upload("b", &[cout], &b);
+        let out = zeros("out", &[n, cout, h, w]);
+        let args = Conv2dArgs { variant: Some(ConvVariant::Direct), ..Conv2dArgs::new(&gx, &gw, &gb, &out) };
+        let d = conv2d(gpu(), &args).expect("conv2d launch");
+        assert_eq!(d.label().contains("WEIGHT_TEXTURE=1"), texels, "{}", d.label());
+        let got = run(&[&d], &out);
+        let tol = dot_tolerance(cin);
+        assert_close(&format!("1x1 conv, K = {cin}"), &got, &expect, &[n, cout, h, w], tol, tol);
+        // One texel per (tap, 4 channels): cin x 1 texels of 16 bytes, against the buffer's
+        // cout * cin * 4 bytes.
+        let weight_bytes = if texels { cin as u64 * 16 } else { (cout * cin * 4) as u64 };
+        let others = [&gx, &gb].iter().map(|t| t.buffer().size()).sum::<u64>();
+        assert_eq!(d.cost().bytes_read, weight_bytes + others, "K = {cin}");
+    }
 }

@@ -180,6 +180,9 @@ pub struct Conv2dArgs<'a> {
     pub out_scale: f32,
     /// `None`: [`ConvVariant::auto`]. Tests and the bench ask for each variant.
     pub variant: Option<ConvVariant>,
+    /// A direct kernel reads the weight buffer even where the adapter reads weights as
+    /// texels ([`Gpu::weight_textures`]); tests check both ways.
+    pub buffer_weights: bool,
 }
 
 impl<'a> Conv2dArgs<'a> {
@@ -202,6 +205,7 @@ impl<'a> Conv2dArgs<'a> {
             silu: false,
             out_scale: 1.0,
             variant: None,
+            buffer_weights: false,
         }
     }
 
@@ -497,7 +501,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             };
             let runs = oh * ow.div_ceil(DIRECT_PX);
             u32_of(OP, "pixel runs", runs)?;
-            if gpu.weight_textures() {
+            if gpu.weight_textures() && !a.buffer_weights {
                 texture = weight_texture(gpu, a.weight)?;
             }
             let kernel = gpu.kernel(
