@@ -406,6 +406,10 @@ fn narrow(
 
 override DIRECT_WG: u32 = 64u;
 const DIRECT_PX: u32 = 8u; // = DIRECT_PX in conv2d.rs
+// Blocks of 4 output channels per invocation of `direct3x3` and `direct1x1`: 1, or 2 where reading and
+// normalising the input window costs more than a second accumulator set (software
+// adapters; `Gpu::channel_blocks`). The second block's outputs past cout are not stored.
+override DIRECT_BLOCKS: u32 = 1u;
 // 0: the input is used as stored; 1: GroupNorm'd as it is read (`norm`), 2: GroupNorm'd and
 // SiLU'd. Zero padding applies after the normalisation, as in the unfused pair. A pipeline
 // constant, so the unused paths compile away.
@@ -554,7 +558,7 @@ struct WeightRows {
 fn weight_rows(m0: u32, k_total: u32) -> WeightRows {
     let last = params.cout - 1u;
     let rows = vec4<u32>(min(m0, last), min(m0 + 1u, last), min(m0 + 2u, last), min(m0 + 3u, last)) * k_total;
-    return WeightRows(rows, m0 / 4u);
+    return WeightRows(rows, min(m0, last) / 4u);
 }
 
 // Weights of tap k for the invocation's 4 channels.
@@ -622,71 +626,111 @@ fn window_of(first_col: i32, first_row: i32) -> Window {
     );
 }
 
-// One input row (offset `r`, inside the input if `ok`, normalised by `m`) against one row
-// of 3 taps k0..k2. The x1 and x2 copies differ only in the array they read.
-fn taps_x1(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, m: vec3<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
-    let v0 = select(0.0, normalise(x1[r + w.c0], m), ok && w.i0);
-    let v1 = select(0.0, normalise(x1[r + w.c1], m), ok && w.i1);
-    let v2 = select(0.0, normalise(x1[r + w.c2], m), ok && w.i2);
-    let v3 = select(0.0, normalise(x1[r + w.c3], m), ok && w.i3);
-    let v4 = select(0.0, normalise(x1[r + w.c4], m), ok && w.i4);
-    let v5 = select(0.0, normalise(x1[r + w.c5], m), ok && w.i5);
-    let v6 = select(0.0, normalise(x1[r + w.c6], m), ok && w.i6);
-    let v7 = select(0.0, normalise(x1[r + w.c7], m), ok && w.i7);
-    let v8 = select(0.0, normalise(x1[r + w.c8], m), ok && w.i8);
-    let v9 = select(0.0, normalise(x1[r + w.c9], m), ok && w.i9);
-    (*acc).a0 += k0 * v0 + k1 * v1 + k2 * v2;
-    (*acc).a1 += k0 * v1 + k1 * v2 + k2 * v3;
-    (*acc).a2 += k0 * v2 + k1 * v3 + k2 * v4;
-    (*acc).a3 += k0 * v3 + k1 * v4 + k2 * v5;
-    (*acc).a4 += k0 * v4 + k1 * v5 + k2 * v6;
-    (*acc).a5 += k0 * v5 + k1 * v6 + k2 * v7;
-    (*acc).a6 += k0 * v6 + k1 * v7 + k2 * v8;
-    (*acc).a7 += k0 * v7 + k1 * v8 + k2 * v9;
+// The 10 values of a run's 3x3 window in one input row (offset `r`, inside the input if
+// `ok`, normalised by `m`; zero padding after the normalisation). The x1 and x2 copies
+// differ only in the array they read.
+struct Row10 {
+    v0: f32,
+    v1: f32,
+    v2: f32,
+    v3: f32,
+    v4: f32,
+    v5: f32,
+    v6: f32,
+    v7: f32,
+    v8: f32,
+    v9: f32,
 }
 
-fn taps_x2(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, m: vec3<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
-    let v0 = select(0.0, normalise(x2[r + w.c0], m), ok && w.i0);
-    let v1 = select(0.0, normalise(x2[r + w.c1], m), ok && w.i1);
-    let v2 = select(0.0, normalise(x2[r + w.c2], m), ok && w.i2);
-    let v3 = select(0.0, normalise(x2[r + w.c3], m), ok && w.i3);
-    let v4 = select(0.0, normalise(x2[r + w.c4], m), ok && w.i4);
-    let v5 = select(0.0, normalise(x2[r + w.c5], m), ok && w.i5);
-    let v6 = select(0.0, normalise(x2[r + w.c6], m), ok && w.i6);
-    let v7 = select(0.0, normalise(x2[r + w.c7], m), ok && w.i7);
-    let v8 = select(0.0, normalise(x2[r + w.c8], m), ok && w.i8);
-    let v9 = select(0.0, normalise(x2[r + w.c9], m), ok && w.i9);
-    (*acc).a0 += k0 * v0 + k1 * v1 + k2 * v2;
-    (*acc).a1 += k0 * v1 + k1 * v2 + k2 * v3;
-    (*acc).a2 += k0 * v2 + k1 * v3 + k2 * v4;
-    (*acc).a3 += k0 * v3 + k1 * v4 + k2 * v5;
-    (*acc).a4 += k0 * v4 + k1 * v5 + k2 * v6;
-    (*acc).a5 += k0 * v5 + k1 * v6 + k2 * v7;
-    (*acc).a6 += k0 * v6 + k1 * v7 + k2 * v8;
-    (*acc).a7 += k0 * v7 + k1 * v8 + k2 * v9;
+fn row_x1(w: Window, r: u32, ok: bool, m: vec3<f32>) -> Row10 {
+    return Row10(
+        select(0.0, normalise(x1[r + w.c0], m), ok && w.i0),
+        select(0.0, normalise(x1[r + w.c1], m), ok && w.i1),
+        select(0.0, normalise(x1[r + w.c2], m), ok && w.i2),
+        select(0.0, normalise(x1[r + w.c3], m), ok && w.i3),
+        select(0.0, normalise(x1[r + w.c4], m), ok && w.i4),
+        select(0.0, normalise(x1[r + w.c5], m), ok && w.i5),
+        select(0.0, normalise(x1[r + w.c6], m), ok && w.i6),
+        select(0.0, normalise(x1[r + w.c7], m), ok && w.i7),
+        select(0.0, normalise(x1[r + w.c8], m), ok && w.i8),
+        select(0.0, normalise(x1[r + w.c9], m), ok && w.i9),
+    );
 }
 
-// One input channel of a 1x1 conv: the run's 8 pixels in the row at `row`.
-fn pointwise_x1(acc: ptr<function, Acc>, w: Window, row: u32, m: vec3<f32>, k: vec4<f32>) {
-    (*acc).a0 += k * normalise(x1[row + w.c0], m);
-    (*acc).a1 += k * normalise(x1[row + w.c1], m);
-    (*acc).a2 += k * normalise(x1[row + w.c2], m);
-    (*acc).a3 += k * normalise(x1[row + w.c3], m);
-    (*acc).a4 += k * normalise(x1[row + w.c4], m);
-    (*acc).a5 += k * normalise(x1[row + w.c5], m);
-    (*acc).a6 += k * normalise(x1[row + w.c6], m);
-    (*acc).a7 += k * normalise(x1[row + w.c7], m);
+fn row_x2(w: Window, r: u32, ok: bool, m: vec3<f32>) -> Row10 {
+    return Row10(
+        select(0.0, normalise(x2[r + w.c0], m), ok && w.i0),
+        select(0.0, normalise(x2[r + w.c1], m), ok && w.i1),
+        select(0.0, normalise(x2[r + w.c2], m), ok && w.i2),
+        select(0.0, normalise(x2[r + w.c3], m), ok && w.i3),
+        select(0.0, normalise(x2[r + w.c4], m), ok && w.i4),
+        select(0.0, normalise(x2[r + w.c5], m), ok && w.i5),
+        select(0.0, normalise(x2[r + w.c6], m), ok && w.i6),
+        select(0.0, normalise(x2[r + w.c7], m), ok && w.i7),
+        select(0.0, normalise(x2[r + w.c8], m), ok && w.i8),
+        select(0.0, normalise(x2[r + w.c9], m), ok && w.i9),
+    );
 }
 
-fn pointwise_x2(acc: ptr<function, Acc>, w: Window, row: u32, m: vec3<f32>, k: vec4<f32>) {
-    (*acc).a0 += k * normalise(x2[row + w.c0], m);
-    (*acc).a1 += k * normalise(x2[row + w.c1], m);
-    (*acc).a2 += k * normalise(x2[row + w.c2], m);
-    (*acc).a3 += k * normalise(x2[row + w.c3], m);
-    (*acc).a4 += k * normalise(x2[row + w.c4], m);
-    (*acc).a5 += k * normalise(x2[row + w.c5], m);
-    (*acc).a6 += k * normalise(x2[row + w.c6], m);
-    (*acc).a7 += k * normalise(x2[row + w.c7], m);
+// One window row against one row of 3 taps k0..k2 (4 channels each).
+fn taps(acc: ptr<function, Acc>, v: Row10, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>) {
+    (*acc).a0 += k0 * v.v0 + k1 * v.v1 + k2 * v.v2;
+    (*acc).a1 += k0 * v.v1 + k1 * v.v2 + k2 * v.v3;
+    (*acc).a2 += k0 * v.v2 + k1 * v.v3 + k2 * v.v4;
+    (*acc).a3 += k0 * v.v3 + k1 * v.v4 + k2 * v.v5;
+    (*acc).a4 += k0 * v.v4 + k1 * v.v5 + k2 * v.v6;
+    (*acc).a5 += k0 * v.v5 + k1 * v.v6 + k2 * v.v7;
+    (*acc).a6 += k0 * v.v6 + k1 * v.v7 + k2 * v.v8;
+    (*acc).a7 += k0 * v.v7 + k1 * v.v8 + k2 * v.v9;
+}
+
+// The run's 8 pixels of one input channel of a 1x1 conv (the row at `row`, normalised by m).
+struct Row8 {
+    v0: f32,
+    v1: f32,
+    v2: f32,
+    v3: f32,
+    v4: f32,
+    v5: f32,
+    v6: f32,
+    v7: f32,
+}
+
+fn pixels_x1(w: Window, row: u32, m: vec3<f32>) -> Row8 {
+    return Row8(
+        normalise(x1[row + w.c0], m),
+        normalise(x1[row + w.c1], m),
+        normalise(x1[row + w.c2], m),
+        normalise(x1[row + w.c3], m),
+        normalise(x1[row + w.c4], m),
+        normalise(x1[row + w.c5], m),
+        normalise(x1[row + w.c6], m),
+        normalise(x1[row + w.c7], m),
+    );
+}
+
+fn pixels_x2(w: Window, row: u32, m: vec3<f32>) -> Row8 {
+    return Row8(
+        normalise(x2[row + w.c0], m),
+        normalise(x2[row + w.c1], m),
+        normalise(x2[row + w.c2], m),
+        normalise(x2[row + w.c3], m),
+        normalise(x2[row + w.c4], m),
+        normalise(x2[row + w.c5], m),
+        normalise(x2[row + w.c6], m),
+        normalise(x2[row + w.c7], m),
+    );
+}
+
+fn pointwise(acc: ptr<function, Acc>, v: Row8, k: vec4<f32>) {
+    (*acc).a0 += k * v.v0;
+    (*acc).a1 += k * v.v1;
+    (*acc).a2 += k * v.v2;
+    (*acc).a3 += k * v.v3;
+    (*acc).a4 += k * v.v4;
+    (*acc).a5 += k * v.v5;
+    (*acc).a6 += k * v.v6;
+    (*acc).a7 += k * v.v7;
 }
 
 // One input channel of the folded shortcut, as stored: x2's or `residual`'s.
@@ -788,6 +832,16 @@ fn store_run(run: Run, m0: u32, acc: Acc, tid: u32, wg_first_run: u32) {
     }
 }
 
+// `store_run` for the invocation's channel blocks (`acc_b`: channels m0 + 4.., DIRECT_BLOCKS 2).
+fn store_blocks(run: Run, m0: u32, acc: Acc, acc_b: Acc, tid: u32, wg_first_run: u32) {
+    store_run(run, m0, acc, tid, wg_first_run);
+    if (DIRECT_BLOCKS == 2u) {
+        // The first store's statistics reads of workgroup memory end before these writes.
+        workgroupBarrier();
+        store_run(run, m0 + 4u, acc_b, tid, wg_first_run);
+    }
+}
+
 fn sq_dev(v: vec4<f32>, mean: vec4<f32>, inside: bool) -> vec4<f32> {
     let d = select(vec4<f32>(0.0), v - mean, inside);
     return d * d;
@@ -805,44 +859,70 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let run = run_at(wid.z, wid.x * DIRECT_WG + tid);
     merge_group_stats(run.n, tid, run.plane);
     let win = window_of(i32(run.ox0) - 1, i32(run.oy) - 1);
-    let m0 = wid.y * 4u;
+    let m0 = wid.y * 4u * DIRECT_BLOCKS;
     var k_total = (p.cin1 + p.cin2) * 9u;
     if (SHORTCUT) {
         k_total = p.cin1 * 9u + p.cin2 + p.cin3;
     }
     let wr = weight_rows(m0, k_total);
+    let wr_b = weight_rows(m0 + 4u, k_total);
 
     var acc = zero_acc();
+    var acc_b = zero_acc();
     for (var ci = 0u; ci < p.cin1; ci++) {
         let plane = run.base1 + ci * run.plane;
         let k = ci * 9u;
         let m = norm_of(run.n, ci);
-        taps_x1(&acc, win, plane + win.r0, win.j0, m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-        taps_x1(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        taps_x1(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        let v0 = row_x1(win, plane + win.r0, win.j0, m);
+        let v1 = row_x1(win, plane + win.r1, win.j1, m);
+        let v2 = row_x1(win, plane + win.r2, win.j2, m);
+        taps(&acc, v0, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+        taps(&acc, v1, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        taps(&acc, v2, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+        if (DIRECT_BLOCKS == 2u) {
+            taps(&acc_b, v0, weights4(wr_b, k), weights4(wr_b, k + 1u), weights4(wr_b, k + 2u));
+            taps(&acc_b, v1, weights4(wr_b, k + 3u), weights4(wr_b, k + 4u), weights4(wr_b, k + 5u));
+            taps(&acc_b, v2, weights4(wr_b, k + 6u), weights4(wr_b, k + 7u), weights4(wr_b, k + 8u));
+        }
     }
     if (SHORTCUT) {
         // The 1x1 taps: the run's own 8 columns (the 3x3 window's middle 8) in its own row.
         let win1 = window_of(i32(run.ox0), i32(run.oy));
         let k = p.cin1 * 9u;
         for (var ci = 0u; ci < p.cin2; ci++) {
-            shortcut_x2(&acc, win1, run.base2 + ci * run.plane + win1.r0, weights4(wr, k + ci));
+            let row = run.base2 + ci * run.plane + win1.r0;
+            shortcut_x2(&acc, win1, row, weights4(wr, k + ci));
+            if (DIRECT_BLOCKS == 2u) {
+                shortcut_x2(&acc_b, win1, row, weights4(wr_b, k + ci));
+            }
         }
         let base3 = run.n * p.cin3 * run.plane;
         for (var ci = 0u; ci < p.cin3; ci++) {
-            shortcut_x3(&acc, win1, base3 + ci * run.plane + win1.r0, weights4(wr, k + p.cin2 + ci));
+            let row = base3 + ci * run.plane + win1.r0;
+            shortcut_x3(&acc, win1, row, weights4(wr, k + p.cin2 + ci));
+            if (DIRECT_BLOCKS == 2u) {
+                shortcut_x3(&acc_b, win1, row, weights4(wr_b, k + p.cin2 + ci));
+            }
         }
     } else {
         for (var ci = 0u; ci < p.cin2; ci++) {
             let plane = run.base2 + ci * run.plane;
             let k = (p.cin1 + ci) * 9u;
             let m = norm_of(run.n, p.cin1 + ci);
-            taps_x2(&acc, win, plane + win.r0, win.j0, m, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
-            taps_x2(&acc, win, plane + win.r1, win.j1, m, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-            taps_x2(&acc, win, plane + win.r2, win.j2, m, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+            let v0 = row_x2(win, plane + win.r0, win.j0, m);
+            let v1 = row_x2(win, plane + win.r1, win.j1, m);
+            let v2 = row_x2(win, plane + win.r2, win.j2, m);
+            taps(&acc, v0, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 2u));
+            taps(&acc, v1, weights4(wr, k + 3u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+            taps(&acc, v2, weights4(wr, k + 6u), weights4(wr, k + 7u), weights4(wr, k + 8u));
+            if (DIRECT_BLOCKS == 2u) {
+                taps(&acc_b, v0, weights4(wr_b, k), weights4(wr_b, k + 1u), weights4(wr_b, k + 2u));
+                taps(&acc_b, v1, weights4(wr_b, k + 3u), weights4(wr_b, k + 4u), weights4(wr_b, k + 5u));
+                taps(&acc_b, v2, weights4(wr_b, k + 6u), weights4(wr_b, k + 7u), weights4(wr_b, k + 8u));
+            }
         }
     }
-    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
+    store_blocks(run, m0, acc, acc_b, tid, wid.x * DIRECT_WG);
 }
 
 @compute @workgroup_size(DIRECT_WG, 1, 1)
@@ -852,18 +932,28 @@ fn direct1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     merge_group_stats(run.n, tid, run.plane);
     // Columns past the output's width read the last one (their outputs are not stored).
     let win = window_of(i32(run.ox0), i32(run.oy));
-    let m0 = wid.y * 4u;
+    let m0 = wid.y * 4u * DIRECT_BLOCKS;
     let wr = weight_rows(m0, p.cin1 + p.cin2);
+    let wr_b = weight_rows(m0 + 4u, p.cin1 + p.cin2);
 
     var acc = zero_acc();
+    var acc_b = zero_acc();
     for (var ci = 0u; ci < p.cin1; ci++) {
-        pointwise_x1(&acc, win, run.base1 + ci * run.plane + win.r0, norm_of(run.n, ci), weights4(wr, ci));
+        let v = pixels_x1(win, run.base1 + ci * run.plane + win.r0, norm_of(run.n, ci));
+        pointwise(&acc, v, weights4(wr, ci));
+        if (DIRECT_BLOCKS == 2u) {
+            pointwise(&acc_b, v, weights4(wr_b, ci));
+        }
     }
     for (var ci = 0u; ci < p.cin2; ci++) {
         let c = p.cin1 + ci;
-        pointwise_x2(&acc, win, run.base2 + ci * run.plane + win.r0, norm_of(run.n, c), weights4(wr, c));
+        let v = pixels_x2(win, run.base2 + ci * run.plane + win.r0, norm_of(run.n, c));
+        pointwise(&acc, v, weights4(wr, c));
+        if (DIRECT_BLOCKS == 2u) {
+            pointwise(&acc_b, v, weights4(wr_b, c));
+        }
     }
-    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
+    store_blocks(run, m0, acc, acc_b, tid, wid.x * DIRECT_WG);
 }
 
 // ---------------------------------------------------------------------------------------

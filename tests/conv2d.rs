@@ -6,24 +6,25 @@ use common::*;
 use diffusion_playground::cpu::{self, Conv2dSpec};
 use diffusion_playground::gpu::conv2d::{conv2d, out_size, Conv2dArgs, ConvVariant, TembSlice};
 
-/// Every kernel variant that can compute a convolution of this shape, and whether it reads
-/// the weight buffer (`Conv2dArgs::buffer_weights`): the tiled kernel always, the direct one
-/// for 3x3/pad 1 (stride 1 or 2) or 1x1/pad 0 with its weights as texels and from the
-/// buffer, the narrow one for at most 4 output channels. Each case below is checked against
-/// the CPU reference with each.
-fn variants(cout: usize, k: usize, stride: usize, pad: usize) -> Vec<(ConvVariant, bool)> {
-    let mut v = vec![(ConvVariant::Tiled, false)];
+/// Every kernel variant that can compute a convolution of this shape, whether it reads the
+/// weight buffer (`Conv2dArgs::buffer_weights`) and its channel blocks per invocation
+/// (`Conv2dArgs::channel_blocks`): the tiled kernel always; the direct one for 3x3/pad 1
+/// (stride 1 or 2) or 1x1/pad 0 with its weights as texels in 1 and 2 blocks and from the
+/// buffer; the narrow one for at most 4 output channels. Each case below is checked
+/// against the CPU reference with each.
+fn variants(cout: usize, k: usize, stride: usize, pad: usize) -> Vec<(ConvVariant, bool, Option<usize>)> {
+    let mut v = vec![(ConvVariant::Tiled, false, None)];
     if ConvVariant::direct_applies(k, stride, pad) {
-        v.extend([(ConvVariant::Direct, false), (ConvVariant::Direct, true)]);
+        v.extend(DIRECT_FORMS.map(|(buffer, blocks)| (ConvVariant::Direct, buffer, Some(blocks))));
     }
     if cout <= 4 {
-        v.push((ConvVariant::Narrow, false));
+        v.push((ConvVariant::Narrow, false, None));
     }
     v
 }
 
-/// The direct kernels' two weight sources: texels (the default) and the buffer.
-const WEIGHT_SOURCES: [bool; 2] = [false, true];
+/// The direct kernels' forms: (weights from the buffer, channel blocks per invocation).
+const DIRECT_FORMS: [(bool, usize); 3] = [(false, 1), (false, 2), (true, 2)];
 
 struct Case {
     n: usize,
@@ -50,7 +51,7 @@ fn check_plain(seed: u64, c: Case) {
     let gx = upload("x", &[c.n, c.cin, c.h, c.w], &x);
     let gw = upload("w", &[c.cout, c.cin, c.k, c.k], &wt);
     let gb = upload("b", &[c.cout], &b);
-    for (variant, buffer_weights) in variants(c.cout, c.k, c.stride, c.pad) {
+    for (variant, buffer_weights, channel_blocks) in variants(c.cout, c.k, c.stride, c.pad) {
         let out = zeros("out", &[c.n, c.cout, oh, ow]);
         let d = conv2d(
             gpu(),
@@ -59,6 +60,7 @@ fn check_plain(seed: u64, c: Case) {
                 pad: c.pad,
                 variant: Some(variant),
                 buffer_weights,
+                channel_blocks,
                 ..Conv2dArgs::new(&gx, &gw, &gb, &out)
             },
         )
@@ -67,7 +69,7 @@ fn check_plain(seed: u64, c: Case) {
         let tol = dot_tolerance(fan_in);
         assert_close(
             &format!(
-                "conv2d {variant:?} buffer weights {buffer_weights} n{} cin{} cout{} {}x{} k{} s{} p{}",
+                "conv2d {variant:?} buffer weights {buffer_weights} blocks {channel_blocks:?} n{} cin{} cout{} {}x{} k{} s{} p{}",
                 c.n, c.cin, c.cout, c.h, c.w, c.k, c.stride, c.pad
             ),
             &got,
@@ -205,7 +207,7 @@ fn check_fused(
     let gb = upload("b", &[cout], &b);
     let gt = upload("temb", &[n, temb_width], &temb);
     let gr = upload("res", &[n, cout, h, w], &res);
-    for (variant, buffer_weights) in variants(cout, k, 1, k / 2) {
+    for (variant, buffer_weights, channel_blocks) in variants(cout, k, 1, k / 2) {
         let out = zeros("out", &[n, cout, h, w]);
         let d = conv2d(
             gpu(),
@@ -218,6 +220,7 @@ fn check_fused(
                 out_scale: scale,
                 variant: Some(variant),
                 buffer_weights,
+                channel_blocks,
                 ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
             },
         )
@@ -225,7 +228,7 @@ fn check_fused(
         let got = run(&[&d], &out);
         let tol = dot_tolerance(fan_in);
         assert_close(
-            &format!("fused conv2d {variant:?} buffer weights {buffer_weights} n{n} {c1}+{c2}->{cout} {sh}x{sw} k{k}"),
+            &format!("fused conv2d {variant:?} buffer weights {buffer_weights} blocks {channel_blocks:?} n{n} {c1}+{c2}->{cout} {sh}x{sw} k{k}"),
             &got,
             &expect,
             &[n, cout, h, w],
@@ -326,7 +329,7 @@ fn check_norm(
     let gb = upload("b", &[cout], &b);
     let stats = zeros("stats", &[n, cin, NORM_STATS]);
     let x2_arg = gx2.as_ref();
-    for buffer_weights in WEIGHT_SOURCES {
+    for (buffer_weights, blocks) in DIRECT_FORMS {
         let out = zeros("out", &[n, cout, h, w]);
         let s =
             group_norm_stats(gpu(), &gx1, x2_arg, &gg, &gbeta, &stats, groups, 1e-5).expect("stats launch");
@@ -336,6 +339,7 @@ fn check_norm(
                 x2: x2_arg,
                 norm: Some(NormIn { stats: NormStats::Pass(&stats), silu }),
                 buffer_weights,
+                channel_blocks: Some(blocks),
                 ..Conv2dArgs::new(&gx1, &gw, &gb, &out)
             },
         )
@@ -345,7 +349,7 @@ fn check_norm(
         let tol = dot_tolerance(fan_in) + 1e-5;
         assert_close(
             &format!(
-                "norm conv2d buffer weights {buffer_weights} n{n} {c1}+{c2}->{cout} {h}x{w} k{k} g{groups} silu{silu}"
+                "norm conv2d buffer weights {buffer_weights} blocks {blocks} n{n} {c1}+{c2}->{cout} {h}x{w} k{k} g{groups} silu{silu}"
             ),
             &got,
             &expect,
@@ -685,7 +689,7 @@ fn check_shortcut(
     let stats = zeros("stats", &[n, ch, NORM_STATS]);
     let pass = (!partials)
         .then(|| group_norm_stats(gpu(), &gh, None, &gg, &gbeta, &stats, groups, 1e-5).expect("stats"));
-    for buffer_weights in WEIGHT_SOURCES {
+    for (buffer_weights, blocks) in DIRECT_FORMS {
         let out = zeros("out", &[n, cout, h, w]);
         let norm = match pass {
             None => NormStats::Partials { affine: &gaffine, groups, eps: 1e-5 },
@@ -697,6 +701,7 @@ fn check_shortcut(
                 norm: Some(NormIn { stats: norm, silu: true }),
                 out_scale: scale,
                 buffer_weights,
+                channel_blocks: Some(blocks),
                 ..Conv2dArgs::with_shortcut(&gh, &gw, &gb, &out, ShortcutIn { x: &gx1, x2: gx2.as_ref() })
             },
         )
@@ -706,7 +711,7 @@ fn check_shortcut(
         let tol = dot_tolerance(ch * 9 + cs) + 1e-4;
         assert_close(
             &format!(
-                "conv2d + shortcut buffer weights {buffer_weights} n{n} h{ch} s{cs1}+{cs2} {h}x{w} g{groups} partials{partials}"
+                "conv2d + shortcut buffer weights {buffer_weights} blocks {blocks} n{n} h{ch} s{cs1}+{cs2} {h}x{w} g{groups} partials{partials}"
             ),
             &got,
             &expect,
@@ -787,7 +792,7 @@ fn check_up2(seed: u64, n: usize, cin: usize, cout: usize, h: usize, w: usize) {
     let gx = upload("x", &[n, cin, h, w], &x);
     let gw = upload("w", &[cout, cin * 16], &pack_up2(&wt, cout, cin));
     let gb = upload("b", &[cout], &b);
-    for buffer_weights in WEIGHT_SOURCES {
+    for (buffer_weights, blocks) in DIRECT_FORMS {
         let out = Tensor::with_stats(gpu(), "out", &shape, stats_tiles(None, 3, 1, 1, shape)).expect("alloc");
         let d = conv2d(
             gpu(),
@@ -796,6 +801,7 @@ fn check_up2(seed: u64, n: usize, cin: usize, cout: usize, h: usize, w: usize) {
                 pad: 1,
                 variant: Some(ConvVariant::Up2),
                 buffer_weights,
+                channel_blocks: Some(blocks),
                 ..Conv2dArgs::new(&gx, &gw, &gb, &out)
             },
         )
@@ -804,7 +810,7 @@ fn check_up2(seed: u64, n: usize, cin: usize, cout: usize, h: usize, w: usize) {
         // Each packed weight sums up to 4 of the kernel's: the same dot products, regrouped.
         let tol = dot_tolerance(cin * 9) + 1e-5;
         let what = format!(
-            "Up2 conv2d buffer weights {buffer_weights} n{n} {cin}->{cout} {h}x{w} -> {}x{}",
+            "Up2 conv2d buffer weights {buffer_weights} blocks {blocks} n{n} {cin}->{cout} {h}x{w} -> {}x{}",
             2 * h,
             2 * w
         );

@@ -109,15 +109,21 @@ fn shipped_fashion_unet_matches_diffusers() {
 }
 
 /// The other attention form than this adapter's default (`Gpu::fused_attention`: three
-/// dispatches on a CPU adapter, two on a GPU), and the direct convs reading their weights
-/// from the buffers rather than as texels (`Gpu::weight_textures`), on a device of its own
+/// dispatches on a CPU adapter, two on a GPU), the direct convs reading their weights from
+/// the buffers rather than as texels (`Gpu::weight_textures`) and the other number of
+/// channel blocks per invocation (`Gpu::channel_blocks`), on a device of its own
 /// so that the other tests' plans do not change under them.
 #[test]
 fn shipped_fashion_unet_matches_diffusers_other_attention_form() {
     let gpu = pollster::block_on(Gpu::new()).expect("adapter");
     gpu.set_fused_attention(!gpu.fused_attention());
     gpu.set_weight_textures(false);
-    eprintln!("fused attention: {}, weight textures off", gpu.fused_attention());
+    gpu.set_channel_blocks(3 - gpu.channel_blocks());
+    eprintln!(
+        "fused attention: {}, weight textures off, {} channel blocks",
+        gpu.fused_attention(),
+        gpu.channel_blocks()
+    );
     check_model_on(&gpu, Path::new("www/models/fashion"), fashion_io(), 5);
     check_model_on(
         &gpu,

@@ -100,6 +100,12 @@ mod native {
         if let Some(on) = on_off("--weight-textures")? {
             gpu.set_weight_textures(on);
         }
+        // `--channel-blocks 1|2`: output-channel blocks per direct conv invocation.
+        if let Some(b) = arg("--channel-blocks") {
+            gpu.set_channel_blocks(b.parse().map_err(|_| {
+                diffusion_playground::EngineError::input("--channel-blocks", format!("{b}: 1 or 2"))
+            })?);
+        }
         if let Some(dir) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
             let profile = args.iter().any(|a| a == "--profile");
             if args.iter().any(|a| a == "--plan-stats") {

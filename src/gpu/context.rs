@@ -67,6 +67,8 @@ pub struct Gpu {
     /// Whether the direct conv kernels read their weights from textures (see
     /// [`Gpu::weight_textures`]).
     weight_textures: AtomicBool,
+    /// See [`Gpu::channel_blocks`].
+    channel_blocks: AtomicU32,
     /// Bound in place of an optional input that a dispatch does not use.
     pub(crate) placeholder: wgpu::Buffer,
     /// Bound in place of a texture that a dispatch does not use.
@@ -140,6 +142,7 @@ impl Gpu {
             })
             .create_view(&Default::default());
         let fused_attention = AtomicBool::new(!is_software(&info));
+        let channel_blocks = AtomicU32::new(if is_software(&info) { 2 } else { 1 });
         Ok(Gpu {
             device,
             queue,
@@ -153,6 +156,7 @@ impl Gpu {
             kernels: Mutex::new(HashMap::new()),
             fused_attention,
             weight_textures: AtomicBool::new(true),
+            channel_blocks,
             placeholder,
             placeholder_texture,
         })
@@ -363,6 +367,21 @@ impl Gpu {
 
     pub fn set_weight_textures(&self, on: bool) {
         self.weight_textures.store(on, Ordering::Relaxed);
+    }
+
+    /// Blocks of 4 output channels that each invocation of the direct 3x3 and 1x1 conv
+    /// kernels computes (over 8 pixels): 2 on a software adapter, where reading and
+    /// normalising the input window costs more than the multiply-adds and a second
+    /// accumulator set halves it per output (lavapipe: 1.45x per forward, README;
+    /// SwiftShader: no change), 1 on a GPU, where it would halve the workgroups of the
+    /// small batch-2 convs. Plans made after [`Gpu::set_channel_blocks`] follow it.
+    pub fn channel_blocks(&self) -> usize {
+        self.channel_blocks.load(Ordering::Relaxed) as usize
+    }
+
+    /// 1 or 2 (a launch with another value fails).
+    pub fn set_channel_blocks(&self, blocks: usize) {
+        self.channel_blocks.store(blocks.min(u32::MAX as usize) as u32, Ordering::Relaxed);
     }
 
     /// Human-readable adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".

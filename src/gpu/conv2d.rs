@@ -58,9 +58,10 @@ pub enum ConvVariant {
     /// The 64 x 64 (or 32 x 128) workgroup tile through workgroup memory: any kernel size
     /// and stride.
     Tiled,
-    /// Barrier-free register tiles, [`DIRECT_CH`] channels x [`DIRECT_PX`] pixels per
-    /// invocation: stride 1, 3x3 with pad 1 or 1x1 with pad 0; or 3x3, pad 1, stride 2 of
-    /// one plain input (Downsample2D).
+    /// Barrier-free register tiles, [`DIRECT_CH`] channels (times
+    /// [`Gpu::channel_blocks`] at stride 1) x [`DIRECT_PX`] pixels per invocation: stride 1,
+    /// 3x3 with pad 1 or 1x1 with pad 0; or 3x3, pad 1, stride 2 of one plain input
+    /// (Downsample2D).
     Direct,
     /// One invocation per pixel for all (at most 4) output channels.
     Narrow,
@@ -183,6 +184,9 @@ pub struct Conv2dArgs<'a> {
     /// A direct kernel reads the weight buffer even where the adapter reads weights as
     /// texels ([`Gpu::weight_textures`]); tests check both ways.
     pub buffer_weights: bool,
+    /// Blocks of 4 output channels per invocation of the direct 3x3 and 1x1 kernels (1 or
+    /// 2); `None`: [`Gpu::channel_blocks`]. Tests check both.
+    pub channel_blocks: Option<usize>,
 }
 
 impl<'a> Conv2dArgs<'a> {
@@ -206,6 +210,7 @@ impl<'a> Conv2dArgs<'a> {
             out_scale: 1.0,
             variant: None,
             buffer_weights: false,
+            channel_blocks: None,
         }
     }
 
@@ -504,9 +509,16 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             if gpu.weight_textures() && !a.buffer_weights {
                 texture = weight_texture(gpu, a.weight)?;
             }
+            // Channel blocks per invocation: the 3x3 and 1x1 kernels take 1 or 2.
+            let blocks = match a.channel_blocks.unwrap_or(gpu.channel_blocks()) {
+                b @ (1 | 2) if std::ptr::eq(def, &DIRECT3) || std::ptr::eq(def, &DIRECT1) => b,
+                1 | 2 => 1,
+                b => return Err(EngineError::shape(OP, format!("{b} channel blocks: 1 or 2"))),
+            };
             let kernel = gpu.kernel(
                 def,
                 &[
+                    ("DIRECT_BLOCKS", blocks as f64),
                     ("WEIGHT_TEXTURE", texture.is_some() as u32 as f64),
                     ("DIRECT_WG", layout.wg as f64),
                     ("NORM", norm_mode as f64),
@@ -516,7 +528,7 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
                     ("SHORTCUT", a.shortcut.is_some() as u32 as f64),
                 ],
             )?;
-            (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH), batch])
+            (kernel, [groups(runs, layout.wg), groups(cout, DIRECT_CH * blocks), batch])
         }
         ConvVariant::Tiled => {
             let kernel =
