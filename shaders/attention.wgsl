@@ -61,26 +61,52 @@ fn load4(base: u32, c: u32, t: u32) -> vec4<f32> {
     return r;
 }
 
-// Head h's output for query i of image b (zero past the head; anything when !valid).
-// Call in uniform control flow: it has barriers.
-fn head_output(b: u32, h: u32, i: u32, tid: u32, valid: bool) -> array<vec4<f32>, D4> {
+// `main` only: each invocation computes two queries, i and i + QUERIES, reading each key's
+// and value's vec4s from workgroup memory once for both. A software adapter turns every
+// such read into a per-lane loop (llvmpipe) or gather (SwiftShader): there the pairs halve
+// the reads per multiply-add (`Gpu::is_software`); on a GPU they would halve the workgroups.
+override PAIRS: bool = false;
+
+fn start_q(q_base: u32, i: u32, valid: bool) -> array<vec4<f32>, D4> {
+    var q: array<vec4<f32>, D4>;
+    for (var c = 0u; c < D4; c++) {
+        q[c] = vec4<f32>(0.0);
+        if (valid) {
+            q[c] = load4(q_base, 4u * c, i) * params.scale;
+        }
+    }
+    return q;
+}
+
+struct Outputs {
+    a: array<vec4<f32>, D4>,
+    b: array<vec4<f32>, D4>,
+}
+
+// Head h's output for queries i (and, with PAIRS, i2) of image b (zero past the head;
+// anything for an invalid query). Call in uniform control flow: it has barriers. The
+// second query's state is written out beside the first's rather than in a struct or an
+// array of two: lavapipe's compiler kept those in memory (2x slower).
+fn head_outputs(b: u32, h: u32, i: u32, i2: u32, tid: u32, valid: bool, valid2: bool) -> Outputs {
     let p = params;
     let image = b * 3u * p.channels * p.tokens;
     let q_base = image + h * HEAD_DIM * p.tokens;
     let k_base = image + (p.channels + h * HEAD_DIM) * p.tokens;
     let v_base = image + (2u * p.channels + h * HEAD_DIM) * p.tokens;
 
-    var q: array<vec4<f32>, D4>;
+    let q = start_q(q_base, i, valid);
+    let q2 = start_q(q_base, i2, PAIRS && valid2);
     var acc: array<vec4<f32>, D4>;
+    var acc2: array<vec4<f32>, D4>;
     for (var c = 0u; c < D4; c++) {
         acc[c] = vec4<f32>(0.0);
-        q[c] = vec4<f32>(0.0);
-        if (valid) {
-            q[c] = load4(q_base, 4u * c, i) * p.scale;
-        }
+        acc2[c] = vec4<f32>(0.0);
     }
     var m = -3.0e38;
     var l = 0.0;
+    var m2 = -3.0e38;
+    var l2 = 0.0;
+    let any = valid || (PAIRS && valid2);
 
     for (var j0 = 0u; j0 < p.tokens; j0 += p.kv_tile) {
         let nk = min(p.kv_tile, p.tokens - j0);
@@ -92,14 +118,21 @@ fn head_output(b: u32, h: u32, i: u32, tid: u32, valid: bool) -> array<vec4<f32>
             v_tile[j * D4 + c] = load4(v_base, 4u * c, j0 + j);
         }
         workgroupBarrier();
-        if (valid) {
+        if (any) {
             for (var j = 0u; j < nk; j++) {
                 var s = 0.0;
+                var s2 = 0.0;
                 for (var c = 0u; c < D4; c++) {
-                    s += dot(q[c], k_tile[j * D4 + c]);
+                    let k = k_tile[j * D4 + c];
+                    s += dot(q[c], k);
+                    if (PAIRS) {
+                        s2 += dot(q2[c], k);
+                    }
                 }
-                if (s > m) {
-                    // New running max: rescale what was accumulated under the old one.
+                // A new running max rescales what was accumulated under the old one.
+                let up = s > m;
+                let up2 = PAIRS && s2 > m2;
+                if (up) {
                     let correction = exp(m - s);
                     l *= correction;
                     for (var c = 0u; c < D4; c++) {
@@ -107,34 +140,41 @@ fn head_output(b: u32, h: u32, i: u32, tid: u32, valid: bool) -> array<vec4<f32>
                     }
                     m = s;
                 }
+                if (up2) {
+                    let correction = exp(m2 - s2);
+                    l2 *= correction;
+                    for (var c = 0u; c < D4; c++) {
+                        acc2[c] *= correction;
+                    }
+                    m2 = s2;
+                }
                 let w = exp(s - m);
                 l += w;
+                let w2 = exp(s2 - m2);
+                l2 += w2;
                 for (var c = 0u; c < D4; c++) {
-                    acc[c] += w * v_tile[j * D4 + c];
+                    let v = v_tile[j * D4 + c];
+                    acc[c] += w * v;
+                    if (PAIRS) {
+                        acc2[c] += w2 * v;
+                    }
                 }
             }
         }
         workgroupBarrier();
     }
     let inv_l = 1.0 / max(l, 1.0e-30);
+    let inv_l2 = 1.0 / max(l2, 1.0e-30);
     for (var c = 0u; c < D4; c++) {
         acc[c] *= inv_l;
+        acc2[c] *= inv_l2;
     }
-    return acc;
+    return Outputs(acc, acc2);
 }
 
-// Grid: (query tiles, heads, images).
-@compute @workgroup_size(QUERIES, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+// Writes query i's head output `a` (head h of image b) to `out`.
+fn store_head(b: u32, h: u32, i: u32, a: array<vec4<f32>, D4>) {
     let p = params;
-    let b = wid.z;
-    let h = wid.y;
-    let i = wid.x * QUERIES + tid;
-    let valid = i < p.tokens;
-    let a = head_output(b, h, i, tid, valid);
-    if (!valid) {
-        return;
-    }
     let o_base = (b * p.channels + h * HEAD_DIM) * p.tokens + i;
     for (var c = 0u; c < D4; c++) {
         for (var e = 0u; e < 4u; e++) {
@@ -142,6 +182,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 out[o_base + (4u * c + e) * p.tokens] = a[c][e];
             }
         }
+    }
+}
+
+// Grid: (query tiles of QUERIES, or 2 QUERIES with PAIRS; heads; images).
+@compute @workgroup_size(QUERIES, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let p = params;
+    let b = wid.z;
+    let h = wid.y;
+    var per_tile = QUERIES;
+    if (PAIRS) {
+        per_tile = 2u * QUERIES;
+    }
+    let i = wid.x * per_tile + tid;
+    let i2 = i + QUERIES;
+    let valid = i < p.tokens;
+    let valid2 = PAIRS && i2 < p.tokens;
+    let o = head_outputs(b, h, i, i2, tid, valid, valid2);
+    if (valid) {
+        store_head(b, h, i, o.a);
+    }
+    if (valid2) {
+        store_head(b, h, i2, o.b);
     }
 }
 
@@ -168,7 +231,7 @@ fn fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     let i = wid.x * QUERIES + tid;
     let valid = i < p.tokens;
     for (var h = 0u; h < p.heads; h++) {
-        let a = head_output(b, h, i, tid, valid);
+        let a = head_outputs(b, h, i, i, tid, valid, false).a;
         if (valid) {
             for (var co = 0u; co < p.channels; co++) {
                 let row = co * p.channels + h * HEAD_DIM;

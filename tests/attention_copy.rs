@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use diffusion_playground::cpu::{self, Conv2dSpec};
 use diffusion_playground::gpu::attention::{
-    attention, attention_out, self_attention, stats_tiles, AttentionScratch, AttentionWeights,
+    attention, attention_in_pairs, attention_out, self_attention, stats_tiles, AttentionScratch,
+    AttentionWeights,
 };
 use diffusion_playground::gpu::concat::concat;
 use diffusion_playground::gpu::upsample::upsample_nearest2x;
@@ -18,23 +19,27 @@ fn check_attention(seed: u64, n: usize, c: usize, h: usize, w: usize, heads: usi
     let qkv = uniform(&mut r, n * 3 * c * l, magnitude);
     let expect = cpu::attention(&qkv, n, c, l, heads);
     let gq = upload("qkv", &[n, 3 * c, h, w], &qkv);
-    let out = zeros("out", &[n, c, h, w]);
-    let d = attention(gpu(), &gq, &out, heads).expect("launch");
-    let got = run(&[&d], &out);
     // A score is a d-term dot product of size up to smax = d * magnitude^2 / sqrt(d); its
     // rounding error (~sqrt(d) eps smax) becomes a relative error of the softmax weights,
     // and the output is a weighted mean of values of size `magnitude`.
     let d_head = (c / heads) as f32;
     let smax = d_head.sqrt() * magnitude * magnitude;
     let tol = 8.0 * f32::EPSILON * magnitude * (d_head.sqrt() * (1.0 + smax) + (l as f32).sqrt());
-    assert_close(
-        &format!("attention n{n} c{c} {h}x{w} heads{heads} magnitude{magnitude}"),
-        &got,
-        &expect,
-        &[n, c, h, w],
-        tol,
-        tol,
-    );
+    // One query per invocation, and two (`Gpu::attention_pairs`: the last pair of a map
+    // often half outside it).
+    for pairs in [false, true] {
+        let out = zeros("out", &[n, c, h, w]);
+        let d = attention_in_pairs(gpu(), &gq, &out, heads, pairs).expect("launch");
+        let got = run(&[&d], &out);
+        assert_close(
+            &format!("attention n{n} c{c} {h}x{w} heads{heads} magnitude{magnitude} pairs {pairs}"),
+            &got,
+            &expect,
+            &[n, c, h, w],
+            tol,
+            tol,
+        );
+    }
 }
 
 #[test]

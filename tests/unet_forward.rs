@@ -110,8 +110,9 @@ fn shipped_fashion_unet_matches_diffusers() {
 
 /// The other attention form than this adapter's default (`Gpu::fused_attention`: three
 /// dispatches on a CPU adapter, two on a GPU), the direct convs reading their weights from
-/// the buffers rather than as texels (`Gpu::weight_textures`) and the other number of
-/// channel blocks per invocation (`Gpu::channel_blocks`), on a device of its own
+/// the buffers rather than as texels (`Gpu::weight_textures`), the other number of channel
+/// blocks per invocation (`Gpu::channel_blocks`) and of queries per attention invocation
+/// (`Gpu::attention_pairs`), on a device of its own
 /// so that the other tests' plans do not change under them.
 #[test]
 fn shipped_fashion_unet_matches_diffusers_other_attention_form() {
@@ -119,10 +120,12 @@ fn shipped_fashion_unet_matches_diffusers_other_attention_form() {
     gpu.set_fused_attention(!gpu.fused_attention());
     gpu.set_weight_textures(false);
     gpu.set_channel_blocks(3 - gpu.channel_blocks());
+    gpu.set_attention_pairs(!gpu.attention_pairs());
     eprintln!(
-        "fused attention: {}, weight textures off, {} channel blocks",
+        "fused attention: {}, weight textures off, {} channel blocks, attention pairs {}",
         gpu.fused_attention(),
-        gpu.channel_blocks()
+        gpu.channel_blocks(),
+        gpu.attention_pairs()
     );
     check_model_on(&gpu, Path::new("www/models/fashion"), fashion_io(), 5);
     check_model_on(

@@ -100,6 +100,9 @@ mod native {
         if let Some(on) = on_off("--weight-textures")? {
             gpu.set_weight_textures(on);
         }
+        if let Some(on) = on_off("--attention-pairs")? {
+            gpu.set_attention_pairs(on);
+        }
         // `--channel-blocks 1|2`: output-channel blocks per direct conv invocation.
         if let Some(b) = arg("--channel-blocks") {
             gpu.set_channel_blocks(b.parse().map_err(|_| {
@@ -267,13 +270,20 @@ mod native {
     }
 
     /// Every dispatch of one guided step (images = half the model batch), without running it.
-    /// The plan a hardware adapter runs (fused attention), whatever this adapter is, unless
-    /// `--adapter-plan` asks for this adapter's own (see `Gpu::fused_attention`).
+    /// The plan a hardware adapter runs (fused attention, one channel block per direct conv
+    /// invocation), whatever this adapter is, unless `--adapter-plan` asks for this
+    /// adapter's own (see `Gpu::fused_attention`, `Gpu::channel_blocks`).
     fn plan_stats(gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
         use diffusion_playground::pipeline::Session;
         let args: Vec<String> = std::env::args().collect();
         if !args.iter().any(|a| a == "--adapter-plan" || a == "--fused-attention") {
             gpu.set_fused_attention(true);
+        }
+        if !args.iter().any(|a| a == "--adapter-plan" || a == "--channel-blocks") {
+            gpu.set_channel_blocks(1);
+        }
+        if !args.iter().any(|a| a == "--adapter-plan" || a == "--attention-pairs") {
+            gpu.set_attention_pairs(false);
         }
         println!(
             "attention: {} (`Gpu::fused_attention`)",

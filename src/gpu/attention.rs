@@ -110,12 +110,31 @@ fn prepare(
 /// The heads' outputs alone.
 /// - `qkv`: [n, 3c, h, w] (q, k, v stacked along channels); `out`: [n, c, h, w]
 pub fn attention(gpu: &Gpu, qkv: &Tensor, out: &Tensor, heads: usize) -> Result<Dispatch> {
-    let (n, c, tokens, kernel, params) = prepare(gpu, &KERNEL, qkv, out, heads, &[])?;
+    attention_in_pairs(gpu, qkv, out, heads, gpu.attention_pairs())
+}
+
+/// [`attention`], each invocation computing two queries (`pairs`) or one; tests check both.
+pub fn attention_in_pairs(
+    gpu: &Gpu,
+    qkv: &Tensor,
+    out: &Tensor,
+    heads: usize,
+    pairs: bool,
+) -> Result<Dispatch> {
+    let [_, _, h, w] = dims4(OP, "qkv", qkv)?;
+    // Pairs on a small map: half the invocations, so that one workgroup still covers it.
+    let queries = if pairs && h * w <= QUERIES_PER_WORKGROUP {
+        QUERIES_PER_WORKGROUP / 2
+    } else {
+        QUERIES_PER_WORKGROUP
+    };
+    let constants = [("PAIRS", pairs as u32 as f64), ("QUERIES", queries as f64)];
+    let (n, c, tokens, kernel, params) = prepare(gpu, &KERNEL, qkv, out, heads, &constants)?;
     gpu.dispatch(
         &kernel,
         &[qkv.buffer(), out.buffer()],
         &params,
-        [groups(tokens, QUERIES_PER_WORKGROUP), heads as u32, u32_of(OP, "batch", n)?],
+        [groups(tokens, queries * (1 + pairs as usize)), heads as u32, u32_of(OP, "batch", n)?],
     )
     // QK^T and PV: 2 * tokens^2 * head_dim multiply-adds per head.
     .map(|d| d.with_flops(4.0 * (n * tokens * tokens * c) as f64))

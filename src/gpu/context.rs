@@ -69,6 +69,8 @@ pub struct Gpu {
     weight_textures: AtomicBool,
     /// See [`Gpu::channel_blocks`].
     channel_blocks: AtomicU32,
+    /// See [`Gpu::attention_pairs`].
+    attention_pairs: AtomicBool,
     /// Bound in place of an optional input that a dispatch does not use.
     pub(crate) placeholder: wgpu::Buffer,
     /// Bound in place of a texture that a dispatch does not use.
@@ -143,6 +145,7 @@ impl Gpu {
             .create_view(&Default::default());
         let fused_attention = AtomicBool::new(!is_software(&info));
         let channel_blocks = AtomicU32::new(if is_software(&info) { 2 } else { 1 });
+        let attention_pairs = AtomicBool::new(is_software(&info));
         Ok(Gpu {
             device,
             queue,
@@ -157,6 +160,7 @@ impl Gpu {
             fused_attention,
             weight_textures: AtomicBool::new(true),
             channel_blocks,
+            attention_pairs,
             placeholder,
             placeholder_texture,
         })
@@ -382,6 +386,19 @@ impl Gpu {
     /// 1 or 2 (a launch with another value fails).
     pub fn set_channel_blocks(&self, blocks: usize) {
         self.channel_blocks.store(blocks.min(u32::MAX as usize) as u32, Ordering::Relaxed);
+    }
+
+    /// Whether each invocation of the three-dispatch attention core computes two queries,
+    /// reading each key and value from workgroup memory once for both: on a software
+    /// adapter, where those reads are per-lane loops or gathers (lavapipe: the core 1.5x
+    /// faster, SwiftShader 1.1x; README); not on a GPU, where it would halve the
+    /// workgroups. Plans made after [`Gpu::set_attention_pairs`] follow it.
+    pub fn attention_pairs(&self) -> bool {
+        self.attention_pairs.load(Ordering::Relaxed)
+    }
+
+    pub fn set_attention_pairs(&self, on: bool) {
+        self.attention_pairs.store(on, Ordering::Relaxed);
     }
 
     /// Human-readable adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
