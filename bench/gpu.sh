@@ -20,10 +20,14 @@ log=target/gpu-bench
 cargo build --release --bin bench
 ./target/release/bench --all-variants | tee "$log/kernels.txt"
 ./target/release/bench --model www/models/fashion | tee "$log/model.txt"
-# The other attention form too: its choice per adapter (Gpu::fused_attention) was made on
-# software adapters only.
+# The other choices per adapter too, each against this adapter's defaults: they were made on
+# software adapters only (Gpu::fused_attention, weight_textures, channel_blocks,
+# attention_pairs).
 ./target/release/bench --model www/models/fashion --no-sample --fused-attention off | tee "$log/model_unfused.txt"
 ./target/release/bench --model www/models/fashion --no-sample --fused-attention on | tee "$log/model_fused.txt"
+./target/release/bench --model www/models/fashion --no-sample --weight-textures off | tee "$log/model_buffer_weights.txt"
+./target/release/bench --model www/models/fashion --no-sample --channel-blocks 2 | tee "$log/model_two_blocks.txt"
+./target/release/bench --model www/models/fashion --no-sample --fused-attention off --attention-pairs on | tee "$log/model_attention_pairs.txt"
 ./target/release/bench --model www/models/fashion --plan-stats > "$log/plan.md"
 : > "$log/torch.txt"
 if python3 -c 'import sys, torch, diffusers; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -53,6 +57,9 @@ result = {
     "engine": runs(model),
     "engine_attention_unfused": runs(read("model_unfused.txt")),
     "engine_attention_fused": runs(read("model_fused.txt")),
+    "engine_buffer_weights": runs(read("model_buffer_weights.txt")),
+    "engine_two_channel_blocks": runs(read("model_two_blocks.txt")),
+    "engine_attention_unfused_pairs": runs(read("model_attention_pairs.txt")),
     "diffusers": runs(read("torch.txt")),
     "plan": read("plan.md"),
 }

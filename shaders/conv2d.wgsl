@@ -406,9 +406,10 @@ fn narrow(
 
 override DIRECT_WG: u32 = 64u;
 const DIRECT_PX: u32 = 8u; // = DIRECT_PX in conv2d.rs
-// Blocks of 4 output channels per invocation of `direct3x3` and `direct1x1`: 1, or 2 where reading and
-// normalising the input window costs more than a second accumulator set (software
-// adapters; `Gpu::channel_blocks`). The second block's outputs past cout are not stored.
+// Blocks of 4 output channels per invocation of `direct3x3`, `direct1x1` and `direct_up2`:
+// 1, or 2 where reading (and normalising) the input window costs more than a second
+// accumulator set (software adapters; `Gpu::channel_blocks`). The second block's outputs
+// past cout are not stored.
 override DIRECT_BLOCKS: u32 = 1u;
 // 0: the input is used as stored; 1: GroupNorm'd as it is read (`norm`), 2: GroupNorm'd and
 // SiLU'd. Zero padding applies after the normalisation, as in the unfused pair. A pipeline
@@ -971,21 +972,29 @@ fn direct1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 
 // One stored row (offset `r`, inside if `ok`) against row taps (s = 0, 1) of both column
 // phases: e0 / e1 for even output columns, o0 / o1 for odd ones.
-fn up2_row(acc: ptr<function, Acc>, w: Window, r: u32, ok: bool, e0: vec4<f32>, e1: vec4<f32>, o0: vec4<f32>, o1: vec4<f32>) {
-    let v0 = select(0.0, x1[r + w.c0], ok && w.i0);
-    let v1 = select(0.0, x1[r + w.c1], ok && w.i1);
-    let v2 = select(0.0, x1[r + w.c2], ok && w.i2);
-    let v3 = select(0.0, x1[r + w.c3], ok && w.i3);
-    let v4 = select(0.0, x1[r + w.c4], ok && w.i4);
-    let v5 = select(0.0, x1[r + w.c5], ok && w.i5);
-    (*acc).a0 += e0 * v0 + e1 * v1;
-    (*acc).a1 += o0 * v1 + o1 * v2;
-    (*acc).a2 += e0 * v1 + e1 * v2;
-    (*acc).a3 += o0 * v2 + o1 * v3;
-    (*acc).a4 += e0 * v2 + e1 * v3;
-    (*acc).a5 += o0 * v3 + o1 * v4;
-    (*acc).a6 += e0 * v3 + e1 * v4;
-    (*acc).a7 += o0 * v4 + o1 * v5;
+fn stored_row(w: Window, r: u32, ok: bool) -> Row8 {
+    let z = 0.0;
+    return Row8(
+        select(0.0, x1[r + w.c0], ok && w.i0),
+        select(0.0, x1[r + w.c1], ok && w.i1),
+        select(0.0, x1[r + w.c2], ok && w.i2),
+        select(0.0, x1[r + w.c3], ok && w.i3),
+        select(0.0, x1[r + w.c4], ok && w.i4),
+        select(0.0, x1[r + w.c5], ok && w.i5),
+        z,
+        z,
+    );
+}
+
+fn up2_taps(acc: ptr<function, Acc>, v: Row8, e0: vec4<f32>, e1: vec4<f32>, o0: vec4<f32>, o1: vec4<f32>) {
+    (*acc).a0 += e0 * v.v0 + e1 * v.v1;
+    (*acc).a1 += o0 * v.v1 + o1 * v.v2;
+    (*acc).a2 += e0 * v.v1 + e1 * v.v2;
+    (*acc).a3 += o0 * v.v2 + o1 * v.v3;
+    (*acc).a4 += e0 * v.v2 + e1 * v.v3;
+    (*acc).a5 += o0 * v.v3 + o1 * v.v4;
+    (*acc).a6 += e0 * v.v3 + e1 * v.v4;
+    (*acc).a7 += o0 * v.v4 + o1 * v.v5;
 }
 
 @compute @workgroup_size(DIRECT_WG, 1, 1)
@@ -1008,18 +1017,26 @@ fn direct_up2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         row_offset(y), row_offset(y + 2), z,
         row_inside(y), row_inside(y + 2), false,
     );
-    let m0 = wid.y * 4u;
+    let m0 = wid.y * 4u * DIRECT_BLOCKS;
     let wr = weight_rows(m0, p.cin1 * 16u);
+    let wr_b = weight_rows(m0 + 4u, p.cin1 * 16u);
 
     var acc = zero_acc();
+    var acc_b = zero_acc();
     for (var ci = 0u; ci < p.cin1; ci++) {
         let plane = run.base1 + ci * run.plane;
         // [a][b][r][s]: this row parity's 8 weights, even columns then odd.
         let k = ci * 16u + a * 8u;
-        up2_row(&acc, win, plane + win.r0, win.j0, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 4u), weights4(wr, k + 5u));
-        up2_row(&acc, win, plane + win.r1, win.j1, weights4(wr, k + 2u), weights4(wr, k + 3u), weights4(wr, k + 6u), weights4(wr, k + 7u));
+        let v0 = stored_row(win, plane + win.r0, win.j0);
+        let v1 = stored_row(win, plane + win.r1, win.j1);
+        up2_taps(&acc, v0, weights4(wr, k), weights4(wr, k + 1u), weights4(wr, k + 4u), weights4(wr, k + 5u));
+        up2_taps(&acc, v1, weights4(wr, k + 2u), weights4(wr, k + 3u), weights4(wr, k + 6u), weights4(wr, k + 7u));
+        if (DIRECT_BLOCKS == 2u) {
+            up2_taps(&acc_b, v0, weights4(wr_b, k), weights4(wr_b, k + 1u), weights4(wr_b, k + 4u), weights4(wr_b, k + 5u));
+            up2_taps(&acc_b, v1, weights4(wr_b, k + 2u), weights4(wr_b, k + 3u), weights4(wr_b, k + 6u), weights4(wr_b, k + 7u));
+        }
     }
-    store_run(run, m0, acc, tid, wid.x * DIRECT_WG);
+    store_blocks(run, m0, acc, acc_b, tid, wid.x * DIRECT_WG);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -373,8 +373,8 @@ impl Gpu {
         self.weight_textures.store(on, Ordering::Relaxed);
     }
 
-    /// Blocks of 4 output channels that each invocation of the direct 3x3 and 1x1 conv
-    /// kernels computes (over 8 pixels): 2 on a software adapter, where reading and
+    /// Blocks of 4 output channels that each invocation of the direct 3x3, 1x1 and
+    /// upsampling conv kernels computes (over 8 pixels): 2 on a software adapter, where reading and
     /// normalising the input window costs more than the multiply-adds and a second
     /// accumulator set halves it per output (lavapipe: 1.45x per forward, README;
     /// SwiftShader: no change), 1 on a GPU, where it would halve the workgroups of the

@@ -184,8 +184,8 @@ pub struct Conv2dArgs<'a> {
     /// A direct kernel reads the weight buffer even where the adapter reads weights as
     /// texels ([`Gpu::weight_textures`]); tests check both ways.
     pub buffer_weights: bool,
-    /// Blocks of 4 output channels per invocation of the direct 3x3 and 1x1 kernels (1 or
-    /// 2); `None`: [`Gpu::channel_blocks`]. Tests check both.
+    /// Blocks of 4 output channels per invocation of the direct kernels but the stride-2
+    /// one (1 or 2); `None`: [`Gpu::channel_blocks`]. Tests check both.
     pub channel_blocks: Option<usize>,
 }
 
@@ -509,9 +509,9 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             if gpu.weight_textures() && !a.buffer_weights {
                 texture = weight_texture(gpu, a.weight)?;
             }
-            // Channel blocks per invocation: the 3x3 and 1x1 kernels take 1 or 2.
+            // Channel blocks per invocation: all but the stride-2 kernel take 1 or 2.
             let blocks = match a.channel_blocks.unwrap_or(gpu.channel_blocks()) {
-                b @ (1 | 2) if std::ptr::eq(def, &DIRECT3) || std::ptr::eq(def, &DIRECT1) => b,
+                b @ (1 | 2) if !std::ptr::eq(def, &DIRECT3S2) => b,
                 1 | 2 => 1,
                 b => return Err(EngineError::shape(OP, format!("{b} channel blocks: 1 or 2"))),
             };
