@@ -4,7 +4,8 @@
 // channels [0, C) are q, [C, 2C) k, [2C, 3C) v; head h owns channels [h*d, (h+1)*d)).
 //
 // Flash-attention style: a workgroup of QUERIES invocations owns as many queries, one
-// each, with q and the running output in registers. Keys and values stream through workgroup
+// each (two with PAIRS, `main` on software adapters), with q and the running output in
+// registers. Keys and values stream through workgroup
 // memory in tiles; the softmax is the online one (running max m and sum l), so scores
 // never touch memory, any L works, and exp never sees a positive argument.
 //
@@ -41,9 +42,9 @@ struct Params {
 const HEAD_DIM: u32 = 16u;
 const D4: u32 = (HEAD_DIM + 3u) / 4u;
 const KV_CAPACITY: u32 = 480u;
-// Queries (invocations) per workgroup: 64 for `main`; `fused` takes fewer on small maps
-// (`fused_queries` in attention.rs), where whole heads per workgroup would leave few
-// workgroups.
+// Invocations per workgroup: 64 for `main` (32 with PAIRS on maps of at most 64 tokens);
+// `fused` takes fewer on small maps (`fused_queries` in attention.rs), where whole heads
+// per workgroup would leave few workgroups.
 override QUERIES: u32 = 64u;
 
 var<workgroup> k_tile: array<vec4<f32>, KV_CAPACITY>;
@@ -106,7 +107,7 @@ fn head_outputs(b: u32, h: u32, i: u32, i2: u32, tid: u32, valid: bool, valid2: 
     var l = 0.0;
     var m2 = -3.0e38;
     var l2 = 0.0;
-    let any = valid || (PAIRS && valid2);
+    let some_valid = valid || (PAIRS && valid2);
 
     for (var j0 = 0u; j0 < p.tokens; j0 += p.kv_tile) {
         let nk = min(p.kv_tile, p.tokens - j0);
@@ -118,7 +119,7 @@ fn head_outputs(b: u32, h: u32, i: u32, i2: u32, tid: u32, valid: bool, valid2: 
             v_tile[j * D4 + c] = load4(v_base, 4u * c, j0 + j);
         }
         workgroupBarrier();
-        if (any) {
+        if (some_valid) {
             for (var j = 0u; j < nk; j++) {
                 var s = 0.0;
                 var s2 = 0.0;

@@ -837,8 +837,10 @@ fn store_run(run: Run, m0: u32, acc: Acc, tid: u32, wg_first_run: u32) {
 fn store_blocks(run: Run, m0: u32, acc: Acc, acc_b: Acc, tid: u32, wg_first_run: u32) {
     store_run(run, m0, acc, tid, wg_first_run);
     if (DIRECT_BLOCKS == 2u) {
-        // The first store's statistics reads of workgroup memory end before these writes.
-        workgroupBarrier();
+        if (EMIT_STATS) {
+            // The first store's statistics reads of workgroup memory end before these writes.
+            workgroupBarrier();
+        }
         store_run(run, m0 + 4u, acc_b, tid, wg_first_run);
     }
 }

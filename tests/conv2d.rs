@@ -893,10 +893,12 @@ fn stride2_with_two_inputs_falls_back_to_the_tile() {
 
 #[test]
 fn weights_are_texels_where_they_fit_and_the_buffer_past_the_texture_limit() {
-    // 1x1 convs, 2 output channels, 3x5 pixels: K = 40 fits a texture row; K = 8,200 is
-    // over WebGPU's default 8,192-texel limit, so that kernel reads the buffer. Both match
-    // the CPU, and the plan statistics count the texture's bytes, not the buffer's.
-    for (cin, texels) in [(40usize, true), (8200, false)] {
+    // 1x1 convs, 2 output channels, 3x5 pixels: K = 40 fits a texture row; K = 8 more than
+    // the device's largest texture side (8,192 under WebGPU's default limits) does not, so
+    // that kernel reads the buffer. Both match the CPU, and the plan statistics count the
+    // texture's bytes, not the buffer's.
+    let past = gpu().max_texture_side() as usize + 8;
+    for (cin, texels) in [(40usize, true), (past, false)] {
         let mut r = rng(70 + cin as u64);
         let (n, cout, h, w) = (1, 2, 3, 5);
         let x = uniform(&mut r, n * cin * h * w, 1.0);
@@ -919,5 +921,33 @@ fn weights_are_texels_where_they_fit_and_the_buffer_past_the_texture_limit() {
         let weight_bytes = if texels { cin as u64 * 16 } else { (cout * cin * 4) as u64 };
         let others = [&gx, &gb].iter().map(|t| t.buffer().size()).sum::<u64>();
         assert_eq!(d.cost().bytes_read, weight_bytes + others, "K = {cin}");
+    }
+}
+
+#[test]
+fn rewritten_weights_are_repacked_for_the_next_plan() {
+    // A plan made after `Tensor::write` reads the new weights, not a texture of the old.
+    let mut r = rng(72);
+    let (n, cin, cout, h, w) = (1, 3, 5, 4, 6);
+    let x = uniform(&mut r, n * cin * h * w, 1.0);
+    let b = uniform(&mut r, cout, 0.5);
+    let gx = upload("x", &[n, cin, h, w], &x);
+    let gb = upload("b", &[cout], &b);
+    let gw = zeros("w", &[cout, cin, 3, 3]);
+    let spec = Conv2dSpec { ksize: 3, stride: 1, pad: 1 };
+    for round in 0..2 {
+        let wt = uniform(&mut r, cout * cin * 9, 0.3);
+        gw.write(gpu(), &wt).expect("write");
+        let out = zeros("out", &[n, cout, h, w]);
+        let d = conv2d(
+            gpu(),
+            &Conv2dArgs { variant: Some(ConvVariant::Direct), ..Conv2dArgs::new(&gx, &gw, &gb, &out) },
+        )
+        .expect("conv2d launch");
+        assert!(d.label().contains("WEIGHT_TEXTURE=1"), "{}", d.label());
+        let got = run(&[&d], &out);
+        let expect = cpu::conv2d(&x, [n, cin, h, w], &wt, &b, cout, spec);
+        let tol = dot_tolerance(cin * 9);
+        assert_close(&format!("round {round}"), &got, &expect, &[n, cout, h, w], tol, tol);
     }
 }

@@ -362,9 +362,12 @@ impl Gpu {
     /// Whether the direct conv kernels read their weights as texels of a texture made from
     /// the weight buffer once ([`crate::gpu::weight_texture`]) rather than from the buffer.
     /// On by default everywhere: on llvmpipe it made the 3x3 convs 1.9x faster and on
-    /// SwiftShader 1.35x (README), and on a GPU a texel fetch of the same 4 weights by every
-    /// invocation is a cached broadcast like the buffer load it replaces. Plans made after
-    /// [`Gpu::set_weight_textures`] follow it (tests run both).
+    /// SwiftShader 1.35x (README); on a GPU a texel fetch of the same 4 weights by every
+    /// invocation should be a cached broadcast like the buffer load it replaces, which no
+    /// GPU has measured yet (`bench/gpu.sh` times both). A model loaded with it on keeps a
+    /// texture per weight matrix beside its buffer (twice the weights' GPU memory, 22 MB
+    /// for the shipped models). Plans made after [`Gpu::set_weight_textures`] follow it
+    /// (tests run both).
     pub fn weight_textures(&self) -> bool {
         self.weight_textures.load(Ordering::Relaxed)
     }
@@ -399,6 +402,12 @@ impl Gpu {
 
     pub fn set_attention_pairs(&self, on: bool) {
         self.attention_pairs.store(on, Ordering::Relaxed);
+    }
+
+    /// The largest 2-D texture side this device allows (a weight matrix wider or taller
+    /// in texels is read from its buffer).
+    pub fn max_texture_side(&self) -> u32 {
+        self.limits.max_texture_dimension_2d
     }
 
     /// Human-readable adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".

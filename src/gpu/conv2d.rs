@@ -58,7 +58,7 @@ pub enum ConvVariant {
     /// The 64 x 64 (or 32 x 128) workgroup tile through workgroup memory: any kernel size
     /// and stride.
     Tiled,
-    /// Barrier-free register tiles, [`DIRECT_CH`] channels (times
+    /// Register tiles with no barrier in the hot loop, [`DIRECT_CH`] channels (times
     /// [`Gpu::channel_blocks`] at stride 1) x [`DIRECT_PX`] pixels per invocation: stride 1,
     /// 3x3 with pad 1 or 1x1 with pad 0; or 3x3, pad 1, stride 2 of one plain input
     /// (Downsample2D).
@@ -447,7 +447,13 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
         ));
     }
     let norm_mode = a.norm.as_ref().map_or(0, |m| 1 + m.silu as u32);
-    let layout = Layout::of(variant, n, cout, oh, ow);
+    // Channel blocks per direct-kernel invocation: all but the stride-2 kernel take 1 or 2.
+    let blocks = match a.channel_blocks.unwrap_or(gpu.channel_blocks()) {
+        b @ (1 | 2) if a.stride == 1 && matches!(variant, ConvVariant::Direct | ConvVariant::Up2) => b,
+        1 | 2 => 1,
+        b => return Err(EngineError::shape(OP, format!("{b} channel blocks: 1 or 2"))),
+    };
+    let layout = Layout::of(variant, n, cout, oh, ow, blocks);
     let emit = a.out.stats_tiles() > 0;
     if emit && a.out.stats_tiles() != layout.tiles {
         return Err(EngineError::shape(
@@ -509,12 +515,6 @@ pub fn conv2d(gpu: &Gpu, a: &Conv2dArgs) -> Result<Dispatch> {
             if gpu.weight_textures() && !a.buffer_weights {
                 texture = weight_texture(gpu, a.weight)?;
             }
-            // Channel blocks per invocation: all but the stride-2 kernel take 1 or 2.
-            let blocks = match a.channel_blocks.unwrap_or(gpu.channel_blocks()) {
-                b @ (1 | 2) if !std::ptr::eq(def, &DIRECT3S2) => b,
-                1 | 2 => 1,
-                b => return Err(EngineError::shape(OP, format!("{b} channel blocks: 1 or 2"))),
-            };
             let kernel = gpu.kernel(
                 def,
                 &[
@@ -583,7 +583,8 @@ struct Layout {
 const DIRECT_STATS_RUNS: usize = DIRECT_MIN_WG;
 
 impl Layout {
-    fn of(variant: ConvVariant, n: usize, cout: usize, oh: usize, ow: usize) -> Layout {
+    /// `blocks`: channel blocks of [`DIRECT_CH`] per direct-kernel invocation.
+    fn of(variant: ConvVariant, n: usize, cout: usize, oh: usize, ow: usize, blocks: usize) -> Layout {
         match variant {
             ConvVariant::Direct | ConvVariant::Up2 => {
                 let runs = oh * ow.div_ceil(DIRECT_PX);
@@ -591,9 +592,9 @@ impl Layout {
                 // workgroups then waste fewer invocations (llvmpipe runs every invocation
                 // of a workgroup, valid or not) and spread the work over at least
                 // MIN_WORKGROUPS.
-                let blocks = cout.div_ceil(DIRECT_CH);
+                let channel_groups = cout.div_ceil(DIRECT_CH * blocks);
                 let mut wg = runs.next_power_of_two().clamp(DIRECT_MIN_WG, DIRECT_WG);
-                while wg > DIRECT_MIN_WG && runs.div_ceil(wg) * n * blocks < MIN_WORKGROUPS {
+                while wg > DIRECT_MIN_WG && runs.div_ceil(wg) * n * channel_groups < MIN_WORKGROUPS {
                     wg /= 2;
                 }
                 Layout { wg, tiles: runs.div_ceil(DIRECT_STATS_RUNS) }
@@ -620,7 +621,8 @@ pub fn stats_tiles(
     out: [usize; 4],
 ) -> usize {
     let [n, cout, oh, ow] = out;
-    Layout::of(variant.unwrap_or(ConvVariant::auto(cout, k, stride, pad)), n, cout, oh, ow).tiles
+    // The tiles depend on the runs alone, not on the workgroup size or the channel blocks.
+    Layout::of(variant.unwrap_or(ConvVariant::auto(cout, k, stride, pad)), n, cout, oh, ow, 1).tiles
 }
 
 /// Multiply-adds of one call, for GFLOP/s reports (2 FLOPs each).

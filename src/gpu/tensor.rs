@@ -90,6 +90,8 @@ impl Tensor {
             ));
         }
         gpu.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        // A texture made from the old values is stale for plans made from now on.
+        *lock(&self.texture) = None;
         Ok(())
     }
 

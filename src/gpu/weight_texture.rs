@@ -1,8 +1,10 @@
 //! Launcher for `shaders/weight_texture.wgsl`: a [cout, K] weight matrix repacked into a
 //! rgba32float texture, texel (k, b) = the weights of tap k for output channels 4b..4b + 3,
 //! which the direct conv kernels read with one `textureLoad` per tap (see the shader for
-//! why). Made when a plan first binds the weight, kept with its [`Tensor`] (clones share
-//! it) and destroyed with the last of them.
+//! why). A model makes one per weight matrix as it loads (inside its allocation scope);
+//! a plan that binds a weight without one (tests, or textures switched on after the load)
+//! makes it then. Kept with its [`Tensor`] (clones share it) and destroyed with the last
+//! of them; [`Tensor::write`] drops it, so the next plan repacks the new values.
 
 use std::sync::Arc;
 
@@ -84,6 +86,9 @@ pub fn weight_texture(gpu: &Gpu, weight: &Tensor) -> Result<Option<Arc<WeightTex
         usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
         view_formats: &[],
     });
+    // An Arc as everywhere in the engine: natively wgpu's types are Send + Sync; in the
+    // browser they are not, and there everything runs on one thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     let packed = Arc::new(WeightTexture { view: texture.create_view(&Default::default()), texture });
     let params = Params { cout: u32_of(OP, "cout", cout)?, k: k as u32, _pad: [0; 2] };
     let kernel = gpu.kernel(&KERNEL, &[])?;
@@ -94,7 +99,15 @@ pub fn weight_texture(gpu: &Gpu, weight: &Tensor) -> Result<Option<Arc<WeightTex
         &params,
         [groups(k, WG), rows as u32, 1],
     )?;
-    gpu.run(&[&d])?;
+    // Submitted directly: `Gpu::run` would first report (and clear) an error parked by
+    // earlier work, which belongs to whoever submits or reads next, not to this plan.
+    let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    {
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(OP), timestamp_writes: None });
+        d.encode(&mut pass);
+    }
+    gpu.queue.submit([encoder.finish()]);
     weight.cache_texture(packed.clone());
     Ok(Some(packed))
 }

@@ -17,6 +17,7 @@ use crate::gpu::conv2d::{conv2d, Conv2dArgs};
 use crate::gpu::linear::linear;
 use crate::gpu::time_mlp::{self, TimeMlpOut};
 use crate::gpu::timestep_embedding::{timestep_embedding, TimestepFrequencies};
+use crate::gpu::weight_texture::weight_texture;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 
 /// The packed weights of the one-dispatch time-embedding MLP (see [`time_mlp::pack`]).
@@ -263,6 +264,12 @@ impl UNet {
         let mut params = HashMap::new();
         let mut upload = |name: String, t: &HostTensor, shape: &[usize]| -> Result<()> {
             let tensor = Tensor::from_slice(gpu, &name, shape, &t.data)?;
+            // The texture a direct conv reads a weight matrix from, made now, inside the
+            // model's allocation scope, rather than by the first plan, inside a session's,
+            // whose failure must not leave a failed texture cached on the model.
+            if shape.len() >= 2 && gpu.weight_textures() {
+                weight_texture(gpu, &tensor)?;
+            }
             params.insert(name, tensor);
             Ok(())
         };
