@@ -75,7 +75,10 @@ fn dispatch_past_workgroup_limit_is_refused() {
     assert!(matches!(err, EngineError::TooManyWorkgroups { .. }), "{err:?}");
     // Wrong number of buffers is an error too, not a panic.
     let err = gpu().dispatch(&k, &[], &[0u32; 4], [1, 1, 1]).err().expect("must fail");
-    assert!(err.to_string().contains("0 buffers given for 1 storage bindings"), "{err}");
+    assert!(
+        err.to_string().contains("0 buffers and 0 textures given for 1 storage and 0 texture bindings"),
+        "{err}"
+    );
 }
 
 // Recoverable GPU errors. Each test that injects a fault, provokes an error or loses the
