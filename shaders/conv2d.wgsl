@@ -685,7 +685,9 @@ fn taps(acc: ptr<function, Acc>, v: Row10, k0: vec4<f32>, k1: vec4<f32>, k2: vec
     (*acc).a7 += k0 * v.v7 + k1 * v.v8 + k2 * v.v9;
 }
 
-// The run's 8 pixels of one input channel of a 1x1 conv (the row at `row`, normalised by m).
+// Up to 8 values of one input channel that a run's 1x1 taps read: its 8 pixels (a 1x1
+// conv's, normalised by m, or the folded shortcut's, as stored), or `direct_up2`'s 6
+// stored columns.
 struct Row8 {
     v0: f32,
     v1: f32,
@@ -734,27 +736,20 @@ fn pointwise(acc: ptr<function, Acc>, v: Row8, k: vec4<f32>) {
     (*acc).a7 += k * v.v7;
 }
 
-// One input channel of the folded shortcut, as stored: x2's or `residual`'s.
-fn shortcut_x2(acc: ptr<function, Acc>, w: Window, row: u32, k: vec4<f32>) {
-    (*acc).a0 += k * x2[row + w.c0];
-    (*acc).a1 += k * x2[row + w.c1];
-    (*acc).a2 += k * x2[row + w.c2];
-    (*acc).a3 += k * x2[row + w.c3];
-    (*acc).a4 += k * x2[row + w.c4];
-    (*acc).a5 += k * x2[row + w.c5];
-    (*acc).a6 += k * x2[row + w.c6];
-    (*acc).a7 += k * x2[row + w.c7];
+// The run's 8 pixels of one input channel of the folded shortcut, as stored: x2's or
+// `residual`'s.
+fn stored_x2(w: Window, row: u32) -> Row8 {
+    return Row8(
+        x2[row + w.c0], x2[row + w.c1], x2[row + w.c2], x2[row + w.c3],
+        x2[row + w.c4], x2[row + w.c5], x2[row + w.c6], x2[row + w.c7],
+    );
 }
 
-fn shortcut_x3(acc: ptr<function, Acc>, w: Window, row: u32, k: vec4<f32>) {
-    (*acc).a0 += k * residual[row + w.c0];
-    (*acc).a1 += k * residual[row + w.c1];
-    (*acc).a2 += k * residual[row + w.c2];
-    (*acc).a3 += k * residual[row + w.c3];
-    (*acc).a4 += k * residual[row + w.c4];
-    (*acc).a5 += k * residual[row + w.c5];
-    (*acc).a6 += k * residual[row + w.c6];
-    (*acc).a7 += k * residual[row + w.c7];
+fn stored_x3(w: Window, row: u32) -> Row8 {
+    return Row8(
+        residual[row + w.c0], residual[row + w.c1], residual[row + w.c2], residual[row + w.c3],
+        residual[row + w.c4], residual[row + w.c5], residual[row + w.c6], residual[row + w.c7],
+    );
 }
 
 // The epilogue for the 4 channels m0.. at pixel j of the run.
@@ -893,18 +888,18 @@ fn direct3x3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let win1 = window_of(i32(run.ox0), i32(run.oy));
         let k = p.cin1 * 9u;
         for (var ci = 0u; ci < p.cin2; ci++) {
-            let row = run.base2 + ci * run.plane + win1.r0;
-            shortcut_x2(&acc, win1, row, weights4(wr, k + ci));
+            let v = stored_x2(win1, run.base2 + ci * run.plane + win1.r0);
+            pointwise(&acc, v, weights4(wr, k + ci));
             if (DIRECT_BLOCKS == 2u) {
-                shortcut_x2(&acc_b, win1, row, weights4(wr_b, k + ci));
+                pointwise(&acc_b, v, weights4(wr_b, k + ci));
             }
         }
         let base3 = run.n * p.cin3 * run.plane;
         for (var ci = 0u; ci < p.cin3; ci++) {
-            let row = base3 + ci * run.plane + win1.r0;
-            shortcut_x3(&acc, win1, row, weights4(wr, k + p.cin2 + ci));
+            let v = stored_x3(win1, base3 + ci * run.plane + win1.r0);
+            pointwise(&acc, v, weights4(wr, k + p.cin2 + ci));
             if (DIRECT_BLOCKS == 2u) {
-                shortcut_x3(&acc_b, win1, row, weights4(wr_b, k + p.cin2 + ci));
+                pointwise(&acc_b, v, weights4(wr_b, k + p.cin2 + ci));
             }
         }
     } else {

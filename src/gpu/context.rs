@@ -143,9 +143,10 @@ impl Gpu {
                 view_formats: &[],
             })
             .create_view(&Default::default());
-        let fused_attention = AtomicBool::new(!is_software(&info));
-        let channel_blocks = AtomicU32::new(if is_software(&info) { 2 } else { 1 });
-        let attention_pairs = AtomicBool::new(is_software(&info));
+        let software = is_software(&info);
+        let fused_attention = AtomicBool::new(!software);
+        let channel_blocks = AtomicU32::new(if software { 2 } else { 1 });
+        let attention_pairs = AtomicBool::new(software);
         Ok(Gpu {
             device,
             queue,
@@ -228,12 +229,10 @@ impl Gpu {
         buffer
     }
 
-    /// Creates a texture and counts its bytes (rgba32float: 16 per texel) like
+    /// Creates a texture (one mip level, an uncompressed format) and counts its bytes like
     /// [`Gpu::create_buffer`]. Not recorded for a scope's [`Owned`]: its owner destroys it.
     pub fn create_texture(&self, desc: &wgpu::TextureDescriptor<'_>) -> wgpu::Texture {
-        let texels =
-            desc.size.width as u64 * desc.size.height as u64 * desc.size.depth_or_array_layers as u64;
-        self.bytes_created.fetch_add(texels * 16, Ordering::Relaxed);
+        self.bytes_created.fetch_add(texture_bytes(desc.size, desc.format), Ordering::Relaxed);
         self.device.create_texture(desc)
     }
 
@@ -423,6 +422,14 @@ impl Gpu {
     /// Submits one compute pass holding `dispatches` in order.
     pub fn run(&self, dispatches: &[&crate::gpu::Dispatch]) -> Result<()> {
         self.check()?;
+        self.submit(dispatches);
+        Ok(())
+    }
+
+    /// [`Gpu::run`] without the check first: for work made while a plan is built (a weight's
+    /// texture), where an error parked by earlier work belongs to whoever submits or reads
+    /// next, not to the plan.
+    pub(crate) fn submit(&self, dispatches: &[&crate::gpu::Dispatch]) {
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         {
@@ -435,7 +442,6 @@ impl Gpu {
             }
         }
         self.queue.submit([encoder.finish()]);
-        Ok(())
     }
 
     /// Waits until the GPU has finished all submitted work.
@@ -654,6 +660,12 @@ pub(crate) fn required_limits(adapter: &wgpu::Limits) -> Result<wgpu::Limits> {
         max_buffer_size: adapter.max_buffer_size,
         ..base
     })
+}
+
+/// Bytes of one mip level of an uncompressed texture.
+pub(crate) fn texture_bytes(size: wgpu::Extent3d, format: wgpu::TextureFormat) -> u64 {
+    let texel = format.block_copy_size(None).unwrap_or(0) as u64;
+    size.width as u64 * size.height as u64 * size.depth_or_array_layers as u64 * texel
 }
 
 pub(crate) fn park(slot: &Mutex<Option<EngineError>>, e: EngineError) {

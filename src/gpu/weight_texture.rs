@@ -12,6 +12,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{groups, u32_of, Gpu, KernelDef, Tensor};
 use crate::error::Result;
+use crate::gpu::context::texture_bytes;
 use crate::gpu::pipeline::Access;
 
 const KERNEL: KernelDef = KernelDef {
@@ -22,8 +23,6 @@ const KERNEL: KernelDef = KernelDef {
 };
 const OP: &str = "weight_texture";
 const WG: usize = 64;
-/// Bytes per texel: four f32 channels.
-const TEXEL_BYTES: u64 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -47,8 +46,7 @@ impl WeightTexture {
 
     /// The texture's size, for `bench --plan-stats`.
     pub fn bytes(&self) -> u64 {
-        let s = self.texture.size();
-        s.width as u64 * s.height as u64 * TEXEL_BYTES
+        texture_bytes(self.texture.size(), self.texture.format())
     }
 }
 
@@ -99,15 +97,8 @@ pub fn weight_texture(gpu: &Gpu, weight: &Tensor) -> Result<Option<Arc<WeightTex
         &params,
         [groups(k, WG), rows as u32, 1],
     )?;
-    // Submitted directly: `Gpu::run` would first report (and clear) an error parked by
-    // earlier work, which belongs to whoever submits or reads next, not to this plan.
-    let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
-    {
-        let mut pass = encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(OP), timestamp_writes: None });
-        d.encode(&mut pass);
-    }
-    gpu.queue.submit([encoder.finish()]);
+    // Not `Gpu::run`, which would first report (and clear) an error parked by earlier work.
+    gpu.submit(&[&d]);
     weight.cache_texture(packed.clone());
     Ok(Some(packed))
 }
